@@ -1,0 +1,3 @@
+from egoscale.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""The `egoscale` command: parse, call the stage, print a summary.
+
+Each stage lives in its own package and is also a Python function with the same arguments.
+User errors (`EgoscaleError`) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from egoscale import __version__
+from egoscale.errors import EgoscaleError
+
+DESCRIPTION = """\
+egoscale: masked-autoencoder scaling studies on human-like video.
+
+Pipeline (each stage reads the files the previous one wrote):
+  models      list the ViT family: shapes, parameters, GFLOPs per image
+  convert     checkpoint <-> safetensors
+  inspect     what a checkpoint holds (kind, model, size, training state)
+"""
+
+
+# --- models ----------------------------------------------------------------------------------
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the ViT family with parameters and GFLOPs",
+                       description="List every registered ViT: width, depth, heads, MLP, patch, "
+                                   "parameters (classifier form: encoder + BN/Linear head) and "
+                                   "forward GFLOPs per image (2 FLOPs per multiply-add).")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="models to show (registry names like vit_h14, or ViT-H/14); default: all")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="image side in px for params/GFLOPs (default: each model's own)")
+    p.add_argument("--num-classes", type=int, default=1000,
+                   help="classes of the head counted in the parameters; 0 = encoder only (default: 1000)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args) -> int:
+    import json
+
+    import torch
+
+    from egoscale.errors import ConfigError
+    from egoscale.models import build_vit, count_params, get_spec, list_models, vit_gflops
+
+    specs = [get_spec(n) for n in args.names] if args.names else list_models()
+    rows = []
+    for spec in specs:
+        size = args.img_size or spec.img_size
+        if size % spec.patch_size:
+            if args.names:
+                raise ConfigError(f"{spec.name}: image size {size} is not divisible by patch size {spec.patch_size}")
+            continue  # listing all: skip members that cannot take this size
+        with torch.device("meta"):  # counts without allocating billions of parameters
+            model = build_vit(spec, img_size=size, num_classes=args.num_classes)
+        rows.append(dict(name=spec.name, width=spec.width, depth=spec.depth, heads=spec.heads,
+                         mlp=spec.mlp_dim, patch=spec.patch_size, img_size=size,
+                         params=count_params(model), gflops=round(vit_gflops(spec, size), 3), note=spec.note))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    head = f"{'name':<12}{'width':>6}{'depth':>6}{'heads':>6}{'mlp':>6}{'patch':>6}{'img':>5}" \
+           f"{'params':>15}{'GFLOPs':>10}  note"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['name']:<12}{r['width']:>6}{r['depth']:>6}{r['heads']:>6}{r['mlp']:>6}{r['patch']:>6}"
+              f"{r['img_size']:>5}{r['params']:>15,}{r['gflops']:>10.2f}  {r['note']}")
+    return 0
+
+
+# --- convert / inspect -----------------------------------------------------------------------
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="checkpoint <-> safetensors",
+                       description="Convert a checkpoint between torch (.pt/.pth) and .safetensors; "
+                                   "the direction follows DST's suffix. Loading never runs code.")
+    p.add_argument("src", help="checkpoint file, run folder, or released identifier (e.g. vits14_0.01_1)")
+    p.add_argument("dst", help="output file (.safetensors or .pt/.pth)")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from egoscale.models.checkpoint import export_safetensors, import_safetensors, resolve_checkpoint
+
+    src = resolve_checkpoint(args.src)
+    out = export_safetensors(src, args.dst) if args.dst.endswith(".safetensors") else import_safetensors(src, args.dst)
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="describe a checkpoint",
+                       description="Print what a checkpoint holds: MAE or classifier, model shape, "
+                                   "image size, parameters, and any training state (step, config).")
+    p.add_argument("checkpoint", help="file, run folder, or released identifier")
+    p.add_argument("--finetuned", action="store_true", help="for a released identifier: the finetuned file")
+    p.set_defaults(func=_run_inspect)
+
+
+def _run_inspect(args) -> int:
+    from egoscale.models.checkpoint import infer_spec, read_checkpoint, resolve_checkpoint, split_state
+    from egoscale.models.registry import ViTSpec
+
+    path = resolve_checkpoint(args.checkpoint, finetuned=args.finetuned)
+    obj = read_checkpoint(path)
+    enc, head, dec = split_state(obj["model"])
+    meta = obj.get("egoscale") or {}
+    spec = ViTSpec(**meta["spec"]) if "spec" in meta else infer_spec(enc, str(path))
+    n_enc = sum(v.numel() for k, v in enc.items() if v.is_floating_point())
+    kind = "MAE (encoder + decoder)" if dec else ("classifier" if head else "encoder")
+    print(f"file        {path}")
+    print(f"kind        {kind}{'' if meta else ' (released / foreign layout)'}")
+    print(f"model       {spec.name}: width {spec.width}, depth {spec.depth}, heads {spec.heads}, "
+          f"mlp {spec.mlp_dim}, patch {spec.patch_size}, image {spec.img_size} px")
+    print(f"encoder     {n_enc:,} parameters")
+    if head:
+        print(f"head        {', '.join(f'{k} {tuple(v.shape)}' for k, v in head.items() if v.ndim)}")
+    if dec:
+        print(f"decoder     {sum(obj['model'][k].numel() for k in dec):,} parameters ({len(dec)} tensors)")
+    extra = sorted(k for k in obj if k not in ("model", "egoscale"))
+    if extra:
+        print(f"also holds  {', '.join(extra)}" + (f" (step {obj['step']})" if "step" in obj else ""))
+    return 0
+
+
+# --- main ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="egoscale", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"egoscale {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_models, _add_convert, _add_inspect):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args) or 0
+    except EgoscaleError as e:
+        print(f"egoscale {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"egoscale {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

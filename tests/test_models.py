@@ -1,0 +1,147 @@
+"""The ViT family and the MAE: exact sizes, shapes, masking, and that an MAE learns."""
+
+import pytest
+import torch
+
+from egoscale.errors import ConfigError, ModelNotFoundError
+from egoscale.models import build_mae, build_vit, count_params, get_spec
+from egoscale.models.flops import mae_train_flops, vit_gflops
+from egoscale.models.mae import random_masking
+
+# The paper's parameter counts (classifier form: encoder + BN(affine=False)+Linear 1000-way head).
+PAPER_PARAMS = [
+    ("vit_s14", 224, 22_004_584),
+    ("vit_b14", 224, 86_475_496),
+    ("vit_l14", 224, 304_203_752),
+    ("vit_h14", 224, 632_045_800),
+    ("vit_h14", 448, 633_028_840),
+    ("vit_h14", 476, 633_197_800),
+]
+
+
+@pytest.mark.parametrize("name,size,expected", PAPER_PARAMS)
+def test_parameter_counts_match_the_paper(name, size, expected):
+    with torch.device("meta"):
+        model = build_vit(name, img_size=size, num_classes=1000)
+    assert count_params(model) == expected
+
+
+@pytest.mark.parametrize("name,approx", [("vit_g14", 1.0e9), ("vit_G14", 1.8e9), ("vit_2.5b14", 2.5e9)])
+def test_extrapolation_members_have_their_advertised_size(name, approx):
+    with torch.device("meta"):
+        model = build_vit(name, num_classes=0)
+    assert abs(count_params(model) - approx) / approx < 0.05
+
+
+@pytest.mark.parametrize("size", [224, 448, 476])
+def test_output_shapes_at_the_papers_sizes(size):
+    model = build_vit("vit_s14", img_size=size, num_classes=1000).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, 1 + (size // 14) ** 2, 384)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, 384)
+        assert model(x).shape == (2, 1000)
+
+
+def test_huge_model_shapes_on_meta_device():
+    with torch.device("meta"):
+        model = build_vit("vit_h14", img_size=476, num_classes=1000)
+        out = model.forward_features(torch.empty(1, 3, 476, 476))
+    assert out.shape == (1, 1 + 34 * 34, 1280)
+
+
+def test_attention_uses_the_fused_sdpa_path():
+    model = build_vit("vit_pico4")
+    assert all(blk.attn.fused_attn for blk in model.blocks)
+
+
+def test_model_runs_at_another_input_size_by_resampling_positions():
+    model = build_vit("vit_pico4", num_classes=5).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 48, 48)).shape == (2, 5)
+
+
+def test_timm_standard_calls():
+    model = build_vit("vit_pico4", num_classes=10)
+    assert model.no_weight_decay() == {"pos_embed", "cls_token"}
+    assert "blocks" in model.group_matcher()
+    model.reset_classifier(3)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    model.set_grad_checkpointing(True)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert model.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_bad_sizes_and_names_give_clear_errors():
+    with pytest.raises(ConfigError, match="not divisible by patch size 14"):
+        build_vit("vit_s14", img_size=100)
+    with pytest.raises(ModelNotFoundError, match="did you mean .*vit_h14"):
+        get_spec("vit_h15")
+    assert get_spec("ViT-H/14").name == "vit_h14"
+    assert get_spec("vith14@476").img_size == 476
+    assert get_spec("vit_s14", patch_size=16).patch_size == 16
+
+
+@pytest.mark.parametrize("ratio,kept", [(0.75, 64), (0.8, 51)])
+def test_masking_keeps_an_exact_number_of_patches(ratio, kept):
+    ids_keep, mask, ids_restore = random_masking(8, 256, ratio)
+    assert ids_keep.shape == (8, kept)
+    assert (mask.sum(1) == 256 - kept).all()
+    # kept patches are exactly the unmasked ones, and differ between samples
+    for b in range(8):
+        assert set(ids_keep[b].tolist()) == set((mask[b] == 0).nonzero().flatten().tolist())
+    assert not torch.equal(ids_keep[0].sort().values, ids_keep[1].sort().values)
+
+
+def test_mae_encoder_sees_only_visible_patches():
+    mae = build_mae(get_spec("vit_s14"), mask_ratio=0.8)
+    latent, mask, _ = mae.forward_encoder(torch.randn(2, 3, 224, 224), 0.8)
+    assert latent.shape == (2, 1 + 51, 384)
+    assert mae.encoder.pos_embed.requires_grad is False  # fixed sin-cos
+
+
+def _smooth_images(n, size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 4, 4, generator=g)
+    return torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def test_tiny_mae_overfits_one_batch():
+    torch.manual_seed(0)
+    mae = build_mae(get_spec("vit_pico4"), mask_ratio=0.75)
+    imgs = _smooth_images(8, 32)
+    opt = torch.optim.AdamW([p for p in mae.parameters() if p.requires_grad], lr=2e-3, betas=(0.9, 0.95))
+    first = None
+    for _ in range(150):
+        loss = mae(imgs).loss
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        last = sum(mae(imgs).loss.item() for _ in range(5)) / 5
+    assert last < first / 2, (first, last)
+
+
+def test_reconstruct_pastes_predictions_only_into_masked_patches():
+    mae = build_mae(get_spec("vit_pico4"), norm_pix_loss=True).eval()
+    imgs = _smooth_images(2, 32)
+    masked, recon, pasted = mae.reconstruct(imgs, generator=torch.Generator().manual_seed(1))
+    assert masked.shape == recon.shape == pasted.shape == imgs.shape
+    visible = (masked.abs().sum(1, keepdim=True) > 0).expand_as(imgs)
+    assert torch.allclose(pasted[visible], imgs[visible])
+    assert not torch.allclose(pasted, imgs)
+
+
+def test_patchify_round_trip():
+    mae = build_mae(get_spec("vit_pico4"))
+    imgs = torch.randn(2, 3, 32, 32)
+    assert torch.equal(mae.unpatchify(mae.patchify(imgs), (8, 8)), imgs)
+
+
+def test_flop_model_is_sane():
+    s = get_spec("vit_b14")
+    assert 40 < vit_gflops(s) < 50  # ViT-B/14 at 224: ~46 GFLOPs (256 patches)
+    assert vit_gflops(s, 448) > 4 * vit_gflops(s)  # attention grows faster than linear
+    assert mae_train_flops(s, mask_ratio=0.8) < 3 * vit_gflops(s) * 1e9  # MAE encodes 20% of patches
