@@ -16,6 +16,8 @@ DESCRIPTION = """\
 egoscale: masked-autoencoder scaling studies on human-like video.
 
 Pipeline (each stage reads the files the previous one wrote):
+  ingest      folders of videos -> WebDataset shards of JPEG frames + manifest.json
+  subset      data-size subsets: contiguous stretches of the frame order, per fraction x seed
   models      list the ViT family: shapes, parameters, GFLOPs per image
   convert     checkpoint <-> safetensors
   inspect     what a checkpoint holds (kind, model, size, training state)
@@ -69,6 +71,73 @@ def _run_models(args) -> int:
     for r in rows:
         print(f"{r['name']:<12}{r['width']:>6}{r['depth']:>6}{r['heads']:>6}{r['mlp']:>6}{r['patch']:>6}"
               f"{r['img_size']:>5}{r['params']:>15,}{r['gflops']:>10.2f}  {r['note']}")
+    return 0
+
+
+# --- ingest / subset ------------------------------------------------------------------------
+def _add_ingest(sub) -> None:
+    from egoscale.config import add_dataclass_args
+    from egoscale.data.ingest import IngestConfig
+
+    p = sub.add_parser(
+        "ingest", help="videos -> frame shards + manifest.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Decode every video under each --source folder, sample frames at exact times k/fps, "
+                    "resize, encode JPEG, and write WebDataset shards (frames-000000.tar, ...) with a "
+                    "manifest.json (per video: duration, frames, shards, status; per source: hours; failures "
+                    "with reasons).\n\nResumable: re-run the same command after a crash or kill. Unreadable "
+                    "files are listed, not fatal (exit 1 only if nothing could be ingested, or with --strict).",
+        epilog="example:\n  egoscale ingest --source saycam=/data/saycam --source ego4d=/data/ego4d \\\n"
+               "      --out /data/frames --fps 1 --short-side 256 --workers 16\n"
+               "cluster: run with --part I/N for I = 0..N-1 (e.g. a SLURM array), then\n"
+               "  egoscale ingest --merge --out /data/frames")
+    add_dataclass_args(p, IngestConfig)
+    p.add_argument("--merge", action="store_true", help="combine the part manifests in --out into manifest.json")
+    p.set_defaults(func=_run_ingest)
+
+
+def _run_ingest(args) -> int:
+    from egoscale.config import build
+    from egoscale.data.ingest import IngestConfig, ingest, merge
+
+    if args.merge:
+        merge(getattr(args, "out", "frames"))
+        return 0
+    cfg = build(IngestConfig, {k: v for k, v in vars(args).items() if k not in ("func", "command", "merge")})
+    man = ingest(cfg)
+    t = man["total"]
+    print(f"{t['videos']} videos, {t['frames']} frames, {t['hours']:.3f} h in {len(man['shards'])} shards "
+          f"-> {cfg.out}; {t['failed']} failed, {t['skipped']} non-video files skipped")
+    for f in man["failed"][:10]:
+        print(f"  failed: {f['source']}/{f['path']}: {f['reason']} ({f['frames']} frames kept)")
+    if len(man["failed"]) > 10:
+        print(f"  ... and {len(man['failed']) - 10} more (see manifest.json)")
+    if t["frames"] == 0:
+        return 1
+    return 1 if (cfg.strict and t["failed"]) else 0
+
+
+def _add_subset(sub) -> None:
+    from egoscale.config import add_dataclass_args
+    from egoscale.data.subset import SubsetConfig
+
+    p = sub.add_parser(
+        "subset", help="data-size subsets (contiguous stretches) of an ingest",
+        description="For each fraction x seed, pick ceil(fraction x frames) consecutive frames of the ingest's "
+                    "global order (source, video, time) starting at a seeded position, and write a subset file "
+                    "(shard/sample ranges, hours, sources) that pretraining reads directly.",
+        epilog="example: egoscale subset /data/frames --fractions 1,0.1,0.01,0.001,0.0001 --seeds 1,2,3 "
+               "--out /data/subsets")
+    add_dataclass_args(p, SubsetConfig)
+    p.set_defaults(func=_run_subset)
+
+
+def _run_subset(args) -> int:
+    from egoscale.config import build
+    from egoscale.data.subset import SubsetConfig, make_subsets
+
+    cfg = build(SubsetConfig, {k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    make_subsets(cfg)
     return 0
 
 
@@ -132,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"egoscale {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_models, _add_convert, _add_inspect):
+    for add in (_add_ingest, _add_subset, _add_models, _add_convert, _add_inspect):
         add(sub)
     return parser
 

@@ -42,7 +42,16 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: set[str
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         help_ = f.metadata.get("help", "")
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, metavar=f.metadata.get("metavar", f.name.upper()),
+                                nargs="?" if default is not None else None, default=argparse.SUPPRESS,
+                                help=f"{help_}" + (f" (default: {default})" if default is not None else ""))
+            continue
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        if f.metadata.get("action") == "append":
+            parser.add_argument(flag, action="append", metavar=f.metadata.get("metavar", f.name.upper()),
+                                help=help_, **kw)
+            continue
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                                 help=f"{help_} (default: {default})", **kw)
