@@ -18,6 +18,8 @@ egoscale: masked-autoencoder scaling studies on human-like video.
 Pipeline (each stage reads the files the previous one wrote):
   ingest      folders of videos -> WebDataset shards of JPEG frames + manifest.json
   subset      data-size subsets: contiguous stretches of the frame order, per fraction x seed
+  pretrain    MAE pretraining (also under torchrun: DDP, FSDP), resumable
+  visualize   original | masked | reconstruction grid from an MAE checkpoint
   models      list the ViT family: shapes, parameters, GFLOPs per image
   convert     checkpoint <-> safetensors
   inspect     what a checkpoint holds (kind, model, size, training state)
@@ -141,6 +143,60 @@ def _run_subset(args) -> int:
     return 0
 
 
+# --- pretrain / visualize -------------------------------------------------------------------
+def _add_pretrain(sub) -> None:
+    from egoscale.config import add_dataclass_args
+    from egoscale.train.pretrain import PretrainConfig
+
+    p = sub.add_parser(
+        "pretrain", help="MAE pretraining on frame shards",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Pretrain a masked autoencoder on frames from `egoscale ingest` (optionally a subset). "
+                    "Runs on CPU, one GPU (bf16), or many under torchrun. Resumes from OUT/checkpoint.pt.",
+        epilog="examples:\n"
+               "  egoscale pretrain --model vit_h14 --img-size 476 --data /data/frames \\\n"
+               "      --subset /data/frames/subsets/0.01_s2.json --out runs/vith14@476_0.01_2 \\\n"
+               "      --batch-size 34 --lr 1e-4 --budget-hours 48\n"
+               "  torchrun --nproc-per-node 8 -m egoscale pretrain ...      (DDP over one node)\n"
+               "  torchrun --nnodes 4 ... -m egoscale pretrain ... --fsdp   (sharded, big models)")
+    add_dataclass_args(p, PretrainConfig)
+    p.set_defaults(func=_run_pretrain)
+
+
+def _run_pretrain(args) -> int:
+    from egoscale.config import build
+    from egoscale.train.pretrain import PretrainConfig, pretrain
+
+    cfg = build(PretrainConfig, {k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    import os
+
+    s = pretrain(cfg)
+    if s and "samples" in s and os.environ.get("RANK", "0") == "0":
+        print(f"{s['steps']} steps, {s['samples']} images, final loss {s.get('final_loss', float('nan')):.4f}, "
+              f"{s['seconds']:.0f} s -> {cfg.out}")
+    return 0
+
+
+def _add_visualize(sub) -> None:
+    p = sub.add_parser("visualize", help="MAE reconstructions as a PNG grid",
+                       description="For N images: original | masked input | reconstruction (visible patches "
+                                   "from the input, masked ones predicted), one row each.")
+    p.add_argument("checkpoint", help="MAE checkpoint (file or run folder)")
+    p.add_argument("--images", required=True, help="folder of images, ingest folder, or folder of shards")
+    p.add_argument("--out", default="reconstructions.png", help="PNG to write (default: reconstructions.png)")
+    p.add_argument("-n", type=int, default=8, help="images (default: 8)")
+    p.add_argument("--mask-ratio", type=float, default=None, help="default: the checkpoint's")
+    p.add_argument("--seed", type=int, default=0, help="mask seed (default: 0)")
+    p.set_defaults(func=_run_visualize)
+
+
+def _run_visualize(args) -> int:
+    from egoscale.train.visualize import visualize
+
+    print(f"wrote {visualize(args.checkpoint, args.images, args.out, args.n, args.seed, args.mask_ratio)}")
+    return 0
+
+
 # --- convert / inspect -----------------------------------------------------------------------
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="checkpoint <-> safetensors",
@@ -201,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"egoscale {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_ingest, _add_subset, _add_models, _add_convert, _add_inspect):
+    for add in (_add_ingest, _add_subset, _add_pretrain, _add_visualize, _add_models, _add_convert, _add_inspect):
         add(sub)
     return parser
 

@@ -122,3 +122,13 @@ def to_dict(cfg: Any) -> dict:
         v = getattr(cfg, f.name)
         out[f.name] = str(v) if isinstance(v, Path) else v
     return out
+
+
+def opt(default: Any, help: str, **meta) -> Any:
+    """A config field with its --help text: `lr: float = opt(3e-4, "learning rate")`.
+
+    Lists are given as their default value and copied per instance.
+    """
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+    return dataclasses.field(default=default, metadata={"help": help, **meta})

@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from egoscale.config import to_dict
+from egoscale.config import opt, to_dict
 from egoscale.data.shards import ShardWriter, parse_size
 from egoscale.data.video import describe_error, find_videos, planned_samples, probe, sample_chunk
 from egoscale.errors import ConfigError, DataError
@@ -36,24 +36,24 @@ class IngestConfig:
     source: list[str] = field(default_factory=list, metadata={
         "help": "NAME=FOLDER of videos (repeatable; order sets the global order)", "action": "append",
         "metavar": "NAME=DIR"})
-    out: str = field(default="frames", metadata={"help": "output folder for shards and manifest.json"})
-    fps: float = field(default=1.0, metadata={"help": "frames sampled per second of video (paper: 1)"})
+    out: str = opt("frames", "output folder for shards and manifest.json")
+    fps: float = opt(1.0, "frames sampled per second of video (paper: 1)")
     short_side: int = field(default=256, metadata={
         "help": "resize so the short side is this many px (aspect kept, never upscaled); 0 keeps the size"})
-    quality: int = field(default=90, metadata={"help": "JPEG quality (1-100)"})
+    quality: int = opt(90, "JPEG quality (1-100)")
     glob: str | None = field(default=None, metadata={
         "help": "only files matching this pattern (e.g. '*.mp4'); default: files with a video extension"})
-    shard_size: str = field(default="1GB", metadata={"help": "target shard size (e.g. 512MB, 1GB)"})
-    shard_frames: int = field(default=0, metadata={"help": "also cap frames per shard (0: no cap)"})
-    workers: int = field(default=1, metadata={"help": "decoding processes"})
-    threads: int = field(default=0, metadata={"help": "FFmpeg threads per process (0: automatic)"})
+    shard_size: str = opt("1GB", "target shard size (e.g. 512MB, 1GB)")
+    shard_frames: int = opt(0, "also cap frames per shard (0: no cap)")
+    workers: int = opt(1, "decoding processes")
+    threads: int = opt(0, "FFmpeg threads per process (0: automatic)")
     chunk_seconds: float = field(default=300.0, metadata={
         "help": "seconds of video per work item (long videos are split across processes)"})
     part: str | None = field(default=None, metadata={
         "help": "I/N: ingest only part I of N (0-based) of the videos, for clusters; combine with --merge",
         "metavar": "I/N"})
-    strict: bool = field(default=False, metadata={"help": "exit non-zero if any video failed"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    strict: bool = opt(False, "exit non-zero if any video failed")
+    progress: bool = opt(True, "show a progress bar")
 
     def __post_init__(self):
         if self.fps <= 0:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from egoscale.config import opt
 from egoscale.errors import ConfigError, DataError
 from egoscale.fileio import write_json_atomic
 
@@ -30,7 +31,7 @@ class SubsetConfig:
         "help": "comma-separated fractions of all frames, each in (0, 1]"})
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3], metadata={
         "help": "comma-separated seeds: one subset per seed for each fraction below 1"})
-    out: str | None = field(default=None, metadata={"help": "output folder (default: FRAMES/subsets)"})
+    out: str | None = opt(None, "output folder (default: FRAMES/subsets)")
     mode: str = field(default="contiguous", metadata={
         "help": "contiguous (the paper's) or random (scattered frames, for comparison)",
         "choices": ["contiguous", "random"]})

@@ -137,7 +137,7 @@ class MaskedAutoencoder(nn.Module):
         tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
         x = torch.cat([x[:, :1], tokens], dim=1) + self._fixed_pos(self.decoder_pos_embed, grid)
         x = self.decoder_norm(self.decoder_blocks(x))
-        return self.decoder_pred(x)[:, 1:]
+        return self.decoder_pred(x[:, 1:])  # no prediction for the class token
 
     def target(self, imgs: torch.Tensor) -> torch.Tensor:
         t = self.patchify(imgs)

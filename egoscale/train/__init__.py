@@ -1,0 +1,1 @@
+"""Training: distributed setup, the shared training loop, MAE pretraining, finetuning."""

@@ -1,0 +1,275 @@
+"""The training loop shared by pretraining and finetuning.
+
+A stage builds the model, optimizer, batches and a loss function; `Trainer` runs the steps:
+gradient accumulation, bf16 autocast on CUDA, lr schedule, metrics (metrics.jsonl, a line per
+logging step), progress bar, atomic checkpoints with optimizer/step/RNG state, resume, a
+wall-clock budget, and a stop on a non-finite loss that keeps the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+from egoscale.errors import EgoscaleError
+from egoscale.fileio import append_jsonl, write_json_atomic, write_text_atomic
+from egoscale.models.checkpoint import read_checkpoint, save_checkpoint
+from egoscale.train.distributed import Dist, all_reduce_mean
+
+CHECKPOINT = "checkpoint.pt"
+# Dense bf16 peak TFLOP/s by device name, for MFU (vendor datasheets; SXM parts).
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "V100": 125.0}
+
+
+class TrainingDiverged(EgoscaleError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class LoopSettings:
+    out: Path
+    max_steps: int
+    budget_seconds: float | None = None
+    accum_steps: int = 1
+    log_every: int = 10
+    save_every: int = 1000
+    resume: str = "auto"  # auto | none | PATH
+    seed: int = 0
+    progress: bool = True
+    desc: str = "train"
+    flops_per_sample: float | None = None  # training FLOPs per sample, for TFLOP/s and MFU
+    tokens_per_sample: int | None = None
+
+
+def lr_schedule(kind: str, base: float, warmup: int, total: int) -> Callable[[int], float]:
+    """constant (the paper's), or cosine to zero after a linear warmup."""
+    def constant(step: int) -> float:
+        return base * min(1.0, (step + 1) / warmup) if warmup else base
+
+    def cosine(step: int) -> float:
+        if warmup and step < warmup:
+            return base * (step + 1) / warmup
+        p = (step - warmup) / max(1, total - warmup)
+        return base * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+    return {"constant": constant, "cosine": cosine}[kind]
+
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    if os.environ.get("EGOSCALE_PEAK_TFLOPS"):
+        return float(os.environ["EGOSCALE_PEAK_TFLOPS"])
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def _rng_state() -> dict:
+    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(), "python": random.getstate()[1]}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state()
+    return s
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(("MT19937", np.array(s["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    random.setstate((3, tuple(s["python"]), None))
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state(s["cuda"])
+
+
+class Trainer:
+    """Runs `loss_fn` over `batches` for `settings.max_steps` optimizer steps.
+
+    Args:
+        model: the bare module holding the parameters (saved and loaded).
+        module: what is called in training (model after DDP/FSDP/compile).
+        to_file / from_file: model state <-> checkpoint entries, in the stage's layout.
+        loss_fn(module, batch) -> scalar loss (mean over the batch).
+        evaluate(step) -> dict of metrics or None, called every `eval_every` steps and at the end.
+    """
+
+    def __init__(self, settings: LoopSettings, d: Dist, model, module, optimizer, lr_fn, loss_fn,
+                 to_file: Callable[[dict], dict], from_file: Callable[[dict], dict], config: dict,
+                 evaluate: Callable[[int], dict | None] | None = None, eval_every: int = 0, fsdp: bool = False):
+        self.s, self.d, self.model, self.module, self.opt = settings, d, model, module, optimizer
+        self.lr_fn, self.loss_fn, self.to_file, self.from_file = lr_fn, loss_fn, to_file, from_file
+        self.config, self.evaluate, self.eval_every, self.fsdp = config, evaluate, eval_every, fsdp
+        self.step, self.samples, self.elapsed_before = 0, 0, 0.0
+        self.metrics_path = settings.out / "metrics.jsonl"
+        self.autocast = d.device.type == "cuda"
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def _full_states(self) -> tuple[dict, dict]:
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                                 get_optimizer_state_dict)
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_model_state_dict(self.model, options=opts), get_optimizer_state_dict(
+                self.model, self.opt, options=opts)
+        return self.model.state_dict(), self.opt.state_dict()
+
+    def save(self) -> None:
+        model_state, opt_state = self._full_states()
+        rngs = [None] * self.d.world_size
+        if self.d.enabled:
+            tdist.all_gather_object(rngs, _rng_state())
+        else:
+            rngs = [_rng_state()]
+        if self.d.is_main:
+            obj = {**self.to_file(model_state), "optimizer": opt_state, "step": self.step, "samples": self.samples,
+                   "elapsed": self.elapsed(), "rng": rngs, "config": self.config}
+            save_checkpoint(self.s.out / CHECKPOINT, obj)
+        if self.d.enabled:
+            tdist.barrier()
+
+    def resume(self) -> bool:
+        path = None if self.s.resume == "none" else (
+            self.s.out / CHECKPOINT if self.s.resume == "auto" else Path(self.s.resume))
+        if path is None or not path.is_file():
+            if self.s.resume not in ("auto", "none"):
+                raise EgoscaleError(f"--resume {path}: no such checkpoint")
+            return False
+        obj = read_checkpoint(path)
+        state = self.from_file(obj)
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, state, options=opts)
+            set_optimizer_state_dict(self.model, self.opt, obj["optimizer"], options=opts)
+        else:
+            self.model.load_state_dict(state)
+            self.opt.load_state_dict(obj["optimizer"])
+        self.step, self.samples, self.elapsed_before = obj["step"], obj["samples"], obj.get("elapsed", 0.0)
+        rngs = obj.get("rng") or []
+        if len(rngs) == self.d.world_size:
+            _set_rng_state(rngs[self.d.rank])
+        else:  # another world size: fresh but deterministic streams
+            torch.manual_seed(self.s.seed * 7919 + self.d.rank * 104729 + self.step)
+        if self.d.is_main and self.metrics_path.exists():  # drop lines past the checkpoint
+            keep = [ln for ln in self.metrics_path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+            write_text_atomic(self.metrics_path, "".join(k + "\n" for k in keep))
+        return True
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.time() - self._t0)
+
+    # --- the loop --------------------------------------------------------------------------
+    def fit(self, batches: Iterator) -> dict:
+        s, d = self.s, self.d
+        self._t0 = time.time()
+        bar = None
+        if s.progress and d.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=s.max_steps, initial=self.step, desc=s.desc, unit="step", dynamic_ncols=True)
+        window_loss = torch.zeros((), device=d.device)
+        bad = torch.zeros((), dtype=torch.bool, device=d.device)
+        window_n, window_steps, window_t0, last_loss, last_eval = 0, 0, time.time(), float("nan"), None
+        peak = device_peak_tflops(d.device)
+        stop_reason = "steps"
+        try:
+            while self.step < s.max_steps:
+                if s.budget_seconds is not None and self.elapsed() >= s.budget_seconds:
+                    stop_reason = "budget"
+                    break
+                lr = self.lr_fn(self.step)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
+                n_step = 0
+                for _ in range(s.accum_steps):
+                    batch = next(batches)
+                    with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                        loss = self.loss_fn(self.module, batch)
+                    (loss / s.accum_steps).backward()
+                    ld = loss.detach()
+                    bad |= ~torch.isfinite(ld)
+                    window_loss += ld / s.accum_steps
+                    n_step += _batch_len(batch)
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+                self.step += 1
+                self.samples += n_step * d.world_size
+                window_n += n_step * d.world_size
+                window_steps += 1
+                last_step = self.step >= s.max_steps
+                if self.step % s.log_every == 0 or last_step:
+                    if bool(bad):
+                        raise TrainingDiverged(
+                            f"non-finite loss by step {self.step}; stopped. The last good checkpoint "
+                            f"({s.out / CHECKPOINT}, if any) is kept; lower --lr or check the data")
+                    dt = max(time.time() - window_t0, 1e-9)
+                    mean_loss = float(all_reduce_mean(window_loss, d)) / window_steps
+                    rec = {"step": self.step, "loss": mean_loss, "lr": lr, "images_per_s": window_n / dt,
+                           "samples": self.samples, "seconds": round(self.elapsed(), 3)}
+                    if s.tokens_per_sample:
+                        rec["tokens_per_s"] = window_n * s.tokens_per_sample / dt
+                    if s.flops_per_sample and d.device.type == "cuda":
+                        tflops = window_n * s.flops_per_sample / dt / 1e12 / d.world_size
+                        rec["tflops_per_device"] = tflops
+                        if peak:
+                            rec["mfu"] = tflops / peak
+                        rec["peak_memory_gb"] = torch.cuda.max_memory_allocated(d.device) / 2**30
+                    if d.is_main:
+                        append_jsonl(self.metrics_path, rec)
+                    last_loss = mean_loss
+                    window_loss.zero_()
+                    window_n, window_steps, window_t0 = 0, 0, time.time()
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rec['images_per_s']:.1f}")
+                if bar is not None:
+                    bar.update(1)
+                if self.evaluate and self.eval_every and self.step % self.eval_every == 0 and not last_step:
+                    last_eval = self._evaluate()
+                if self.step % s.save_every == 0 and not last_step:
+                    self._check(bad)
+                    self.save()
+            self._check(bad)
+            if self.evaluate:
+                last_eval = self._evaluate()
+            self.save()
+        except torch.OutOfMemoryError:
+            raise EgoscaleError(
+                f"out of memory on {d.device}: the batch does not fit; lower --batch-size (use "
+                "--accum-steps to keep the global batch), or add --grad-checkpointing / --fsdp") from None
+        finally:
+            if bar is not None:
+                bar.close()
+        summary = {"steps": self.step, "samples": self.samples, "seconds": round(self.elapsed(), 3),
+                   "stopped_by": stop_reason, "final_loss": last_loss}
+        if s.flops_per_sample:
+            summary["estimated_flops"] = self.samples * s.flops_per_sample
+        if last_eval:
+            summary["eval"] = last_eval
+        if d.is_main:
+            write_json_atomic(s.out / "summary.json", summary)
+        return summary
+
+    def _check(self, bad: torch.Tensor) -> None:
+        if bool(bad):
+            raise TrainingDiverged(f"non-finite loss by step {self.step}; stopped without saving. The last good "
+                                   f"checkpoint ({self.s.out / CHECKPOINT}, if any) is kept")
+
+    def _evaluate(self) -> dict | None:
+        res = self.evaluate(self.step)
+        if res is not None and self.d.is_main:
+            append_jsonl(self.metrics_path, {"step": self.step, **res})
+        return res
+
+
+def _batch_len(batch) -> int:
+    if isinstance(batch, (tuple, list)):
+        return len(batch[0])
+    return len(batch)

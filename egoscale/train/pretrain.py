@@ -1,0 +1,156 @@
+"""`egoscale pretrain`: MAE pretraining on frame shards (or a subset of them).
+
+The same command runs on a CPU, one GPU, or all GPUs of many nodes under torchrun:
+
+    egoscale pretrain --model vit_h14 --img-size 476 --data /data/frames \\
+        --subset /data/frames/subsets/0.01_s2.json --out runs/vith14@476_0.01_2 \\
+        --batch-size 34 --lr 1e-4 --budget-hours 48
+    torchrun --nproc-per-node 8 -m egoscale pretrain ...          # DDP over a node
+    torchrun --nnodes 4 ... -m egoscale pretrain ... --fsdp       # sharded, for the billion-scale members
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from egoscale.config import to_dict
+from egoscale.data.loader import FrameStream, make_loader, normalize_batch, resolve_pieces
+from egoscale.config import opt
+from egoscale.errors import ConfigError
+from egoscale.fileio import write_json_atomic
+from egoscale.models.checkpoint import mae_meta, mae_to_released, released_to_mae
+from egoscale.models.flops import mae_train_flops
+from egoscale.models.mae import MaskedAutoencoder
+from egoscale.models.registry import get_spec
+from egoscale.train.distributed import cleanup, init_distributed, parallelize
+from egoscale.train.loop import LoopSettings, Trainer, lr_schedule
+
+
+@dataclass
+class PretrainConfig:
+    """MAE pretraining settings; defaults follow the paper (Orhan 2023)."""
+
+    data: str = opt("frames", "ingest folder (manifest.json + shards) or a folder of .tar shards")
+    out: str = opt("runs/pretrain", "run folder: checkpoint.pt, metrics.jsonl, summary.json")
+    subset: str | None = opt(None, "subset file from `egoscale subset` (default: all frames)")
+    model: str = opt("vit_s14", "family member (`egoscale models`)")
+    img_size: int | None = opt(None, "image side in px (default: the model's)")
+    patch_size: int | None = opt(None, "override the model's patch size")
+    batch_size: int = opt(256, "images per device per micro-step (paper: 256-512 at 224 px)")
+    accum_steps: int = opt(1, "micro-steps per optimizer step")
+    lr: float | None = opt(None, "learning rate (default: 3e-4, or 1e-4 from ViT-H up)")
+    lr_schedule: str = opt("constant", "constant (paper) or cosine", choices=["constant", "cosine"])
+    warmup_steps: int = opt(0, "linear warmup steps")
+    weight_decay: float = opt(0.0, "AdamW weight decay (paper: 0)")
+    mask_ratio: float = opt(0.8, "fraction of patches masked (paper: 0.8)")
+    norm_pix_loss: bool = opt(False, "per-patch normalised pixel targets (paper: off)")
+    decoder_width: int | None = opt(None, "override decoder width (paper: 512)")
+    decoder_depth: int | None = opt(None, "override decoder blocks (paper: 8)")
+    steps: int | None = opt(None, "stop after this many optimizer steps")
+    epochs: float | None = opt(None, "stop after this many passes over the frames")
+    budget_hours: float | None = opt(None, "stop after this much wall-clock time")
+    save_every: int = opt(1000, "checkpoint every N steps (and at the end)")
+    log_every: int = opt(10, "metrics line every N steps")
+    workers: int = opt(4, "data loader processes per device")
+    shuffle_buffer: int = opt(2000, "frames mixed before batching")
+    seed: int = opt(0, "random seed")
+    device: str = opt("auto", "auto, cuda or cpu")
+    compile: bool = opt(False, "torch.compile the model")
+    grad_checkpointing: bool = opt(False, "recompute activations in backward")
+    fsdp: bool = opt(False, "fully sharded data parallel (multi-GPU, big models)")
+    resume: str = opt("auto", "auto (continue from OUT/checkpoint.pt), none, or a path")
+    progress: bool = opt(True, "show a progress bar")
+
+    def __post_init__(self):
+        if not 0 <= self.mask_ratio < 1:
+            raise ConfigError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.batch_size < 1 or self.accum_steps < 1:
+            raise ConfigError("--batch-size and --accum-steps must be at least 1")
+        if self.steps is None and self.epochs is None and self.budget_hours is None:
+            raise ConfigError("say how long to train: --steps, --epochs or --budget-hours (whichever comes first)")
+
+    def spec(self):
+        spec = get_spec(self.model, patch_size=self.patch_size, img_size=self.img_size)
+        if spec.img_size % spec.patch_size:
+            raise ConfigError(f"--img-size {spec.img_size} is not divisible by the patch size {spec.patch_size} "
+                              f"of {spec.name}")
+        if self.decoder_width:
+            spec = replace(spec, decoder_width=self.decoder_width)
+        if self.decoder_depth:
+            spec = replace(spec, decoder_depth=self.decoder_depth)
+        return spec
+
+    def default_lr(self) -> float:
+        return self.lr if self.lr is not None else (1e-4 if self.spec().width >= 1280 else 3e-4)
+
+
+def pretrain(cfg: PretrainConfig, log=print) -> dict:
+    """Run (or resume) MAE pretraining; returns the summary."""
+    spec = cfg.spec()
+    pieces, frames = resolve_pieces(cfg.data, cfg.subset)
+    d = init_distributed(cfg.device)
+    try:
+        out = Path(cfg.out)
+        if d.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
+        steps = [cfg.steps] if cfg.steps else []
+        if cfg.epochs is not None:
+            if frames is None:
+                raise ConfigError("--epochs needs a frame count: pass an ingest folder or a --subset")
+            steps.append(max(1, math.ceil(cfg.epochs * frames / global_batch)))
+        max_steps = min(steps) if steps else 2**62
+        torch.manual_seed(cfg.seed)
+        mae = MaskedAutoencoder(spec, mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss).to(d.device)
+        torch.manual_seed(cfg.seed * 7919 + d.rank)  # different masks on every rank
+        lr = cfg.default_lr()
+        if d.is_main:
+            log(f"pretrain {spec.name} at {spec.img_size}px on {d.device} x{d.world_size}: "
+                f"global batch {global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} "
+                f"devices, lr {lr:g} ({cfg.lr_schedule}), mask {cfg.mask_ratio}, "
+                f"{'?' if frames is None else frames} frames, "
+                f"{'budget ' + str(cfg.budget_hours) + ' h' if cfg.budget_hours else str(max_steps) + ' steps'}")
+            write_json_atomic(out / "config.json", to_dict(cfg))
+        module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
+        params = [p for p in mae.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
+                                fused=d.device.type == "cuda")
+        settings = LoopSettings(out=out, max_steps=max_steps,
+                                budget_seconds=cfg.budget_hours * 3600 if cfg.budget_hours else None,
+                                accum_steps=cfg.accum_steps, log_every=cfg.log_every, save_every=cfg.save_every,
+                                resume=cfg.resume, seed=cfg.seed, progress=cfg.progress, desc=f"pretrain {spec.name}",
+                                flops_per_sample=mae_train_flops(spec, spec.img_size, cfg.mask_ratio),
+                                tokens_per_sample=(spec.img_size // spec.patch_size) ** 2)
+        schedule = lr_schedule(cfg.lr_schedule, lr, cfg.warmup_steps, max_steps)
+        trainer = Trainer(settings, d, mae, module, optimizer, schedule, _loss_fn(d.device),
+                          to_file=lambda st: {"model": mae_to_released(st), "egoscale": mae_meta(mae)},
+                          from_file=lambda obj: released_to_mae(obj["model"]), config=to_dict(cfg), fsdp=cfg.fsdp)
+        if trainer.resume() and d.is_main:
+            log(f"resumed from step {trainer.step} ({trainer.samples} images seen)")
+        if trainer.step >= max_steps:
+            if d.is_main:
+                log(f"{out}: already trained for {trainer.step} steps; nothing to do")
+            done = out / "summary.json"
+            return json.loads(done.read_text()) if done.is_file() else {"steps": trainer.step}
+        # A resumed run draws a fresh, deterministic stream (the shuffle position is not restorable).
+        stream = FrameStream(pieces, spec.img_size, seed=cfg.seed * 1_000_003 + trainer.step, rank=d.rank,
+                             world_size=d.world_size, shuffle_buffer=cfg.shuffle_buffer)
+        loader = make_loader(stream, cfg.batch_size, cfg.workers, pin_memory=d.device.type == "cuda")
+        summary = trainer.fit(iter(loader))
+        summary.update(model=spec.name, img_size=spec.img_size, frames=frames, global_batch=global_batch)
+        if d.is_main:
+            write_json_atomic(out / "summary.json", summary)
+        return summary
+    finally:
+        cleanup()
+
+
+def _loss_fn(device):
+    def loss(module, batch):
+        return module(normalize_batch(batch, device)).loss
+    return loss
