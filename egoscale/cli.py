@@ -20,6 +20,8 @@ Pipeline (each stage reads the files the previous one wrote):
   subset      data-size subsets: contiguous stretches of the frame order, per fraction x seed
   pretrain    MAE pretraining (also under torchrun: DDP, FSDP), resumable
   visualize   original | masked | reconstruction grid from an MAE checkpoint
+  finetune    few-shot finetuning on a labelled folder (permissive / stringent), top-1/top-5
+  probe       linear probe and k-NN on frozen features (cached)
   models      list the ViT family: shapes, parameters, GFLOPs per image
   convert     checkpoint <-> safetensors
   inspect     what a checkpoint holds (kind, model, size, training state)
@@ -197,6 +199,49 @@ def _run_visualize(args) -> int:
     return 0
 
 
+# --- finetune / probe -----------------------------------------------------------------------
+def _add_eval(sub, name: str) -> None:
+    from egoscale.config import add_dataclass_args
+    from egoscale.evaluate.finetune import FinetuneConfig
+    from egoscale.evaluate.probe import ProbeConfig
+
+    cls = FinetuneConfig if name == "finetune" else ProbeConfig
+    text = ("Finetune the whole encoder with a BatchNorm+Linear head on a random fraction of a labelled "
+            "folder (ImageNet layout) and report top-1/top-5 on the whole val folder after every epoch. "
+            "Resumable; runs under torchrun like pretraining."
+            if name == "finetune" else
+            "Extract frozen class-token features once (cached, resumable), train a BatchNorm+Linear "
+            "classifier on them, and report top-1/top-5 (and k-NN) on the val folder.")
+    short = ("few-shot finetuning, top-1/top-5 per epoch" if name == "finetune"
+             else "linear probe and k-NN on frozen features")
+    p = sub.add_parser(name, help=short, description=text, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=f"example:\n  egoscale {name} --checkpoint runs/vith14@476_1.0_1 \\\n"
+                              "      --train /data/imagenet/train --val /data/imagenet/val \\\n"
+                              f"      --condition permissive --out evals/{name}")
+    add_dataclass_args(p, cls)
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    import os
+
+    from egoscale.config import build
+
+    if args.command == "finetune":
+        from egoscale.evaluate.finetune import FinetuneConfig as cls
+        from egoscale.evaluate.finetune import finetune as run
+    else:
+        from egoscale.evaluate.probe import ProbeConfig as cls
+        from egoscale.evaluate.probe import probe as run
+    cfg = build(cls, {k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    r = run(cfg)
+    if os.environ.get("RANK", "0") == "0":
+        extra = f", k-NN top-1 {r['knn_top1']:.2%}" if "knn_top1" in r else ""
+        print(f"{r['eval']} {r['model']} ({r['condition']}, {r['n_train']} images): top-1 {r['top1']:.2%}, "
+              f"top-5 {r['top5']:.2%} (best, epoch {r['best_epoch']}){extra} -> {cfg.out}/result.json")
+    return 0
+
+
 # --- convert / inspect -----------------------------------------------------------------------
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="checkpoint <-> safetensors",
@@ -257,7 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"egoscale {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_ingest, _add_subset, _add_pretrain, _add_visualize, _add_models, _add_convert, _add_inspect):
+    for add in (_add_ingest, _add_subset, _add_pretrain, _add_visualize):
+        add(sub)
+    _add_eval(sub, "finetune")
+    _add_eval(sub, "probe")
+    for add in (_add_models, _add_convert, _add_inspect):
         add(sub)
     return parser
 

@@ -1,0 +1,1 @@
+"""Evaluation: few-shot finetuning and linear probing on labelled image folders."""

@@ -1,0 +1,170 @@
+"""`egoscale probe`: linear probe (and k-NN) on frozen class-token features.
+
+Features of the train subset and the val set are extracted once with the frozen encoder
+(val transform, no augmentation), cached in chunks under OUT/features/ (a killed extraction
+resumes at the next missing chunk), then a BatchNorm1d(affine=False)+Linear classifier is
+trained on the cache. Orders of magnitude cheaper than finetuning, and it isolates the
+representation's quality.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from egoscale.config import opt, to_dict
+from egoscale.errors import ConfigError
+from egoscale.evaluate.common import ImageList, load_backbone, model_info, val_transform
+from egoscale.evaluate.finetune import prepare_labelled
+from egoscale.evaluate.labelled import topk_correct, write_list
+from egoscale.fileio import append_jsonl, write_json_atomic
+from egoscale.models.checkpoint import save_checkpoint
+from egoscale.models.vit import make_head
+
+
+@dataclass
+class ProbeConfig:
+    checkpoint: str = opt("none", "checkpoint file, run folder, released id, or none (random init baseline)")
+    train: str = opt("train", "training folder, one subfolder per class")
+    val: str = opt("val", "validation folder with the same classes")
+    out: str = opt("evals/probe", "output folder: result.json, metrics.jsonl, features/")
+    model: str | None = opt(None, "model for --checkpoint none")
+    condition: str | None = opt("permissive", "permissive (2%), stringent (1.0147%) or full",
+                                choices=["permissive", "stringent", "full"])
+    label_fraction: float | None = opt(None, "fraction of training images (overrides --condition)")
+    sampling: str = opt("random", "random or per-class", choices=["random", "per-class"])
+    train_list: str | None = opt(None, "reuse the training files of an earlier run")
+    seed: int = opt(0, "seed of the label subset and the classifier")
+    img_size: int | None = opt(None, "image side in px (default: the checkpoint's)")
+    epochs: int = opt(100, "classifier epochs over the cached features (at least --min-steps updates)")
+    min_steps: int = opt(1000, "minimum classifier updates, so that small label sets are not underfitted")
+    batch_size: int = opt(256, "batch for extraction and for the classifier")
+    lr: float = opt(1e-3, "classifier learning rate (AdamW)")
+    weight_decay: float = opt(0.0, "classifier weight decay")
+    knn: int = opt(20, "also report k-NN (cosine, k neighbours) accuracy; 0 turns it off")
+    chunk: int = opt(2048, "images per cached feature chunk")
+    workers: int = opt(4, "data loader processes")
+    device: str = opt("auto", "auto, cuda or cpu")
+    progress: bool = opt(True, "show progress bars")
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ConfigError("--epochs must be at least 1")
+
+
+@torch.no_grad()
+def extract(vit, dataset, folder: Path, chunk: int, batch: int, workers: int, device, progress: bool, desc: str):
+    """Class-token features (N, C) and labels (N,), cached chunk by chunk under `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n_chunks = (len(dataset) + chunk - 1) // chunk
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(dataset), desc=f"features {desc}", unit="img")
+    feats, labels = [], []
+    vit.eval()
+    for c in range(n_chunks):
+        path = folder / f"{c:05d}.pt"
+        idx = list(range(c * chunk, min(len(dataset), (c + 1) * chunk)))
+        if not path.is_file():
+            loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx), batch, num_workers=workers)
+            fs, ys = [], []
+            for x, y in loader:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    fs.append(vit.forward_head(vit.forward_features(x.to(device)), pre_logits=True).float().cpu())
+                ys.append(y)
+                if bar is not None:
+                    bar.update(len(y))
+            save_checkpoint(path, {"features": torch.cat(fs), "labels": torch.cat(ys)})
+        elif bar is not None:
+            bar.update(len(idx))
+        obj = torch.load(path, weights_only=True)
+        feats.append(obj["features"])
+        labels.append(obj["labels"])
+    if bar is not None:
+        bar.close()
+    return torch.cat(feats), torch.cat(labels)
+
+
+def knn_accuracy(train_f, train_y, val_f, val_y, k: int, classes: int) -> dict:
+    """Weighted k-NN on cosine similarity (weights exp(sim / 0.07), as in DINO)."""
+    tr = F.normalize(train_f, dim=1)
+    va = F.normalize(val_f, dim=1)
+    k = min(k, len(tr))
+    hits = {1: 0, 5: 0}
+    for i in range(0, len(va), 1024):
+        sim = va[i:i + 1024] @ tr.T
+        w, j = sim.topk(k, dim=1)
+        votes = torch.zeros(len(w), classes).scatter_add_(1, train_y[j], (w / 0.07).exp())
+        c = topk_correct(votes, val_y[i:i + 1024])
+        hits[1] += c[1]
+        hits[5] += c[5]
+    return {"knn_top1": hits[1] / len(va), "knn_top5": hits[5] / len(va), "knn_k": k}
+
+
+def probe(cfg: ProbeConfig, log=print) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    full, train, val, condition, fraction = prepare_labelled(cfg, out)
+    write_list(train, out / "train_files.txt")
+    torch.manual_seed(cfg.seed)
+    vit, info = load_backbone(cfg.checkpoint, cfg.model, cfg.img_size, 0)
+    vit = vit.to(device)
+    size = vit.spec.img_size
+    log(f"probe {vit.spec.name} at {size}px: {len(train)} train / {len(val)} val images, "
+        f"{len(full.classes)} classes")
+    t0 = time.time()
+    tf = val_transform(size)
+    tr_f, tr_y = extract(vit, ImageList(train, tf), out / "features" / "train", cfg.chunk, cfg.batch_size,
+                         cfg.workers, device, cfg.progress, "train")
+    va_f, va_y = extract(vit, ImageList(val, tf), out / "features" / "val", cfg.chunk, cfg.batch_size,
+                         cfg.workers, device, cfg.progress, "val")
+    t_feat = time.time() - t0
+    torch.manual_seed(cfg.seed)  # the classifier's start must not depend on how much was cached
+    head = make_head(vit.spec.width, len(full.classes))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
+    metrics = out / "metrics.jsonl"
+    metrics.write_text("")  # the classifier is retrained from the cache in seconds: no resume needed
+    steps_per_epoch = max(1, -(-len(tr_f) // cfg.batch_size))
+    epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
+    for epoch in range(1, epochs + 1):
+        head.train()
+        perm = torch.randperm(len(tr_f), generator=g)
+        total = 0.0
+        for i in range(0, len(perm), cfg.batch_size):
+            j = perm[i:i + cfg.batch_size]
+            if len(j) < 2 and len(perm) > 1:
+                continue  # BatchNorm needs two samples
+            loss = F.cross_entropy(head(tr_f[j]), tr_y[j])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(j)
+        head.eval()
+        with torch.no_grad():
+            logits = head(va_f)
+            c = topk_correct(logits, va_y)
+            rec = {"epoch": epoch, "train_loss": total / len(perm), "val_loss": F.cross_entropy(logits, va_y).item(),
+                   "top1": c[1] / len(va_y), "top5": c[5] / len(va_y)}
+        if epoch % max(1, epochs // 100) == 0 or epoch == epochs:  # at most ~100 lines
+            append_jsonl(metrics, rec)
+    evals = [json.loads(x) for x in metrics.read_text().splitlines()]
+    best = max(evals, key=lambda r: (r["top1"], r["top5"]))
+    result = {"eval": "linear_probe", "condition": condition, "label_fraction": fraction, "sampling": cfg.sampling,
+              "seed": cfg.seed, "n_train": len(train), "n_train_total": len(full), "n_val": len(val),
+              "classes": len(full.classes), **model_info(vit), **info, "top1": best["top1"], "top5": best["top5"],
+              "best_epoch": best["epoch"], "top1_last": evals[-1]["top1"], "top5_last": evals[-1]["top5"],
+              "epochs": epochs, "feature_seconds": round(t_feat, 3), "seconds": round(time.time() - t0, 3),
+              "config": to_dict(cfg)}
+    if cfg.knn:
+        result.update(knn_accuracy(tr_f, tr_y, va_f, va_y, cfg.knn, len(full.classes)))
+    write_json_atomic(out / "result.json", result)
+    return result
