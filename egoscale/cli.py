@@ -22,6 +22,10 @@ Pipeline (each stage reads the files the previous one wrote):
   visualize   original | masked | reconstruction grid from an MAE checkpoint
   finetune    few-shot finetuning on a labelled folder (permissive / stringent), top-1/top-5
   probe       linear probe and k-NN on frozen features (cached)
+  results     the results table: collect result.json files, or import the paper's logs
+  fit         scaling-law forms with robust fits, held-out validation and bootstrap intervals
+  extrapolate predictions far from the data; the scale that reaches a target (e.g. human)
+  report      report.html / report.md with plots from a fit
   models      list the ViT family: shapes, parameters, GFLOPs per image
   convert     checkpoint <-> safetensors
   inspect     what a checkpoint holds (kind, model, size, training state)
@@ -242,6 +246,131 @@ def _run_eval(args) -> int:
     return 0
 
 
+# --- results / fit / extrapolate / report -----------------------------------------------------
+def _add_results(sub) -> None:
+    p = sub.add_parser("results", help="build the results table (CSV)",
+                       description="Build the results table: one row per evaluated run.")
+    rs = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    c = rs.add_parser("collect", help="gather result.json files under a folder")
+    c.add_argument("runs_dir")
+    c.add_argument("--out", default="results.csv")
+    i = rs.add_parser("import-logs", help="read the paper's published finetuning logs",
+                      description="Read {arch}_{fraction}_{seed}_log.txt files (one JSON object per line with "
+                                  "test_acc1, test_acc5, epoch, n_parameters); hours = fraction x --total-hours.")
+    i.add_argument("log_dir")
+    i.add_argument("--total-hours", type=float, required=True, help="hours of the full data set (paper: ~5000)")
+    i.add_argument("--out", default="results.csv")
+    p.set_defaults(func=_run_results)
+
+
+def _run_results(args) -> int:
+    from egoscale.scaling.table import collect, import_logs, write_table
+
+    rows = collect(args.runs_dir) if args.action == "collect" else import_logs(args.log_dir, args.total_hours)
+    write_table(rows, args.out)
+    print(f"wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
+def _add_fit(sub) -> None:
+    from egoscale.config import add_dataclass_args
+    from egoscale.scaling.analysis import FitConfig
+
+    p = sub.add_parser("fit", help="fit scaling-law forms, validated on held-out runs",
+                       description="Fit accuracy as a function of parameters N, hours D and resolution R with "
+                                   "several forms (robust Huber loss, many starts), validate each on held-out runs, "
+                                   "bootstrap intervals (seeds resampled within cells), and choose by held-out error.",
+                       epilog="example: egoscale fit results.csv --metric top1 --form auto "
+                              "--holdout data_fraction=1.0 --out fit.json")
+    add_dataclass_args(p, FitConfig)
+    p.set_defaults(func=_run_fit)
+
+
+def _run_fit(args) -> int:
+    from egoscale.config import build
+    from egoscale.scaling.analysis import FitConfig, run_fit
+
+    cfg = build(FitConfig, {k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    run_fit(cfg)
+    print(f"wrote {cfg.out}")
+    return 0
+
+
+def _add_extrapolate(sub) -> None:
+    p = sub.add_parser("extrapolate", help="predict far from the data; scale needed for a target",
+                       description="Predictions with 90% intervals per form at a given scale (--at), or the common "
+                                   "factor k by which N, D and pixels of the largest run must grow to reach a target "
+                                   "(--target T --scale-together). Targets: a number, or 'human' (top-5 0.949, "
+                                   "Russakovsky et al. 2015).",
+                       epilog="examples:\n  egoscale extrapolate fit.json --at params=2.5e9,hours=20000,resolution=952"
+                              "\n  egoscale extrapolate fit.json --target human --scale-together",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("fit")
+    p.add_argument("--at", help="params=N,hours=D,resolution=R")
+    p.add_argument("--target", help="accuracy in (0, 1) or a named target (human)")
+    p.add_argument("--scale-together", action="store_true", help="scale N, D and pixels by one factor k")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_run_extrapolate)
+
+
+def _run_extrapolate(args) -> int:
+    import json
+
+    from egoscale.errors import ConfigError
+    from egoscale.scaling.extrapolate import at, load_fit, parse_at, resolve_target, scale_together
+
+    fit = load_fit(args.fit)
+    if args.at:
+        res = at(fit, *parse_at(args.at))
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            for name, r in res.items():
+                print(f"{name:<18} {fit['metric']} {r['pred']:.3f}  90% CI [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]  "
+                      f"90% PI [{r['pi'][0]:.3f}, {r['pi'][1]:.3f}]{'  <- chosen' if name == fit['chosen'] else ''}")
+        return 0
+    if not args.target:
+        raise ConfigError("give --at params=...,hours=...,resolution=... or --target T --scale-together")
+    if not args.scale_together:
+        raise ConfigError("--target needs --scale-together (a compute-budget frontier is not built yet)")
+    value, source = resolve_target(fit, args.target)
+    res = scale_together(fit, value)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    b = res["base"]
+    print(f"target {fit['metric']} {value:.3f} ({source}); from the largest run N={b['params']:.3g}, "
+          f"D={b['hours']:.3g} h, R={b['resolution']:.0f} px, scaling N, D, pixels by k:")
+    for name, r in res["forms"].items():
+        mark = "  <- chosen" if name == fit["chosen"] else ""
+        if "unreachable" in r:
+            print(f"  {name:<18} unreachable: {r['unreachable']}{mark}")
+            continue
+        iv = r.get("k_interval")
+        ivs = f"90% CI k in [{iv[0]:.3g}, {iv[1]:.3g}]" if iv else r.get("note", "")
+        print(f"  {name:<18} k={r['k']:.3g}: {r['params']:.3g} params, {r['hours']:.3g} h, {r['resolution']:.0f} px; "
+              f"{ivs}{mark}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="HTML/Markdown report with plots from a fit",
+                       description="Write report.html (self-contained) and report.md with PNG plots: accuracy vs "
+                                   "hours/params/resolution with fitted curves, held-out predictions, and the "
+                                   "extrapolation with interval bands for every form.")
+    p.add_argument("fit")
+    p.add_argument("--out", default="report", help="output folder (default: report)")
+    p.add_argument("--target", default=None, help="target accuracy or 'human' (default: human for top5 fits)")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from egoscale.scaling.report import report
+
+    print(f"wrote {report(args.fit, args.out, args.target)}")
+    return 0
+
+
 # --- convert / inspect -----------------------------------------------------------------------
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="checkpoint <-> safetensors",
@@ -306,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     _add_eval(sub, "finetune")
     _add_eval(sub, "probe")
+    for add in (_add_results, _add_fit, _add_extrapolate, _add_report):
+        add(sub)
     for add in (_add_models, _add_convert, _add_inspect):
         add(sub)
     return parser

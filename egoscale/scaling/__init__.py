@@ -1,0 +1,1 @@
+"""Scaling analysis: the results table, scaling-law fits with uncertainty, extrapolation, report."""

@@ -1,0 +1,158 @@
+"""`egoscale fit`: fit every scaling-law form, validate each on held-out runs, choose by
+held-out error (not in-sample fit), and write fit.json with everything later stages need.
+
+    egoscale fit results.csv --metric top1 --form auto --holdout data_fraction=1.0 --out fit.json
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from egoscale.config import opt
+from egoscale.errors import ConfigError, DataError
+from egoscale.fileio import write_json_atomic
+from egoscale.scaling.fit import FORMS, bootstrap, fit_form, predict_interval, seed_noise
+from egoscale.scaling.table import read_table
+
+SPECIAL_SPLITS = {"largest-data": "data_hours", "largest-model": "params", "largest-resolution": "img_size"}
+
+
+@dataclass
+class FitConfig:
+    table: str = opt("results.csv", "results table (CSV) from the sweep or `egoscale results`", positional=True,
+                     metavar="RESULTS")
+    out: str = opt("fit.json", "where to write the fit")
+    metric: str = opt("top1", "accuracy column to model", choices=["top1", "top5", "top1_last", "top5_last"])
+    form: str = opt("auto", "a form name, 'all', or 'auto' (choose by held-out error)",
+                    choices=["auto", "all", *FORMS])
+    holdout: list[str] = opt([], "held-out split: COLUMN=VALUE, largest-data, largest-model or largest-resolution "
+                             "(repeatable; default with auto: the three 'largest' splits that exist)",
+                             action="append", metavar="SPLIT")
+    eval: str | None = opt(None, "use only rows of this evaluation (e.g. finetune, linear_probe)")
+    condition: str | None = opt(None, "use only rows of this finetuning condition (e.g. permissive)")
+    bootstrap: int = opt(200, "bootstrap refits for intervals")
+    level: float = opt(0.9, "interval level")
+    huber_delta: float = opt(0.01, "Huber loss threshold in accuracy (0.01 = 1 point)")
+    seed: int = opt(0, "bootstrap seed")
+
+    def __post_init__(self):
+        for h in self.holdout:
+            if h not in SPECIAL_SPLITS and "=" not in h:
+                raise ConfigError(f"--holdout {h!r}: expected COLUMN=VALUE or one of {', '.join(SPECIAL_SPLITS)}")
+        if not 0 < self.level < 1:
+            raise ConfigError("--level must be in (0, 1)")
+
+
+def _rows(cfg: FitConfig) -> tuple[list[dict], list[dict]]:
+    rows = read_table(cfg.table)
+    used, dropped = [], []
+    for r in rows:
+        why = None
+        if cfg.eval and r.get("eval") != cfg.eval:
+            why = f"eval is {r.get('eval')!r}, not {cfg.eval!r}"
+        elif cfg.condition and r.get("condition") != cfg.condition:
+            why = f"condition is {r.get('condition')!r}, not {cfg.condition!r}"
+        else:
+            for k in ("params", "data_hours", "img_size", cfg.metric):
+                if r.get(k) is None or not np.isfinite(r[k]) or (k != cfg.metric and r[k] <= 0):
+                    why = f"no usable {k}"
+                    break
+        (dropped if why else used).append({**r, "dropped_because": why} if why else r)
+    if len(used) < 3:
+        raise DataError(f"{cfg.table}: only {len(used)} usable rows for --metric {cfg.metric}; need at least 3")
+    return used, dropped
+
+
+def _split_mask(rows: list[dict], split: str) -> np.ndarray:
+    if split in SPECIAL_SPLITS:
+        col = SPECIAL_SPLITS[split]
+        v = np.array([r[col] for r in rows], float)
+        return np.isclose(v, v.max())
+    col, _, val = split.partition("=")
+    if col not in rows[0]:
+        raise ConfigError(f"--holdout {split}: no column {col!r} in the table")
+    vals = [r.get(col) for r in rows]
+    try:
+        target = float(val)
+        return np.array([v is not None and np.isclose(float(v), target) for v in vals])
+    except ValueError:
+        return np.array([str(v) == val for v in vals])
+
+
+def _arrays(rows, metric):
+    X = tuple(np.array([r[k] for r in rows], float) for k in ("params", "data_hours", "img_size"))
+    return X, np.array([r[metric] for r in rows], float)
+
+
+def run_fit(cfg: FitConfig, log=print) -> dict:
+    t0 = time.time()
+    rows, dropped = _rows(cfg)
+    X, y = _arrays(rows, cfg.metric)
+    noise = seed_noise(X, y)
+    names = list(FORMS) if cfg.form in ("auto", "all") else [cfg.form]
+    splits = list(cfg.holdout)
+    if not splits and cfg.form == "auto":
+        splits = [s for s, col in SPECIAL_SPLITS.items() if len({r[col] for r in rows}) > 1]
+    result = {"metric": cfg.metric, "table": cfg.table, "level": cfg.level, "noise_sigma": noise,
+              "n_rows": len(rows), "dropped": dropped, "splits": splits, "forms": {}, "data": rows,
+              "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
+    for name in names:
+        form = FORMS[name]
+        if len(rows) <= len(form.params):
+            log(f"{name}: skipped, {len(rows)} rows cannot determine {len(form.params)} parameters")
+            result["forms"][name] = {"skipped": f"{len(rows)} rows for {len(form.params)} parameters"}
+            continue
+        full = fit_form(form, X, y, cfg.huber_delta)
+        samples = bootstrap(form, X, y, full["theta"], cfg.bootstrap, cfg.huber_delta, cfg.seed)
+        lo, hi = (1 - cfg.level) / 2 * 100, (1 + cfg.level) / 2 * 100
+        readable = [form.readable(t) for t in samples]
+        ci = {k: [float(np.percentile([r[k] for r in readable], q)) for q in (lo, hi)] for k in readable[0]}
+        entry = {"formula": form.formula, "theta": full["theta"].tolist(), "params": form.readable(full["theta"]),
+                 "params_ci": ci, "rmse": full["rmse"], "converged": full["converged"],
+                 "grad_norm": full["grad_norm"], "asymptote": form.asymptote(full["theta"]),
+                 "bootstrap": samples.tolist(), "holdout": []}
+        for split in splits:
+            mask = _split_mask(rows, split)
+            if mask.all() or not mask.any():
+                entry["holdout"].append({"split": split, "skipped": "holds out all rows or none"})
+                continue
+            tr = tuple(v[~mask] for v in X)
+            if (~mask).sum() <= len(form.params):
+                entry["holdout"].append({"split": split, "skipped": f"{(~mask).sum()} rows left to fit"})
+                continue
+            f = fit_form(form, tr, y[~mask], cfg.huber_delta)
+            bs = bootstrap(form, tr, y[~mask], f["theta"], max(50, cfg.bootstrap // 2), cfg.huber_delta, cfg.seed)
+            te = tuple(v[mask] for v in X)
+            med, plo, phi = predict_interval(form, bs, te, noise=max(noise, 1e-9), level=cfg.level, seed=cfg.seed)
+            pred = form.predict(f["theta"], *te)
+            err = np.abs(pred - y[mask])
+            entry["holdout"].append({
+                "split": split, "n": int(mask.sum()), "mae_points": float(err.mean() * 100),
+                "coverage": float(np.mean((y[mask] >= plo) & (y[mask] <= phi))),
+                "predictions": [{"row": int(i), "true": float(t), "pred": float(p), "lo": float(a), "hi": float(b)}
+                                for i, t, p, a, b in zip(np.flatnonzero(mask), y[mask], pred, plo, phi)]})
+        valid = [h["mae_points"] for h in entry["holdout"] if "mae_points" in h]
+        entry["heldout_mae_points"] = float(np.mean(valid)) if valid else None
+        result["forms"][name] = entry
+        log(f"{name:<18} in-sample RMSE {full['rmse'] * 100:5.2f} pts, held-out MAE "
+            f"{'n/a' if entry['heldout_mae_points'] is None else format(entry['heldout_mae_points'], '.2f') + ' pts'}"
+            f", asymptote {entry['asymptote']:.3f}{'' if full['converged'] else ' (NOT converged)'}")
+    fitted = {k: v for k, v in result["forms"].items() if "theta" in v}
+    if not fitted:
+        raise DataError("no form could be fitted: too few rows")
+    scored = {k: v["heldout_mae_points"] for k, v in fitted.items() if v["heldout_mae_points"] is not None}
+    if scored:
+        chosen = min(scored, key=scored.get)
+        why = (f"lowest mean held-out error ({scored[chosen]:.2f} points over {len(splits)} split(s): "
+               + ", ".join(f"{k} {v:.2f}" for k, v in sorted(scored.items(), key=lambda kv: kv[1])) + ")")
+    else:
+        chosen = min(fitted, key=lambda k: fitted[k]["rmse"])
+        why = "no held-out split was possible; chosen by in-sample RMSE, which favours flexible forms"
+    result["chosen"], result["why"] = chosen, why
+    result["seconds"] = round(time.time() - t0, 2)
+    write_json_atomic(cfg.out, result)
+    log(f"chosen: {chosen} — {why}")
+    return result

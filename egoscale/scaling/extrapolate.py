@@ -1,0 +1,149 @@
+"""`egoscale extrapolate`: predictions far from the data, with intervals, per form.
+
+    egoscale extrapolate fit.json --at params=2.5e9,hours=20000,resolution=952
+    egoscale extrapolate fit.json --target human --scale-together
+
+`--scale-together` is the paper's framing: multiply N, D and the pixel count R^2 of the largest
+run by one common factor k, and find the k at which the form reaches the target. Every
+bootstrap sample gives its own k, hence an interval. A target above a form's asymptote is
+reported as unreachable, not as a number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import brentq
+
+from egoscale.errors import ConfigError, DataError
+from egoscale.scaling.forms import FORMS
+
+# Named targets with their source. Human top-5 error of a trained annotator on ImageNet:
+# 5.1 % (Russakovsky et al. 2015, IJCV, section 6.4), so top-5 accuracy 0.949.
+TARGETS = {"human": {"value": 0.949, "metric": "top5",
+                     "source": "trained human annotator, 5.1% ImageNet top-5 error (Russakovsky et al. 2015)"}}
+K_MAX = 1e12
+
+
+def load_fit(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such fit (run `egoscale fit` first)")
+    fit = json.loads(path.read_text())
+    if "forms" not in fit:
+        raise DataError(f"{path}: not a fit.json")
+    return fit
+
+
+def parse_at(text: str) -> tuple[float, float, float]:
+    vals = {}
+    for part in text.split(","):
+        k, _, v = part.partition("=")
+        try:
+            vals[k.strip()] = float(v)
+        except ValueError:
+            raise ConfigError(f"--at {text!r}: expected params=...,hours=...,resolution=...") from None
+    missing = {"params", "hours", "resolution"} - set(vals)
+    if missing:
+        raise ConfigError(f"--at {text!r}: missing {', '.join(sorted(missing))}")
+    return vals["params"], vals["hours"], vals["resolution"]
+
+
+def resolve_target(fit: dict, target: str) -> tuple[float, str]:
+    if target in TARGETS:
+        t = TARGETS[target]
+        if t["metric"] != fit["metric"]:
+            raise ConfigError(f"target {target!r} is defined on {t['metric']}, but the fit models {fit['metric']}; "
+                              f"fit with --metric {t['metric']}, or give a number")
+        return t["value"], t["source"]
+    try:
+        v = float(target)
+    except ValueError:
+        raise ConfigError(f"--target {target!r}: a number in (0, 1) or one of {', '.join(TARGETS)}") from None
+    if not 0 < v < 1:
+        raise ConfigError(f"--target {v}: accuracy must be in (0, 1)")
+    return v, "given number"
+
+
+def _fitted(fit: dict) -> dict:
+    return {k: v for k, v in fit["forms"].items() if "theta" in v}
+
+
+def at(fit: dict, N: float, D: float, R: float) -> dict:
+    out = {}
+    lvl = fit.get("level", 0.9)
+    lo, hi = (1 - lvl) / 2 * 100, (1 + lvl) / 2 * 100
+    for name, e in _fitted(fit).items():
+        form = FORMS[name]
+        samples = np.array([form.predict(t, N, D, R) for t in e["bootstrap"]]).ravel()
+        noisy = samples + np.random.default_rng(0).normal(0, fit.get("noise_sigma", 0.0) or 1e-12, samples.shape)
+        out[name] = {"pred": float(form.predict(e["theta"], N, D, R)), "ci": [float(np.percentile(samples, lo)),
+                     float(np.percentile(samples, hi))],
+                     "pi": [float(np.percentile(noisy, lo)), float(np.percentile(noisy, hi))]}
+    return out
+
+
+def base_run(fit: dict) -> tuple[float, float, float]:
+    """The largest run: the maximum N, D and R among the fitted rows."""
+    rows = fit["data"]
+    return max(r["params"] for r in rows), max(r["data_hours"] for r in rows), max(r["img_size"] for r in rows)
+
+
+def _k_for(form, theta, base, target) -> float | None:
+    N0, D0, R0 = base
+    g = lambda lk: float(form.predict(theta, N0 * math.exp(lk), D0 * math.exp(lk), R0 * math.exp(lk / 2))) - target  # noqa: E731
+    if g(0.0) >= 0:
+        return 1.0
+    if g(math.log(K_MAX)) < 0:
+        return None  # not reached at any scale up to K_MAX: beyond the form's reach
+    return math.exp(brentq(g, 0.0, math.log(K_MAX), xtol=1e-6))
+
+
+def scale_together(fit: dict, target: float) -> dict:
+    """Per form: the common factor k (N x k, D x k, pixels x k) that reaches `target`, with intervals."""
+    base = base_run(fit)
+    lvl = fit.get("level", 0.9)
+    out = {"base": {"params": base[0], "hours": base[1], "resolution": base[2]}, "target": target, "forms": {}}
+    for name, e in _fitted(fit).items():
+        form = FORMS[name]
+        asym = form.asymptote(e["theta"])
+        k = _k_for(form, e["theta"], base, target)
+        ks = [_k_for(form, t, base, target) for t in e["bootstrap"]]
+        reached = [x for x in ks if x is not None]
+        frac = len(reached) / len(ks) if ks else 0.0
+        rec = {"asymptote": asym, "reachable_fraction": frac}
+        if k is None:
+            rec["unreachable"] = (f"{name} levels off at {asym:.3f} (its asymptote), below the target {target:.3f}"
+                                  if asym < target else f"{name} does not reach {target:.3f} within k <= {K_MAX:g}")
+        else:
+            rec.update(k=k, params=base[0] * k, hours=base[1] * k, resolution=base[2] * math.sqrt(k))
+        if reached and frac >= (1 + lvl) / 2:  # an interval only when most samples reach the target
+            lo, hi = np.percentile(reached, [(1 - lvl) / 2 * 100, (1 + lvl) / 2 * 100])
+            rec["k_interval"] = [float(lo), float(hi)]
+            rec["params_interval"] = [base[0] * lo, base[0] * hi]
+            rec["hours_interval"] = [base[1] * lo, base[1] * hi]
+            rec["resolution_interval"] = [base[2] * math.sqrt(lo), base[2] * math.sqrt(hi)]
+        elif ks:
+            rec["k_interval"] = None
+            rec["note"] = (f"only {frac:.0%} of bootstrap fits reach the target: the upper end of the interval is "
+                           "unbounded")
+        out["forms"][name] = rec
+    return out
+
+
+def curve(fit: dict, ks: np.ndarray) -> dict:
+    """Predicted accuracy along the scale-together path, per form: median and interval bands."""
+    base = base_run(fit)
+    lvl = fit.get("level", 0.9)
+    out = {}
+    for name, e in _fitted(fit).items():
+        form = FORMS[name]
+        N, D, R = base[0] * ks, base[1] * ks, base[2] * np.sqrt(ks)
+        samples = np.array([form.predict(t, N, D, R) for t in e["bootstrap"]])
+        out[name] = {"pred": form.predict(e["theta"], N, D, R).tolist(),
+                     "lo": np.percentile(samples, (1 - lvl) / 2 * 100, 0).tolist(),
+                     "hi": np.percentile(samples, (1 + lvl) / 2 * 100, 0).tolist()}
+    return out

@@ -1,0 +1,246 @@
+"""`egoscale report`: plots, report.md and a self-contained report.html from a fit.json.
+
+The forms' disagreement is shown plainly: every form's curve and interval, every form's
+prediction at the paper's headline scale, and what each says about the target.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import numpy as np
+
+from egoscale.fileio import write_text_atomic
+from egoscale.scaling.extrapolate import TARGETS, at, base_run, curve, load_fit, resolve_target, scale_together
+from egoscale.scaling.forms import FORMS
+
+HEADLINE = (2.5e9, 20000.0, 952.0)  # the paper's extrapolated scale
+COLORS = {"logit_linear": "tab:blue", "power_error": "tab:red", "logit_interaction": "tab:green"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _pct(x):
+    return f"{100 * x:.1f}%"
+
+
+def plot_vs_hours(fit, out: Path) -> Path:
+    plt = _plt()
+    rows, metric = fit["data"], fit["metric"]
+    chosen = fit["chosen"]
+    e = fit["forms"][chosen]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    combos = sorted({(r["params"], r["img_size"]) for r in rows})
+    cmap = plt.get_cmap("viridis")
+    hrs = np.array([r["data_hours"] for r in rows])
+    grid = np.geomspace(hrs.min() / 2, hrs.max() * 4, 100)
+    for i, (N, R) in enumerate(combos):
+        c = cmap(i / max(1, len(combos) - 1))
+        pts = [r for r in rows if r["params"] == N and r["img_size"] == R]
+        label = f"{pts[0].get('model') or f'{N / 1e6:.0f}M'} @{R:.0f}px"
+        ax.scatter([r["data_hours"] for r in pts], [r[metric] for r in pts], color=c, s=18, alpha=0.8)
+        ax.plot(grid, FORMS[chosen].predict(e["theta"], N, grid, R), color=c, lw=1.5, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("hours of video (D)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs data size; lines: {chosen} fit, dots: runs (seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_vs(fit, out: Path, col: str, label: str) -> Path:
+    plt = _plt()
+    rows, metric, chosen = fit["data"], fit["metric"], fit["chosen"]
+    e = fit["forms"][chosen]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    other = [c for c in ("params", "data_hours", "img_size") if c != col]
+    groups = sorted({(r[other[0]], r[other[1]]) for r in rows})
+    vals = np.array([r[col] for r in rows])
+    grid = np.geomspace(vals.min() / 1.5, vals.max() * 3, 100)
+    cmap = plt.get_cmap("plasma")
+    for i, g in enumerate(groups):
+        pts = [r for r in rows if (r[other[0]], r[other[1]]) == g]
+        if len({r[col] for r in pts}) < 2:
+            continue
+        c = cmap(i / max(1, len(groups) - 1))
+        ax.scatter([r[col] for r in pts], [r[metric] for r in pts], color=c, s=18)
+        args = {col: grid, other[0]: g[0], other[1]: g[1]}
+        ax.plot(grid, FORMS[chosen].predict(e["theta"], args["params"], args["data_hours"], args["img_size"]),
+                color=c, lw=1.2, label=f"{other[0]}={g[0]:.3g}, {other[1]}={g[1]:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs {label} ({chosen} fit)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_heldout(fit, out: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, e in fit["forms"].items():
+        for h in e.get("holdout", []):
+            p = h.get("predictions") or []
+            if not p:
+                continue
+            t = np.array([x["true"] for x in p])
+            m = np.array([x["pred"] for x in p])
+            err = np.array([[x["pred"] - x["lo"] for x in p], [x["hi"] - x["pred"] for x in p]]).clip(0)
+            ax.errorbar(t, m, yerr=err, fmt="o", ms=3, color=COLORS.get(name), alpha=0.6,
+                        label=f"{name} ({h['split']})")
+    lim = ax.get_xlim()
+    ax.plot(lim, lim, "k--", lw=0.8)
+    ax.set_xlabel(f"true {fit['metric']}")
+    ax.set_ylabel("predicted (fit without these runs)")
+    ax.set_title("held-out predictions, 90% prediction intervals")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_extrapolation(fit, out: Path, target: float | None) -> Path:
+    plt = _plt()
+    ks = np.geomspace(1e-3, 1e4, 120)
+    cur = curve(fit, ks)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, c in cur.items():
+        col = COLORS.get(name)
+        ax.plot(ks, c["pred"], color=col, label=name)
+        ax.fill_between(ks, c["lo"], c["hi"], color=col, alpha=0.15)
+    if target is not None:
+        ax.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:.3f}")
+    ax.axvline(1.0, color="grey", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("k: N x k, D x k, pixels x k (1 = the largest run)")
+    ax.set_ylabel(fit["metric"])
+    ax.set_ylim(0, 1)
+    ax.set_title("extrapolation along the scale-together path (90% bands)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _md_table(header, rows):
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def report(fit_path: str, out: str, target: str | None = None) -> Path:
+    fit = load_fit(fit_path)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if target is None:
+        target = "human" if fit["metric"] == TARGETS["human"]["metric"] else None
+    tval, tsrc = resolve_target(fit, target) if target else (None, None)
+    plots = [plot_vs_hours(fit, out_dir / "accuracy_vs_hours.png"),
+             plot_vs(fit, out_dir / "accuracy_vs_params.png", "params", "encoder parameters (N)"),
+             plot_vs(fit, out_dir / "accuracy_vs_resolution.png", "img_size", "image side (R, px)"),
+             plot_heldout(fit, out_dir / "heldout.png"),
+             plot_extrapolation(fit, out_dir / "extrapolation.png", tval)]
+    fitted = {k: v for k, v in fit["forms"].items() if "theta" in v}
+    md = [f"# Scaling report: {fit['metric']}", "",
+          f"{fit['n_rows']} runs from `{fit['table']}`; seed noise (pooled within-cell s.d.) "
+          f"{fit['noise_sigma'] * 100:.2f} points; {len(fit['dropped'])} rows not used (listed in fit.json).", "",
+          f"**Chosen form: {fit['chosen']}** — {fit['why']}.", "", "## Forms", ""]
+    rows = []
+    for name, e in fitted.items():
+        cov = [h["coverage"] for h in e["holdout"] if "coverage" in h]
+        ps = ", ".join(f"{k}={v:.3g} [{e['params_ci'][k][0]:.3g}, {e['params_ci'][k][1]:.3g}]"
+                       for k, v in e["params"].items())
+        rows.append([name, f"`{e['formula']}`", f"{e['rmse'] * 100:.2f}",
+                     "n/a" if e["heldout_mae_points"] is None else f"{e['heldout_mae_points']:.2f}",
+                     "n/a" if not cov else f"{np.mean(cov):.0%}", f"{e['asymptote']:.3f}",
+                     "yes" if e["converged"] else "**no**", ps])
+    md += [_md_table(["form", "formula", "RMSE (pts)", "held-out MAE (pts)", "PI coverage", "asymptote",
+                      "converged", "parameters [90% CI]"], rows), ""]
+    N, D, R = HEADLINE
+    pred = at(fit, N, D, R)
+    preds = [v["pred"] for v in pred.values()]
+    md += ["## At the paper's headline scale (2.5B parameters, 20,000 h, 952 px)", "",
+           _md_table(["form", f"predicted {fit['metric']}", "90% CI", "90% PI"],
+                     [[k, _pct(v["pred"]), f"{_pct(v['ci'][0])} – {_pct(v['ci'][1])}",
+                       f"{_pct(v['pi'][0])} – {_pct(v['pi'][1])}"] for k, v in pred.items()]),
+           "", f"The forms disagree by {100 * (max(preds) - min(preds)):.1f} points here: far from the data, "
+           "the choice of form dominates the answer.", ""]
+    if tval is not None:
+        st = scale_together(fit, tval)
+        b = st["base"]
+        md += [f"## Reaching {tval:.3f} {fit['metric']} ({tsrc})", "",
+               f"Scaling N, D and pixels together by k from the largest run (N={b['params']:.3g}, "
+               f"D={b['hours']:.3g} h, R={b['resolution']:.0f} px):", ""]
+        trows = []
+        for name, r in st["forms"].items():
+            if "unreachable" in r:
+                trows.append([name, "unreachable", r["unreachable"], "", ""])
+                continue
+            iv = r.get("k_interval")
+            trows.append([name, f"{r['k']:.3g}" + (f" [{iv[0]:.3g}, {iv[1]:.3g}]" if iv else " [open-ended]"),
+                          f"{r['params']:.3g}", f"{r['hours']:.3g}", f"{r['resolution']:.0f}"])
+        md += [_md_table(["form", "k [90% CI]", "params", "hours", "resolution (px)"], trows), ""]
+    md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    text = "\n".join(md)
+    write_text_atomic(out_dir / "report.md", text)
+    write_text_atomic(out_dir / "report.html", _html(text, out_dir))
+    return out_dir / "report.html"
+
+
+def _html(md: str, folder: Path) -> str:
+    """A minimal Markdown -> HTML (headings, tables, paragraphs, images inlined as base64)."""
+    out, table = [], []
+
+    def inline(s):
+        s = html.escape(s)
+        import re
+        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+    def flush():
+        if table:
+            head, *body = [[c.strip() for c in r.strip("|").split("|")] for r in table if not r.startswith("|---")]
+            out.append("<table><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in body)
+                       + "</table>")
+            table.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("#"):
+            lvl = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{lvl}>{inline(line.lstrip('#').strip())}</h{lvl}>")
+        elif line.startswith("!["):
+            name = line[line.index("(") + 1:-1]
+            data = base64.b64encode((folder / name).read_bytes()).decode()
+            out.append(f'<p><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></p>')
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+    flush()
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:4px 8px}"
+             "th{background:#f3f3f3}img{max-width:100%}code{background:#f6f6f6}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>egoscale report</title><style>{style}</style>" \
+           f"</head><body>{''.join(out)}</body></html>\n"
+
+
+__all__ = ["report", "base_run"]

@@ -1,0 +1,127 @@
+"""The results table: one row per evaluated run, as CSV.
+
+Produced by the sweep, by `collect` (result.json files under a folder) and by `import_logs`
+(the finetuning logs the paper's authors published).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+from egoscale.errors import DataError
+from egoscale.fileio import write_text_atomic
+
+COLUMNS = ["model", "params", "img_size", "patch_size", "data_fraction", "data_hours", "data_frames", "seed",
+           "pretrain_steps", "pretrain_images", "pretrain_flops", "eval", "condition", "label_fraction",
+           "top1", "top5", "top1_last", "top5_last", "source"]
+NUMERIC = {"params", "img_size", "patch_size", "data_fraction", "data_hours", "data_frames", "seed", "pretrain_steps",
+           "pretrain_images", "pretrain_flops", "label_fraction", "top1", "top5", "top1_last", "top5_last"}
+LOG_NAME = re.compile(r"^(vits14|vitb14|vitl14|vith14(?:@(\d+))?)_(\d+(?:\.\d+)?(?:e-?\d+)?)_(\d+)_log\.txt$")
+
+
+def write_table(rows: list[dict], path: str | Path) -> Path:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
+    write_text_atomic(path, buf.getvalue())
+    return Path(path)
+
+
+def read_table(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such results table")
+    rows = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"params", "data_hours", "img_size"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{path}: not a results table (missing columns {sorted(missing)})")
+        for n, r in enumerate(reader, 2):
+            row = {}
+            for k, v in r.items():
+                if k in NUMERIC:
+                    try:
+                        row[k] = float(v) if v not in ("", None) else None
+                    except ValueError:
+                        raise DataError(f"{path}:{n}: column {k!r} is not a number: {v!r}") from None
+                else:
+                    row[k] = v
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: the results table has no rows")
+    return rows
+
+
+def row_from_result(result: dict, source: str) -> dict:
+    """A results-table row from an evaluation's result.json."""
+    return {"model": result.get("model"), "params": result.get("params"), "img_size": result.get("img_size"),
+            "patch_size": result.get("patch_size"), "data_fraction": result.get("data_fraction"),
+            "data_hours": result.get("data_hours"), "data_frames": result.get("data_frames"),
+            "seed": result.get("data_seed"), "pretrain_steps": result.get("pretrain_steps"),
+            "pretrain_images": result.get("pretrain_images"), "pretrain_flops": result.get("pretrain_flops"),
+            "eval": result.get("eval"), "condition": result.get("condition"),
+            "label_fraction": result.get("label_fraction"), "top1": result.get("top1"), "top5": result.get("top5"),
+            "top1_last": result.get("top1_last"), "top5_last": result.get("top5_last"), "source": source}
+
+
+def collect(runs_dir: str | Path) -> list[dict]:
+    """Rows from every result.json under `runs_dir` (sorted by path)."""
+    runs_dir = Path(runs_dir)
+    files = sorted(runs_dir.rglob("result.json"))
+    if not files:
+        raise DataError(f"{runs_dir}: no result.json files found")
+    rows = []
+    for f in files:
+        try:
+            rows.append(row_from_result(json.loads(f.read_text()), str(f.relative_to(runs_dir))))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{f}: not valid JSON ({e})") from None
+    return rows
+
+
+def import_logs(log_dir: str | Path, total_hours: float, frames_per_hour: float = 3600.0) -> list[dict]:
+    """Rows from the paper's published finetuning logs: `{arch}_{fraction}_{seed}_log.txt`, one JSON
+    object per line with test_acc1/test_acc5 (percent), epoch and n_parameters (head included).
+    """
+    from egoscale.models.registry import RELEASED_ARCHS, get_spec
+
+    log_dir = Path(log_dir)
+    files = sorted(p for p in log_dir.rglob("*_log.txt") if LOG_NAME.match(p.name))
+    if not files:
+        raise DataError(f"{log_dir}: no logs named {{arch}}_{{fraction}}_{{seed}}_log.txt")
+    rows = []
+    for f in files:
+        m = LOG_NAME.match(f.name)
+        arch, size, fraction, seed = m.group(1), int(m.group(2) or 224), float(m.group(3)), int(m.group(4))
+        spec = get_spec(RELEASED_ARCHS[arch][0])
+        epochs = []
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                epochs.append((int(rec["epoch"]), float(rec["test_acc1"]) / 100, float(rec["test_acc5"]) / 100,
+                               int(rec["n_parameters"])))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                what = f"missing {e}" if isinstance(e, KeyError) else type(e).__name__
+                raise DataError(f"{f}:{n}: not a log line with test_acc1, test_acc5, epoch, n_parameters "
+                                f"({what})") from None
+        if not epochs:
+            raise DataError(f"{f}: empty log")
+        best = max(epochs, key=lambda e: (e[1], e[2]))
+        last = max(epochs, key=lambda e: e[0])
+        head = spec.width * 1000 + 1000  # the 1000-way Linear; BatchNorm(affine=False) has none
+        hours = fraction * total_hours
+        rows.append({"model": spec.name, "params": best[3] - head, "img_size": size, "patch_size": spec.patch_size,
+                     "data_fraction": fraction, "data_hours": hours, "data_frames": round(hours * frames_per_hour),
+                     "seed": seed, "eval": "finetune", "condition": "permissive", "label_fraction": 0.02,
+                     "top1": best[1], "top5": best[2], "top1_last": last[1], "top5_last": last[2],
+                     "source": f.name})
+    return rows
