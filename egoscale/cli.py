@@ -16,6 +16,8 @@ DESCRIPTION = """\
 egoscale: masked-autoencoder scaling studies on human-like video.
 
 Pipeline (each stage reads the files the previous one wrote):
+  demo        the whole study on the built-in world, on a CPU, in minutes
+  world       render the built-in world: video + a labelled recognition set
   ingest      folders of videos -> WebDataset shards of JPEG frames + manifest.json
   subset      data-size subsets: contiguous stretches of the frame order, per fraction x seed
   pretrain    MAE pretraining (also under torchrun: DDP, FSDP), resumable
@@ -26,6 +28,7 @@ Pipeline (each stage reads the files the previous one wrote):
   fit         scaling-law forms with robust fits, held-out validation and bootstrap intervals
   extrapolate predictions far from the data; the scale that reaches a target (e.g. human)
   report      report.html / report.md with plots from a fit
+  sweep       run a grid (models x sizes x data x evaluations) locally or on SLURM; `sweep status`
   models      list the ViT family: shapes, parameters, GFLOPs per image
   convert     checkpoint <-> safetensors
   inspect     what a checkpoint holds (kind, model, size, training state)
@@ -371,6 +374,93 @@ def _run_report(args) -> int:
     return 0
 
 
+# --- world / sweep / demo -------------------------------------------------------------------
+def _add_world(sub) -> None:
+    from egoscale.config import add_dataclass_args
+    from egoscale.world.world import WorldConfig
+
+    p = sub.add_parser("world", help="render the built-in world (video + labelled set)",
+                       description="Render a procedural first-person world: a camera wandering through rooms of "
+                                   "objects of K categories, written as mp4 files, plus a labelled train/val set of "
+                                   "the same categories (new instances). Deterministic by --seed.")
+    add_dataclass_args(p, WorldConfig)
+    p.set_defaults(func=_run_world)
+
+
+def _run_world(args) -> int:
+    from egoscale.config import build
+    from egoscale.world.world import WorldConfig, make_world
+
+    make_world(build(WorldConfig, {k: v for k, v in vars(args).items() if k not in ("func", "command")}))
+    return 0
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="run a grid of pretraining runs x evaluations",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Run every cell of a grid file (see egoscale/sweep/grid.py and "
+                                   "configs/paper_grid.yaml): finished cells are skipped, failed ones recorded and the "
+                                   "rest go on; OUT/results.csv is updated as evaluations finish.",
+                       epilog="examples:\n  egoscale sweep grid.yaml --out runs/ --dry-run\n"
+                              "  egoscale sweep grid.yaml --out runs/ --backend slurm\n  egoscale sweep status runs/")
+    p.add_argument("grid", help="grid YAML file, or 'status'")
+    p.add_argument("folder", nargs="?", help="with 'status': the sweep's output folder")
+    p.add_argument("--out", default="runs", help="output folder (default: runs)")
+    p.add_argument("--backend", default="local", choices=["local", "slurm"])
+    p.add_argument("--dry-run", action="store_true", help="print the cells and the estimated compute; run nothing")
+    p.add_argument("--print-jobs", action="store_true", help="slurm: print the job specifications, submit nothing")
+    p.set_defaults(func=_run_sweep)
+
+
+def _run_sweep(args) -> int:
+    import json
+
+    from egoscale.sweep.grid import load_grid
+    from egoscale.sweep.runner import dry_run, run_local, slurm_jobs, status, submit_slurm
+
+    if args.grid == "status":
+        folder = args.folder or args.out
+        groups = status(folder)
+        for k in ("done", "running", "failed", "pending"):
+            print(f"{k:<8} {len(groups.get(k, []))}")
+            if k in ("failed", "running"):
+                for c in groups.get(k, []):
+                    print(f"         {c}")
+        return 0
+    grid = load_grid(args.grid)
+    if args.dry_run:
+        dry_run(grid)
+        return 0
+    if args.backend == "slurm":
+        jobs = slurm_jobs(grid, args.out)
+        if args.print_jobs:
+            print(json.dumps(jobs, indent=2))
+            return 0
+        submit_slurm(jobs, args.out)
+        return 0
+    counts = run_local(grid, args.out)
+    return 1 if counts["failed"] else 0
+
+
+def _add_demo(sub) -> None:
+    from egoscale.config import add_dataclass_args
+    from egoscale.demo import DemoConfig
+
+    p = sub.add_parser("demo", help="the whole study on the built-in world, in minutes on a CPU",
+                       description="world -> ingest -> subsets -> sweep (pretrain, finetune, probe) -> fit -> "
+                                   "extrapolate -> report, all under --out; re-running reuses finished stages.")
+    add_dataclass_args(p, DemoConfig)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from egoscale.config import build
+    from egoscale.demo import DemoConfig, demo
+
+    demo(build(DemoConfig, {k: v for k, v in vars(args).items() if k not in ("func", "command")}))
+    return 0
+
+
 # --- convert / inspect -----------------------------------------------------------------------
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="checkpoint <-> safetensors",
@@ -431,11 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"egoscale {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_ingest, _add_subset, _add_pretrain, _add_visualize):
+    for add in (_add_demo, _add_world, _add_ingest, _add_subset, _add_pretrain, _add_visualize):
         add(sub)
     _add_eval(sub, "finetune")
     _add_eval(sub, "probe")
-    for add in (_add_results, _add_fit, _add_extrapolate, _add_report):
+    for add in (_add_results, _add_fit, _add_extrapolate, _add_report, _add_sweep):
         add(sub)
     for add in (_add_models, _add_convert, _add_inspect):
         add(sub)

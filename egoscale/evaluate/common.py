@@ -49,6 +49,9 @@ def load_backbone(checkpoint: str, model: str | None, img_size: int | None,
     info = {"checkpoint": str(checkpoint), "checkpoint_file": str(Path(path).resolve()),
             "checkpoint_sha256_16": _digest(path)}
     info.update(_pretrain_info(obj, checkpoint))
+    summary = Path(path).parent / "summary.json"  # written by egoscale pretrain beside its checkpoint
+    if summary.is_file():
+        info["pretrain_flops"] = json.loads(summary.read_text()).get("estimated_flops")
     return vit, info
 
 

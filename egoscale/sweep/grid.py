@@ -1,0 +1,132 @@
+"""Grid files: models x image sizes x data subsets (fraction, seed) x evaluations.
+
+    data: /data/frames                 # an ingest folder
+    subsets: /data/frames/subsets      # subset files {fraction}_s{seed}.json (egoscale subset)
+    models: [vit_s14, vit_b14]
+    img_sizes: [224]
+    fractions: [1.0, 0.1, 0.01]
+    seeds: [1, 2, 3]                   # fraction 1 uses the first seed only
+    pretrain: {batch_size: 512, budget_hours: 48}          # PretrainConfig fields
+    model_overrides: {vit_h14: {lr: 1.0e-4}}                # per model
+    evals:
+      - {name: permissive, kind: finetune, train: /data/imagenet/train, val: /data/imagenet/val,
+         condition: permissive}
+    compute: {gpu_tflops: 989, mfu: 0.4, gpus_per_run: 8}   # for --dry-run estimates
+    slurm: {partition: gpu, gpus_per_node: 8, timeout_min: 2880, cpus_per_task: 64}
+
+Relative paths are relative to the grid file. Unknown keys are errors, at every level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from egoscale.config import build, load_yaml
+from egoscale.errors import ConfigError
+from egoscale.evaluate.finetune import FinetuneConfig
+from egoscale.evaluate.probe import ProbeConfig
+from egoscale.train.pretrain import PretrainConfig
+
+EVAL_KINDS = {"finetune": FinetuneConfig, "probe": ProbeConfig}
+_PATH_KEYS = {"data", "subsets", "train", "val", "train_list"}
+
+
+@dataclass
+class Grid:
+    data: str
+    subsets: str
+    models: list[str]
+    img_sizes: list[int]
+    fractions: list[float]
+    seeds: list[int]
+    pretrain: dict = field(default_factory=dict)
+    model_overrides: dict = field(default_factory=dict)
+    evals: list[dict] = field(default_factory=list)
+    compute: dict = field(default_factory=dict)
+    slurm: dict = field(default_factory=dict)
+    name: str = "sweep"
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    img_size: int
+    fraction: float
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}@{self.img_size}_{self.fraction:g}_s{self.seed}"
+
+
+def _resolve(value, base: Path):
+    return str((base / value).resolve()) if isinstance(value, str) and not Path(value).is_absolute() else value
+
+
+def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
+    """Read and validate a grid (a YAML file or an equivalent dict)."""
+    if isinstance(path, dict):
+        raw, base, src = dict(path), base or Path("."), "grid"
+    else:
+        raw, base, src = load_yaml(path), Path(path).parent, str(path)
+    for k in ("data", "subsets"):
+        if k in raw:
+            raw[k] = _resolve(raw[k], base)
+    grid = build(Grid, raw, source=src)
+    missing = [f.name for f in dataclasses.fields(Grid) if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and getattr(grid, f.name) in (None, [], "")]
+    if missing:
+        raise ConfigError(f"{src}: missing {', '.join(missing)}")
+    reserved = {"data", "subset", "out", "model", "img_size", "progress"}
+    for key in set(grid.pretrain) & reserved:
+        raise ConfigError(f"{src}: pretrain.{key} is set by the grid itself; remove it")
+    build(PretrainConfig, grid.pretrain, source=f"{src}: pretrain")
+    for m, over in grid.model_overrides.items():
+        if m not in grid.models:
+            raise ConfigError(f"{src}: model_overrides names {m!r}, which is not in models")
+        build(PretrainConfig, {**grid.pretrain, **over}, source=f"{src}: model_overrides.{m}")
+    names = set()
+    for i, ev in enumerate(grid.evals):
+        ev = dict(ev)
+        kind, name = ev.pop("kind", None), ev.pop("name", None)
+        if kind not in EVAL_KINDS:
+            raise ConfigError(f"{src}: evals[{i}].kind must be one of {', '.join(EVAL_KINDS)}, got {kind!r}")
+        if not name or name in names:
+            raise ConfigError(f"{src}: evals[{i}] needs a unique name")
+        names.add(name)
+        for k in ev:
+            if k in _PATH_KEYS:
+                ev[k] = _resolve(ev[k], base)
+        build(EVAL_KINDS[kind], ev, source=f"{src}: evals[{i}] ({name})")
+        grid.evals[i] = {"kind": kind, "name": name, **ev}
+    for f in grid.fractions:
+        if not 0 < f <= 1:
+            raise ConfigError(f"{src}: fraction {f} outside (0, 1]")
+    return grid
+
+
+def cells(grid: Grid) -> list[Cell]:
+    out = []
+    for m in grid.models:
+        for s in grid.img_sizes:
+            for f in grid.fractions:
+                for seed in ([grid.seeds[0]] if f == 1 else grid.seeds):
+                    out.append(Cell(m, s, f, seed))
+    return out
+
+
+def pretrain_config(grid: Grid, cell: Cell, run_dir: Path) -> PretrainConfig:
+    from egoscale.data.subset import subset_name
+
+    sub = Path(grid.subsets) / f"{subset_name(cell.fraction, cell.seed)}.json"
+    values = {**grid.pretrain, **grid.model_overrides.get(cell.model, {}), "data": grid.data, "subset": str(sub),
+              "model": cell.model, "img_size": cell.img_size, "out": str(run_dir)}
+    return build(PretrainConfig, values, source=f"cell {cell.id}")
+
+
+def eval_config(grid: Grid, ev: dict, checkpoint: Path, out: Path):
+    values = {k: v for k, v in ev.items() if k not in ("kind", "name")}
+    return build(EVAL_KINDS[ev["kind"]], {**values, "checkpoint": str(checkpoint), "out": str(out)},
+                 source=f"eval {ev['name']}")

@@ -1,0 +1,1 @@
+"""The built-in world: procedural human-like experience (video) and a labelled recognition set."""

@@ -1,0 +1,202 @@
+"""`egoscale world`: write the built-in world to disk.
+
+- videos/: long continuous first-person video (mp4, H.264 via PyAV) of a camera wandering
+  through a sequence of rooms: it walks, pauses, turns back, leans in to look at things
+  (zoom), bobs its head; lighting drifts. Rooms hold objects of K categories (shape + surface
+  pattern; colour, size, proportions and pattern scale vary per instance), overlapping each
+  other and clutter that belongs to no category.
+- labelled/train, labelled/val: single objects of the same categories (new instances and
+  views, class-per-folder), for the evaluations.
+
+Deterministic by seed. Hours of video and the number of categories are parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from egoscale.config import opt
+from egoscale.errors import ConfigError
+from egoscale.fileio import atomic_path, write_json_atomic
+from egoscale.world.render import (SHAPES, category_spec, clutter_sprite, draw_instance, make_room, paste,
+                                   random_instance)
+
+
+@dataclass
+class WorldConfig:
+    out: str = opt("world", "output folder (videos/, labelled/train, labelled/val, world.json)")
+    hours: float = opt(1.0, "hours of video")
+    categories: int = opt(10, "object categories")
+    frame_size: int = opt(64, "video frame side in px")
+    video_fps: float = opt(2.0, "video frame rate (ingest samples it at its own --fps)")
+    minutes_per_video: float = opt(15.0, "length of each video file (consecutive files continue the walk)")
+    train_per_class: int = opt(20, "labelled training images per category")
+    val_per_class: int = opt(20, "labelled validation images per category")
+    label_size: int = opt(64, "labelled image side in px")
+    seed: int = opt(0, "world seed (same seed, same world)")
+    progress: bool = opt(True, "show a progress bar")
+
+    def __post_init__(self):
+        if self.hours <= 0 or self.categories < 2:
+            raise ConfigError("--hours must be positive and --categories at least 2")
+        if self.categories > len(SHAPES) * 5:
+            raise ConfigError(f"--categories at most {len(SHAPES) * 5}")
+        if self.frame_size % 2:
+            raise ConfigError("--frame-size must be even (H.264 with 4:2:0 colour)")
+
+
+class Camera:
+    """A wandering first-person camera over a room strip: smooth speed changes, pauses,
+    turning back, leaning in (zoom), head bob."""
+
+    def __init__(self, rng: np.random.Generator, room_len: int, room_h: int):
+        self.rng, self.room_len, self.room_h = rng, room_len, room_h
+        self.x, self.v, self.view, self.t = 0.0, 0.0, 160.0, 0.0
+        self.dir = 1
+        self._new_mode()
+
+    def _new_mode(self):
+        r = self.rng.random()
+        if r < 0.55:
+            self.mode, self.target_v, self.target_view = "walk", self.rng.uniform(60, 150), self.rng.uniform(140, 200)
+        elif r < 0.75:
+            self.mode, self.target_v, self.target_view = "pause", 0.0, self.rng.uniform(130, 190)
+        elif r < 0.92:
+            self.mode, self.target_v, self.target_view = "look", self.rng.uniform(0, 20), self.rng.uniform(70, 110)
+        else:
+            self.mode, self.target_v, self.target_view = "turn", 0.0, self.view
+            self.dir = -self.dir
+        self.mode_left = self.rng.exponential(4.0) + 1.0
+
+    def step(self, dt: float) -> tuple[int, int, int]:
+        """Advance by dt seconds; return the view window (y, x, size) in room pixels."""
+        self.t += dt
+        self.mode_left -= dt
+        if self.mode_left <= 0:
+            self._new_mode()
+        a = 1 - np.exp(-dt / 0.8)  # smooth approach to the mode's speed and zoom
+        self.v += (self.target_v - self.v) * a
+        self.view += (self.target_view - self.view) * a
+        self.x += self.dir * self.v * dt
+        size = int(np.clip(self.view, 48, self.room_h - 8))
+        if self.x < 0:
+            self.x, self.dir = 0.0, 1
+        bob = 4 * np.sin(2 * np.pi * 1.8 * self.t) * min(1.0, self.v / 60)
+        y = int(np.clip(self.room_h * 0.62 - size / 2 + bob, 0, self.room_h - size))
+        return y, int(self.x), size
+
+    def done(self) -> bool:
+        return self.x > self.room_len - self.view - 2
+
+
+def _write_videos(cfg: WorldConfig, out: Path, bar) -> list[str]:
+    import av
+
+    rng = np.random.default_rng([cfg.seed, 1])
+    total = int(round(cfg.hours * 3600 * cfg.video_fps))
+    per_file = max(1, int(round(cfg.minutes_per_video * 60 * cfg.video_fps)))
+    dt = 1.0 / cfg.video_fps
+    room_h, room_len = 256, 2400
+    room = make_room(rng, cfg.categories, room_h, room_len)
+    cam = Camera(rng, room_len, room_h)
+    files, written = [], 0
+    while written < total:
+        name = f"walk-{len(files):04d}.mp4"
+        n = min(per_file, total - written)
+        with atomic_path(out / name) as tmp:
+            c = av.open(str(tmp), "w", format="mp4")
+            s = c.add_stream("libx264", rate=Fraction(cfg.video_fps).limit_denominator(1000))
+            s.width = s.height = cfg.frame_size
+            s.pix_fmt = "yuv420p"
+            s.options = {"preset": "veryfast", "crf": "20"}
+            for _ in range(n):
+                if cam.done():
+                    room = make_room(rng, cfg.categories, room_h, room_len)
+                    cam = Camera(rng, room_len, room_h)
+                y, x, size = cam.step(dt)
+                crop = room[y:y + size, x:x + size]
+                light = 0.9 + 0.1 * np.sin(cam.t / 37.0)
+                img = Image.fromarray((crop * light * 255).astype(np.uint8)).resize(
+                    (cfg.frame_size, cfg.frame_size), Image.BILINEAR)
+                for p in s.encode(av.VideoFrame.from_image(img)):
+                    c.mux(p)
+                if bar is not None:
+                    bar.update(dt / 3600)
+            for p in s.encode():
+                c.mux(p)
+            c.close()
+        files.append(name)
+        written += n
+    return files
+
+
+def _labelled_image(rng: np.random.Generator, c: int, categories: int, size: int) -> np.ndarray:
+    """One object of category c on a piece of a room, with random scale, place, light, occluder."""
+    room = make_room(rng, categories, 256, 400, density=0.3)
+    y, x = int(rng.integers(0, 256 - size)), int(rng.integers(0, 400 - size))
+    canvas = room[y:y + size, x:x + size].copy()
+    s = int(rng.integers(int(size * 0.45), int(size * 0.9)))
+    rgb, a = draw_instance(random_instance(rng, c), s)
+    paste(canvas, rgb, a, int(rng.integers(0, size - s + 1)), int(rng.integers(0, size - s + 1)))
+    if rng.random() < 0.3:  # partial occlusion by clutter
+        cs = int(rng.integers(size // 5, size // 3))
+        crgb, ca = clutter_sprite(rng, cs)
+        paste(canvas, crgb, ca, int(rng.integers(0, size - cs)), int(rng.integers(0, size - cs)))
+    canvas *= rng.uniform(0.7, 1.15)
+    return (canvas.clip(0, 1) * 255).astype(np.uint8)
+
+
+def _write_labelled(cfg: WorldConfig, out: Path) -> dict:
+    counts = {}
+    for split, n, stream in (("train", cfg.train_per_class, 2), ("val", cfg.val_per_class, 3)):
+        rng = np.random.default_rng([cfg.seed, stream])  # separate streams: new instances per split
+        for c in range(cfg.categories):
+            shape, pattern = category_spec(c)
+            d = out / split / f"{c:02d}_{shape}_{pattern}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(_labelled_image(rng, c, cfg.categories, cfg.label_size)).save(
+                    d / f"{i:04d}.png")
+        counts[split] = n * cfg.categories
+    return counts
+
+
+def make_world(cfg: WorldConfig, log=print) -> dict:
+    """Write videos and the labelled set; a finished world with the same settings is reused."""
+    out = Path(cfg.out)
+    info_path = out / "world.json"
+    settings = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in ("out", "progress")}
+    if info_path.is_file():
+        import json
+
+        info = json.loads(info_path.read_text())
+        if info.get("settings") == settings:
+            log(f"{out}: world already generated ({info['hours']} h, {info['categories']} categories); reusing")
+            return info
+        raise ConfigError(f"{out} holds a world made with other settings; use another --out")
+    t0 = time.time()
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.hours, unit="h", desc="world video", bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                   "{n:.2f}/{total:.2f} h [{elapsed}<{remaining}]")
+    files = _write_videos(cfg, out / "videos", bar)
+    if bar is not None:
+        bar.close()
+    t_video = time.time() - t0
+    counts = _write_labelled(cfg, out / "labelled")
+    info = {"settings": settings, "hours": cfg.hours, "categories": cfg.categories,
+            "category_specs": [list(category_spec(c)) for c in range(cfg.categories)], "videos": files,
+            "labelled": counts, "seconds_video": round(t_video, 2), "seconds_total": round(time.time() - t0, 2),
+            "realtime_factor": round(cfg.hours * 3600 / max(t_video, 1e-9), 1)}
+    write_json_atomic(info_path, info)
+    log(f"world: {cfg.hours} h of video in {len(files)} files ({info['realtime_factor']:.0f}x realtime), "
+        f"{counts['train']} + {counts['val']} labelled images, {cfg.categories} categories -> {out}")
+    return info

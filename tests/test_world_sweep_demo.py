@@ -1,0 +1,132 @@
+"""The built-in world, the sweep runner (skip / resume / failed cells, SLURM specs), the demo."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from egoscale.data.video import probe, sample_chunk
+from egoscale.errors import ConfigError
+from egoscale.sweep.grid import cells, load_grid
+from egoscale.sweep.runner import run_local, slurm_jobs, status
+from egoscale.world.world import WorldConfig, make_world
+
+quiet = lambda *a, **k: None  # noqa: E731
+
+
+def _frames(path):
+    return [s.jpeg for s in sample_chunk(path, 1, 0, None, short_side=0).samples]
+
+
+def test_world_is_deterministic_and_writes_valid_video(tmp_path):
+    cfgs = [WorldConfig(out=str(tmp_path / n), hours=0.02, categories=4, train_per_class=2, val_per_class=2,
+                        minutes_per_video=0.5, progress=False) for n in ("a", "b")]
+    info = [make_world(c, log=quiet) for c in cfgs]
+    assert info[0]["videos"] == ["walk-0000.mp4", "walk-0001.mp4", "walk-0002.mp4"]  # 72 s in 30 s files
+    vid = tmp_path / "a" / "videos" / "walk-0000.mp4"
+    meta = probe(vid)
+    assert (meta.width, meta.height, meta.codec) == (64, 64, "h264") and meta.duration == pytest.approx(30, abs=0.6)
+    assert _frames(vid) == _frames(tmp_path / "b" / "videos" / "walk-0000.mp4")  # same seed, same frames
+    a = sorted((tmp_path / "a" / "labelled").rglob("*.png"))
+    assert len(a) == 4 * 2 * 2 and [p.read_bytes() for p in a] == [
+        (tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes() for p in a]
+    other = make_world(WorldConfig(out=str(tmp_path / "c"), hours=0.02, categories=4, train_per_class=2,
+                                   val_per_class=2, minutes_per_video=0.5, seed=1, progress=False), log=quiet)
+    assert other["videos"] == info[0]["videos"]
+    assert _frames(tmp_path / "c" / "videos" / "walk-0000.mp4") != _frames(vid)  # another seed, another world
+    with pytest.raises(ConfigError, match="other settings"):
+        make_world(WorldConfig(out=str(tmp_path / "a"), hours=0.03, progress=False), log=quiet)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """A world, its frames and subsets: the inputs of a sweep."""
+    from egoscale.data.ingest import IngestConfig, ingest
+    from egoscale.data.subset import SubsetConfig, make_subsets
+
+    root = tmp_path_factory.mktemp("study")
+    make_world(WorldConfig(out=str(root / "world"), hours=0.05, categories=3, train_per_class=4, val_per_class=4,
+                           progress=False), log=quiet)
+    ingest(IngestConfig(source=[f"w={root / 'world' / 'videos'}"], out=str(root / "frames"), short_side=0,
+                        progress=False), log=quiet)
+    make_subsets(SubsetConfig(frames=str(root / "frames"), fractions=[1.0, 0.5], seeds=[1, 2]), log=quiet)
+    return root
+
+
+def _grid(root, **over):
+    lab = root / "world" / "labelled"
+    g = {"data": str(root / "frames"), "subsets": str(root / "frames" / "subsets"), "models": ["vit_pico4"],
+         "img_sizes": [32], "fractions": [1.0, 0.5], "seeds": [1, 2],
+         "pretrain": {"steps": 3, "batch_size": 8, "workers": 0, "log_every": 1},
+         "evals": [{"name": "probe", "kind": "probe", "train": str(lab / "train"), "val": str(lab / "val"),
+                    "condition": "full", "workers": 0, "min_steps": 10, "epochs": 1}]}
+    g.update(over)
+    return g
+
+
+def test_sweep_skips_finished_cells_records_failures_and_resumes(tiny_study, tmp_path):
+    grid = load_grid(_grid(tiny_study))
+    assert [c.id for c in cells(grid)] == ["vit_pico4@32_1_s1", "vit_pico4@32_0.5_s1", "vit_pico4@32_0.5_s2"]
+    hidden = tiny_study / "frames" / "subsets" / "0.5_s2.json"
+    shutil.move(hidden, tmp_path / "x.json")  # this cell's data is missing: it fails, the rest go on
+    try:
+        counts = run_local(grid, tmp_path / "runs", log=quiet)
+    finally:
+        shutil.move(tmp_path / "x.json", hidden)
+    assert counts == {"done": 4, "skipped": 0, "failed": 1, "blocked": 1}
+    st = status(tmp_path / "runs")
+    assert st["failed"] == ["pretrain/vit_pico4@32_0.5_s2"] and len(st["done"]) == 4
+    err = json.loads((tmp_path / "runs" / "pretrain" / "vit_pico4@32_0.5_s2" / "cell.json").read_text())
+    assert "no such subset file" in err["error"] and err["log"].endswith("error.log")
+    rows = (tmp_path / "runs" / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2
+    counts = run_local(grid, tmp_path / "runs", log=quiet)  # again: only the failed cell and its eval run
+    assert counts == {"done": 2, "skipped": 4, "failed": 0, "blocked": 0}
+    assert len((tmp_path / "runs" / "results.csv").read_text().splitlines()) == 1 + 3
+    assert status(tmp_path / "runs")["failed"] == []
+
+
+def test_grid_unknown_keys_are_errors(tiny_study):
+    with pytest.raises(ConfigError, match="unknown key 'modles'"):
+        load_grid({**_grid(tiny_study), "modles": ["x"]})
+    bad = _grid(tiny_study)
+    bad["evals"][0]["epoch"] = 3
+    with pytest.raises(ConfigError, match=r"evals\[0\] \(probe\): unknown key 'epoch' for ProbeConfig; did you mean"):
+        load_grid(bad)
+
+
+def test_slurm_job_specifications(tiny_study, tmp_path):
+    g = _grid(tiny_study, slurm={"partition": "gpu", "gpus_per_node": 4, "nodes": 2, "timeout_min": 600})
+    jobs = slurm_jobs(load_grid(g), tmp_path / "runs")
+    pre = [j for j in jobs if j["kind"] == "pretrain"]
+    ev = [j for j in jobs if j["kind"] == "probe"]
+    assert len(pre) == 3 and len(ev) == 3
+    j = pre[1]
+    assert j["command"][:6] == ["torchrun", "--nnodes", "2", "--nproc-per-node", "4", "--rdzv-backend"]
+    assert "--subset" in j["command"] and j["command"][j["command"].index("--subset") + 1].endswith("0.5_s1.json")
+    assert (j["nodes"], j["gpus_per_node"], j["timeout_min"], j["partition"], j["requeue"]) == (2, 4, 600, "gpu", True)
+    assert ev[1]["depends_on"] == j["name"] and ev[1]["gpus_per_node"] == 1
+    assert ev[1]["command"][:4] == ["python", "-m", "egoscale", "probe"]
+
+
+def test_quick_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "egoscale", "demo", "--quick", "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "report:" in r.stdout and "[7/7] report" in r.stdout
+    rows = (out / "runs" / "results.csv").read_text().splitlines()[1:]
+    # 3 models x 2 image sizes x (1 + 2 fractions x 2 seeds) cells, each finetuned and probed
+    assert len(rows) == 3 * 2 * 5 * 2
+    html = (out / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 5
+    assert (out / "report" / "reconstructions.png").is_file()
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["n_rows"] == 30 and set(fit["splits"]) >= {"largest-data", "largest-model", "largest-resolution"}
+    again = subprocess.run([sys.executable, "-m", "egoscale", "demo", "--quick", "--out", str(out), "--no-progress"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "sweep: 0 cells run, 90 already done, 0 failed" in again.stdout
+    assert np.isfinite(fit["noise_sigma"])
