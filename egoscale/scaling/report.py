@@ -64,20 +64,28 @@ def plot_vs(fit, out: Path, col: str, label: str) -> Path:
     rows, metric, chosen = fit["data"], fit["metric"], fit["chosen"]
     e = fit["forms"][chosen]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    other = [c for c in ("params", "data_hours", "img_size") if c != col]
-    groups = sorted({(r[other[0]], r[other[1]]) for r in rows})
+    # Group runs that differ only in `col`. A model's parameter count grows a little with the image
+    # size (its position table), so along resolution the groups are (model, hours), not (N, D).
+    other = ["model", "data_hours"] if col == "img_size" else [c for c in ("params", "data_hours", "img_size")
+                                                                if c != col]
+    groups = sorted({(r.get(other[0]) or "", r[other[1]]) for r in rows}, key=str)
     vals = np.array([r[col] for r in rows])
     grid = np.geomspace(vals.min() / 1.5, vals.max() * 3, 100)
     cmap = plt.get_cmap("plasma")
     for i, g in enumerate(groups):
-        pts = [r for r in rows if (r[other[0]], r[other[1]]) == g]
+        pts = [r for r in rows if ((r.get(other[0]) or ""), r[other[1]]) == g]
         if len({r[col] for r in pts}) < 2:
             continue
         c = cmap(i / max(1, len(groups) - 1))
         ax.scatter([r[col] for r in pts], [r[metric] for r in pts], color=c, s=18)
-        args = {col: grid, other[0]: g[0], other[1]: g[1]}
+        args = {col: grid, other[1]: g[1]}
+        if col == "img_size":
+            args["params"] = float(np.mean([r["params"] for r in pts]))
+        else:
+            args[other[0]] = g[0]
         ax.plot(grid, FORMS[chosen].predict(e["theta"], args["params"], args["data_hours"], args["img_size"]),
-                color=c, lw=1.2, label=f"{other[0]}={g[0]:.3g}, {other[1]}={g[1]:.3g}")
+                color=c, lw=1.2, label=f"{other[0]}={g[0]:.3g}, {other[1]}={g[1]:.3g}" if col != "img_size"
+                else f"{g[0]}, {g[1]:.3g} h")
     ax.set_xscale("log")
     ax.set_xlabel(label)
     ax.set_ylabel(metric)
