@@ -41,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/egoscale-calibration")
     ap.add_argument("--hours", type=float, default=1.0)
-    ap.add_argument("--categories", type=int, default=10)
+    ap.add_argument("--categories", type=int, default=8)
     ap.add_argument("--models", default="vit_pico4,vit_micro4")
     ap.add_argument("--img-size", type=int, default=32)
     ap.add_argument("--steps", default="150,600")
@@ -52,7 +52,7 @@ def main() -> None:
     out = Path(args.out)
     models, steps = args.models.split(","), [int(s) for s in args.steps.split(",")]
     fractions, seeds = [float(f) for f in args.fractions.split(",")], [int(s) for s in args.seeds.split(",")]
-    make_world(WorldConfig(out=str(out / "world"), hours=args.hours, categories=args.categories, train_per_class=10,
+    make_world(WorldConfig(out=str(out / "world"), hours=args.hours, categories=args.categories, train_per_class=20,
                            val_per_class=20, progress=False), log=quiet)
     ingest(IngestConfig(source=[f"w={out / 'world' / 'videos'}"], out=str(out / "frames"), short_side=0,
                         progress=False), log=quiet)

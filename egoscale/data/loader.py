@@ -122,7 +122,9 @@ def augment(data: bytes, size: int, rng: random.Random, scale=(0.2, 1.0), flip: 
             img.draft("RGB", (max(1, int(w / factor)), max(1, int(h / factor))))
             sx, sy = img.size[0] / w, img.size[1] / h
             x, y, cw, ch = x * sx, y * sy, cw * sx, ch * sy
-    img = img.convert("RGB").resize((size, size), Image.BILINEAR, box=(x, y, x + cw, y + ch))
+    if img.mode != "RGB":  # JPEG frames decode to RGB already; convert() would copy them
+        img = img.convert("RGB")
+    img = img.resize((size, size), Image.BILINEAR, box=(x, y, x + cw, y + ch))
     arr = np.asarray(img)
     if flip and rng.random() < 0.5:
         arr = arr[:, ::-1]

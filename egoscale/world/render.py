@@ -62,7 +62,8 @@ def random_instance(rng: np.random.Generator, c: int) -> dict:
     c1 = rng.uniform(0.1, 1.0, 3)
     c2 = np.clip(c1 + rng.choice([-1, 1]) * rng.uniform(0.35, 0.6) * rng.dirichlet([1, 1, 1]) * 3, 0, 1)
     return {"category": c, "shape": shape, "pattern": pattern, "c1": c1, "c2": c2,
-            "aspect": rng.uniform(0.8, 1.25), "rot": rng.uniform(-0.3, 0.3), "freq": rng.uniform(2.5, 4.5),
+            # pattern scale: 1.5-2.5 periods across the object, coarse enough to survive 32-px frames
+            "aspect": rng.uniform(0.8, 1.25), "rot": rng.uniform(-0.3, 0.3), "freq": rng.uniform(1.5, 2.5),
             "pangle": rng.uniform(0, np.pi) if pattern in ("stripes", "checker", "dots") else 0.0}
 
 

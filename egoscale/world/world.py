@@ -32,7 +32,7 @@ from egoscale.world.render import (SHAPES, category_spec, clutter_sprite, draw_i
 class WorldConfig:
     out: str = opt("world", "output folder (videos/, labelled/train, labelled/val, world.json)")
     hours: float = opt(1.0, "hours of video")
-    categories: int = opt(10, "object categories")
+    categories: int = opt(8, "object categories (the first 8 differ in shape, later ones in pattern only)")
     frame_size: int = opt(64, "video frame side in px")
     video_fps: float = opt(2.0, "video frame rate (ingest samples it at its own --fps)")
     minutes_per_video: float = opt(15.0, "length of each video file (consecutive files continue the walk)")
@@ -141,7 +141,7 @@ def _labelled_image(rng: np.random.Generator, c: int, categories: int, size: int
     room = make_room(rng, categories, 256, 400, density=0.3)
     y, x = int(rng.integers(0, 256 - size)), int(rng.integers(0, 400 - size))
     canvas = room[y:y + size, x:x + size].copy()
-    s = int(rng.integers(int(size * 0.45), int(size * 0.9)))
+    s = int(rng.integers(int(size * 0.6), int(size * 0.95)))
     rgb, a = draw_instance(random_instance(rng, c), s)
     paste(canvas, rgb, a, int(rng.integers(0, size - s + 1)), int(rng.integers(0, size - s + 1)))
     if rng.random() < 0.3:  # partial occlusion by clutter
