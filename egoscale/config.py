@@ -41,7 +41,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: set[str
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        help_ = f.metadata.get("help", "")
+        help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help strings
         if f.metadata.get("positional"):
             parser.add_argument(f.name, metavar=f.metadata.get("metavar", f.name.upper()),
                                 nargs="?" if default is not None else None, default=argparse.SUPPRESS,

@@ -146,3 +146,16 @@ def test_cli_models_and_inspect(tmp_path):
     r = subprocess.run([sys.executable, "-m", "egoscale", "inspect", str(tmp_path / "m.pt")],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "MAE" in r.stdout and "step 3" in r.stdout
+
+
+def test_every_command_has_working_help():
+    from egoscale.cli import build_parser
+
+    parser = build_parser()
+    names = list(parser._subparsers._group_actions[0].choices)
+    stages = {"demo", "world", "ingest", "subset", "pretrain", "finetune", "probe", "fit", "report", "sweep"}
+    assert stages <= set(names)
+    for name in names:
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args([name, "--help"])
+        assert e.value.code == 0, name
