@@ -26,7 +26,7 @@ SIZES = {
                   batch=32),
     "default": dict(hours=1.0, categories=8, train_per_class=20, val_per_class=20, models=["vit_pico4",
                     "vit_nano4", "vit_micro4"], img_sizes=[32, 48], fractions=[1.0, 0.1, 0.01], seeds=[1, 2],
-                    steps=150, epochs=8, batch=32),
+                    steps=150, epochs=5, batch=32),
     "large": dict(hours=5.0, categories=8, train_per_class=40, val_per_class=40, models=["vit_pico4", "vit_nano4",
                   "vit_micro4", "vit_mini4"], img_sizes=[32, 48], fractions=[1.0, 0.1, 0.01, 0.001],
                   seeds=[1, 2, 3], steps=1500, epochs=30, batch=64),
