@@ -312,6 +312,10 @@ def _add_extrapolate(sub) -> None:
     p.add_argument("--at", help="params=N,hours=D,resolution=R")
     p.add_argument("--target", help="accuracy in (0, 1) or a named target (human)")
     p.add_argument("--scale-together", action="store_true", help="scale N, D and pixels by one factor k")
+    p.add_argument("--budget-flops", type=float, default=None,
+                   help="with --target: the cheapest (N, D, R) reaching it under the compute model "
+                        "(egoscale/scaling/extrapolate.py: train_flops), whether it fits this budget, and the frontier")
+    p.add_argument("--epochs", type=float, default=1.0, help="compute model: passes over the D hours (default: 1)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_run_extrapolate)
 
@@ -334,9 +338,27 @@ def _run_extrapolate(args) -> int:
         return 0
     if not args.target:
         raise ConfigError("give --at params=...,hours=...,resolution=... or --target T --scale-together")
-    if not args.scale_together:
-        raise ConfigError("--target needs --scale-together (a compute-budget frontier is not built yet)")
     value, source = resolve_target(fit, args.target)
+    if args.budget_flops is not None:
+        from egoscale.scaling.extrapolate import cheapest
+
+        res = cheapest(fit, value, args.budget_flops, epochs=args.epochs)
+        if args.json:
+            print(json.dumps(res, indent=2))
+            return 0
+        print(f"target {fit['metric']} {value:.3f} ({source}); budget {args.budget_flops:.3g} FLOPs, "
+              f"{args.epochs:g} epoch(s) over the data:")
+        for name, r in res["forms"].items():
+            if "unreachable" in r:
+                print(f"  {name:<18} unreachable: {r['unreachable']}")
+                continue
+            edge = f"; at the edge of the searched {', '.join(r['at_search_edge'])}" if r.get("at_search_edge") else ""
+            print(f"  {name:<18} cheapest: {r['params']:.3g} params, {r['hours']:.3g} h, {r['resolution']:.0f} px = "
+                  f"{r['flops']:.3g} FLOPs ({'within' if r['within_budget'] else 'OVER'} budget); "
+                  f"frontier of {len(r['frontier'])} model sizes in --json{edge}")
+        return 0
+    if not args.scale_together:
+        raise ConfigError("--target needs --scale-together or --budget-flops C")
     res = scale_together(fit, value)
     if args.json:
         print(json.dumps(res, indent=2))

@@ -147,3 +147,17 @@ def test_cli_fit_extrapolate_and_report(tmp_path):
     assert r.returncode == 0, r.stderr
     html = (tmp_path / "rep" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and "headline scale" in html
+
+
+def test_cheapest_scale_under_the_compute_model(tmp_path):
+    from egoscale.scaling.extrapolate import cheapest, train_flops
+
+    write_table(grid("logit_linear", TRUE["logit_linear"]), tmp_path / "r.csv")
+    fit = run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / "f.json"), form="logit_linear",
+                            bootstrap=10), log=quiet)
+    res = cheapest(fit, 0.8, budget=1e21)["forms"]["logit_linear"]
+    form, theta = FORMS["logit_linear"], np.array(fit["forms"]["logit_linear"]["theta"])
+    assert form.predict(theta, res["params"], res["hours"], res["resolution"]) >= 0.8
+    assert res["flops"] == pytest.approx(float(train_flops(res["params"], res["hours"], res["resolution"])))
+    assert res["flops"] == min(f["flops"] for f in res["frontier"])  # the cheapest point is on the frontier
+    assert res["within_budget"] == (res["flops"] <= 1e21)

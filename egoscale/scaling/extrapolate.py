@@ -147,3 +147,54 @@ def curve(fit: dict, ks: np.ndarray) -> dict:
                      "lo": np.percentile(samples, (1 - lvl) / 2 * 100, 0).tolist(),
                      "hi": np.percentile(samples, (1 + lvl) / 2 * 100, 0).tolist()}
     return out
+
+
+# --- compute ---------------------------------------------------------------------------------
+def train_flops(N, D, R, epochs: float = 1.0, fps: float = 1.0, patch: int = 14, mask_ratio: float = 0.8,
+                decoder_params: float = 25.6e6):
+    """Compute model of one MAE pretraining run (FLOPs): 6 x (N x visible tokens + decoder params x
+    all tokens) per image (forward + backward, 2 FLOPs per multiply-add, the linear layers), times
+    the images seen, epochs x frames of D hours at `fps`. The decoder is the paper's 512x8 (25.6M).
+    """
+    tokens = (np.asarray(R, float) / patch) ** 2
+    per_image = 6.0 * (np.asarray(N, float) * tokens * (1 - mask_ratio) + decoder_params * tokens)
+    return per_image * epochs * np.asarray(D, float) * 3600.0 * fps
+
+
+def cheapest(fit: dict, target: float, budget: float | None = None, epochs: float = 1.0, fps: float = 1.0,
+             points: int = 48) -> dict:
+    """Per form: the cheapest (N, D, R) on a log grid whose predicted accuracy reaches `target`,
+    its compute, whether it fits `budget`, and the frontier (the cheapest D and R for each N)."""
+    Ns = np.geomspace(1e6, 1e12, points)
+    Ds = np.geomspace(1e-2, 1e7, points)
+    Rs = np.geomspace(112, 2048, points // 2)
+    NN, DD, RR = np.meshgrid(Ns, Ds, Rs, indexing="ij")
+    cost = train_flops(NN, DD, RR, epochs, fps)
+    out = {"target": target, "budget": budget, "epochs": epochs, "fps": fps, "forms": {}}
+    for name, e in _fitted(fit).items():
+        form = FORMS[name]
+        ok = form.predict(e["theta"], NN, DD, RR) >= target
+        if not ok.any():
+            out["forms"][name] = {"unreachable": f"no N <= 1e12, D <= 1e7 h, R <= 2048 px reaches {target:.3f} "
+                                                 f"(asymptote {form.asymptote(e['theta']):.3f})"}
+            continue
+        c = np.where(ok, cost, np.inf)
+        i = np.unravel_index(np.argmin(c), c.shape)
+        rec = {"params": float(Ns[i[0]]), "hours": float(Ds[i[1]]), "resolution": float(Rs[i[2]]),
+               "flops": float(c[i])}
+        edges = [n for n, k, m in (("params", i[0], points), ("hours", i[1], points), ("resolution", i[2], points // 2))
+                 if k in (0, m - 1)]
+        if edges:  # the optimum sits on the searched range's edge: the form wants more (or less) there
+            rec["at_search_edge"] = edges
+        if budget is not None:
+            rec["within_budget"] = bool(c[i] <= budget)
+        front = []
+        for a in range(points):  # for each model size: the cheapest data and resolution that reach the target
+            ca = c[a]
+            if np.isfinite(ca).any():
+                j = np.unravel_index(np.argmin(ca), ca.shape)
+                front.append({"params": float(Ns[a]), "hours": float(Ds[j[0]]), "resolution": float(Rs[j[1]]),
+                              "flops": float(ca[j])})
+        rec["frontier"] = front
+        out["forms"][name] = rec
+    return out
