@@ -18,6 +18,7 @@ from egoscale.errors import ConfigError
 # The world's "human level": top-1 on the world's labelled val set. Fixed and documented rather
 # than measured, so that runs at different sizes aim at the same thing.
 DEMO_TARGET = 0.9
+FIT_EVAL = "linear_probe"
 
 SIZES = {
     # world hours, categories, labelled per class, models, image sizes, fractions, seeds, pretrain steps, ft epochs
@@ -96,10 +97,13 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     n_cells = len(s["models"]) * len(s["img_sizes"]) * (1 + (len(s["fractions"]) - 1) * len(s["seeds"]))
     stage(4, f"sweep: {n_cells} pretraining runs, each finetuned and probed")
     run_local(grid, out / "runs", log=lambda m: log("  " + m))
-    stage(5, "fit: scaling-law forms, held out on the largest data size")
+    # The fit uses the linear probe: at CPU-minute scale few-shot finetuning of these tiny models
+    # stays near chance whatever the scale (measured; see benchmarks/world_calibration.py), while
+    # the probe reacts to representation quality sooner. Both are in runs/results.csv.
+    stage(5, f"fit: scaling-law forms on the {FIT_EVAL.replace('_', ' ')}, validated on held-out runs")
     fit_path = out / "fit.json"
     fit = run_fit(FitConfig(table=str(out / "runs" / "results.csv"), out=str(fit_path), metric="top1",
-                            eval="finetune", form="auto", bootstrap=100), log=lambda m: log("  " + m))
+                            eval=FIT_EVAL, form="auto", bootstrap=100), log=lambda m: log("  " + m))
     stage(6, f"extrapolate: what reaches the world's 'human level' ({DEMO_TARGET:.0%} top-1)")
     st = scale_together(fit, DEMO_TARGET)
     chosen = st["forms"][fit["chosen"]]

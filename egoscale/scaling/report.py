@@ -166,7 +166,9 @@ def report(fit_path: str, out: str, target: str | None = None) -> Path:
              plot_extrapolation(fit, out_dir / "extrapolation.png", tval)]
     fitted = {k: v for k, v in fit["forms"].items() if "theta" in v}
     md = [f"# Scaling report: {fit['metric']}", "",
-          f"{fit['n_rows']} runs from `{fit['table']}`; seed noise (pooled within-cell s.d.) "
+          f"{fit['n_rows']} runs from `{fit['table']}`"
+          + (f" (evaluation: {fit['config']['eval']})" if fit.get("config", {}).get("eval") else "")
+          + "; seed noise (pooled within-cell s.d.) "
           f"{fit['noise_sigma'] * 100:.2f} points; {len(fit['dropped'])} rows not used (listed in fit.json).", "",
           f"**Chosen form: {fit['chosen']}** — {fit['why']}.", "", "## Forms", ""]
     rows = []
