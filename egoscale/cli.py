@@ -35,6 +35,13 @@ Pipeline (each stage reads the files the previous one wrote):
 """
 
 
+def _config(args, cls):
+    """The stage config from parsed flags (argparse leaves unset flags out: the dataclass defaults apply)."""
+    from egoscale.config import build
+
+    return build(cls, {k: v for k, v in vars(args).items() if k not in ("func", "command", "merge")})
+
+
 # --- models ----------------------------------------------------------------------------------
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the ViT family with parameters and GFLOPs",
@@ -108,13 +115,12 @@ def _add_ingest(sub) -> None:
 
 
 def _run_ingest(args) -> int:
-    from egoscale.config import build
     from egoscale.data.ingest import IngestConfig, ingest, merge
 
     if args.merge:
         merge(getattr(args, "out", "frames"))
         return 0
-    cfg = build(IngestConfig, {k: v for k, v in vars(args).items() if k not in ("func", "command", "merge")})
+    cfg = _config(args, IngestConfig)
     man = ingest(cfg)
     t = man["total"]
     print(f"{t['videos']} videos, {t['frames']} frames, {t['hours']:.3f} h in {len(man['shards'])} shards "
@@ -144,10 +150,9 @@ def _add_subset(sub) -> None:
 
 
 def _run_subset(args) -> int:
-    from egoscale.config import build
     from egoscale.data.subset import SubsetConfig, make_subsets
 
-    cfg = build(SubsetConfig, {k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    cfg = _config(args, SubsetConfig)
     make_subsets(cfg)
     return 0
 
@@ -173,10 +178,9 @@ def _add_pretrain(sub) -> None:
 
 
 def _run_pretrain(args) -> int:
-    from egoscale.config import build
     from egoscale.train.pretrain import PretrainConfig, pretrain
 
-    cfg = build(PretrainConfig, {k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    cfg = _config(args, PretrainConfig)
     import os
 
     s = pretrain(cfg)
@@ -232,7 +236,6 @@ def _add_eval(sub, name: str) -> None:
 def _run_eval(args) -> int:
     import os
 
-    from egoscale.config import build
 
     if args.command == "finetune":
         from egoscale.evaluate.finetune import FinetuneConfig as cls
@@ -240,7 +243,7 @@ def _run_eval(args) -> int:
     else:
         from egoscale.evaluate.probe import ProbeConfig as cls
         from egoscale.evaluate.probe import probe as run
-    cfg = build(cls, {k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    cfg = _config(args, cls)
     r = run(cfg)
     if os.environ.get("RANK", "0") == "0":
         extra = f", k-NN top-1 {r['knn_top1']:.2%}" if "knn_top1" in r else ""
@@ -290,10 +293,9 @@ def _add_fit(sub) -> None:
 
 
 def _run_fit(args) -> int:
-    from egoscale.config import build
     from egoscale.scaling.analysis import FitConfig, run_fit
 
-    cfg = build(FitConfig, {k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    cfg = _config(args, FitConfig)
     run_fit(cfg)
     print(f"wrote {cfg.out}")
     return 0
@@ -410,10 +412,9 @@ def _add_world(sub) -> None:
 
 
 def _run_world(args) -> int:
-    from egoscale.config import build
     from egoscale.world.world import WorldConfig, make_world
 
-    make_world(build(WorldConfig, {k: v for k, v in vars(args).items() if k not in ("func", "command")}))
+    make_world(_config(args, WorldConfig))
     return 0
 
 
@@ -476,10 +477,9 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from egoscale.config import build
     from egoscale.demo import DemoConfig, demo
 
-    demo(build(DemoConfig, {k: v for k, v in vars(args).items() if k not in ("func", "command")}))
+    demo(_config(args, DemoConfig))
     return 0
 
 

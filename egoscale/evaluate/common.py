@@ -4,18 +4,43 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from egoscale.config import opt
 from egoscale.data.loader import IMAGENET_MEAN, IMAGENET_STD
 from egoscale.errors import ConfigError
 from egoscale.evaluate.labelled import CONDITIONS, Labelled
 from egoscale.models.checkpoint import RELEASED_ID, load_vit, read_checkpoint, resolve_checkpoint
 from egoscale.models.registry import get_spec
 from egoscale.models.vit import VisionTransformer, count_params
+
+
+@dataclass
+class EvalData:
+    """What to evaluate and on which labelled images: the fields finetune and probe share."""
+
+    checkpoint: str = opt("none", "checkpoint file, run folder, released id (e.g. vits14_0.01_1), or none "
+                          "(a randomly initialised --model, the baseline)")
+    train: str = opt("train", "training folder, one subfolder per class")
+    val: str = opt("val", "validation folder with the same classes")
+    out: str = opt("evals", "output folder: result.json, metrics.jsonl, train_files.txt")
+    model: str | None = opt(None, "model for --checkpoint none (random initialisation)")
+    condition: str | None = opt("permissive", "permissive (2%), stringent (1.0147%) or full",
+                                choices=["permissive", "stringent", "full"])
+    label_fraction: float | None = opt(None, "fraction of training images (overrides --condition)")
+    sampling: str = opt("random", "random (uniform over images, the paper's) or per-class",
+                        choices=["random", "per-class"])
+    train_list: str | None = opt(None, "reuse the exact training files of an earlier run (its train_files.txt)")
+    seed: int = opt(0, "seed of the label subset and of training")
+    img_size: int | None = opt(None, "image side in px (default: the checkpoint's)")
+
+    def __post_init__(self):
+        resolve_fraction(self.condition, self.label_fraction)
 
 
 def resolve_fraction(condition: str | None, label_fraction: float | None) -> tuple[str, float]:

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from egoscale.config import opt, to_dict
 from egoscale.errors import ConfigError
-from egoscale.evaluate.common import (ImageList, load_backbone, model_info, resolve_fraction, train_transform,
-                                      val_transform)
+from egoscale.evaluate.common import (EvalData, ImageList, load_backbone, model_info, resolve_fraction,
+                                      train_transform, val_transform)
 from egoscale.evaluate.labelled import label_subset, read_list, scan, topk_correct, write_list
 from egoscale.fileio import write_json_atomic
 from egoscale.models.checkpoint import vit_meta
@@ -29,22 +29,10 @@ from egoscale.train.loop import LoopSettings, Trainer, lr_schedule
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(EvalData):
     """Few-shot finetuning; defaults are the paper's recipe."""
 
-    checkpoint: str = opt("none", "checkpoint file, run folder, released id (e.g. vits14_0.01_1), or none")
-    train: str = opt("train", "training folder, one subfolder per class")
-    val: str = opt("val", "validation folder with the same classes")
     out: str = opt("evals/finetune", "output folder: result.json, metrics.jsonl, train_files.txt")
-    model: str | None = opt(None, "model for --checkpoint none (random initialisation)")
-    condition: str | None = opt("permissive", "permissive (2%), stringent (1.0147%) or full",
-                                choices=["permissive", "stringent", "full"])
-    label_fraction: float | None = opt(None, "fraction of training images (overrides --condition)")
-    sampling: str = opt("random", "random (uniform over images, the paper's) or per-class",
-                        choices=["random", "per-class"])
-    train_list: str | None = opt(None, "reuse the exact training files of an earlier run (its train_files.txt)")
-    seed: int = opt(0, "seed of the label subset and of training")
-    img_size: int | None = opt(None, "image side in px (default: the checkpoint's)")
     epochs: int = opt(50, "passes over the training subset")
     batch_size: int = opt(64, "images per device per step")
     lr: float | None = opt(None, "learning rate (default 1e-4; 5e-5 from 448 px up)")
@@ -58,9 +46,9 @@ class FinetuneConfig:
     progress: bool = opt(True, "show a progress bar")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("--epochs and --batch-size must be at least 1")
-        resolve_fraction(self.condition, self.label_fraction)
 
 
 def prepare_labelled(cfg, out: Path):

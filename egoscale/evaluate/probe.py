@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from egoscale.config import opt, to_dict
 from egoscale.errors import ConfigError
-from egoscale.evaluate.common import ImageList, load_backbone, model_info, val_transform
+from egoscale.evaluate.common import EvalData, ImageList, load_backbone, model_info, val_transform
 from egoscale.evaluate.finetune import prepare_labelled
 from egoscale.evaluate.labelled import topk_correct, write_list
 from egoscale.fileio import append_jsonl, write_json_atomic
@@ -28,19 +28,10 @@ from egoscale.models.vit import make_head
 
 
 @dataclass
-class ProbeConfig:
-    checkpoint: str = opt("none", "checkpoint file, run folder, released id, or none (random init baseline)")
-    train: str = opt("train", "training folder, one subfolder per class")
-    val: str = opt("val", "validation folder with the same classes")
+class ProbeConfig(EvalData):
+    """Linear probe and k-NN on frozen features."""
+
     out: str = opt("evals/probe", "output folder: result.json, metrics.jsonl, features/")
-    model: str | None = opt(None, "model for --checkpoint none")
-    condition: str | None = opt("permissive", "permissive (2%), stringent (1.0147%) or full",
-                                choices=["permissive", "stringent", "full"])
-    label_fraction: float | None = opt(None, "fraction of training images (overrides --condition)")
-    sampling: str = opt("random", "random or per-class", choices=["random", "per-class"])
-    train_list: str | None = opt(None, "reuse the training files of an earlier run")
-    seed: int = opt(0, "seed of the label subset and the classifier")
-    img_size: int | None = opt(None, "image side in px (default: the checkpoint's)")
     epochs: int = opt(100, "classifier epochs over the cached features (at least --min-steps updates)")
     min_steps: int = opt(1000, "minimum classifier updates, so that small label sets are not underfitted")
     batch_size: int = opt(256, "batch for extraction and for the classifier")
@@ -53,6 +44,7 @@ class ProbeConfig:
     progress: bool = opt(True, "show progress bars")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.epochs < 1:
             raise ConfigError("--epochs must be at least 1")
 
