@@ -13,7 +13,6 @@ the training device, where `normalize_batch` makes floats (4x less data through 
 from __future__ import annotations
 
 import io
-import json
 import math
 import random
 import tarfile
@@ -208,8 +207,3 @@ def make_loader(stream: FrameStream, batch_size: int, workers: int = 2, pin_memo
     return torch.utils.data.DataLoader(stream, batch_size=batch_size, num_workers=workers,
                                        collate_fn=collate_uint8, pin_memory=pin_memory,
                                        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
-
-
-def read_manifest_fps(data: str | Path) -> float | None:
-    p = Path(data) / "manifest.json"
-    return json.loads(p.read_text()).get("fps") if p.is_file() else None

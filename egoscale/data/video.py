@@ -17,7 +17,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-from PIL import Image
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts",
                     ".wmv", ".flv", ".3gp", ".ogv")
@@ -33,7 +32,6 @@ class VideoInfo:
     height: int
     codec: str
     fps: float | None  # average frame rate, for information only
-    rotation: int = 0
 
 
 @dataclass
@@ -200,7 +198,3 @@ def find_videos(root: str | Path, pattern: str | None = None) -> tuple[list[Path
     else:
         chosen = [p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS]
     return chosen, [p for p in files if p not in set(chosen)]
-
-
-def decode_image(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")

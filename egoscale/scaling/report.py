@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from egoscale.fileio import write_text_atomic
-from egoscale.scaling.extrapolate import TARGETS, at, base_run, curve, load_fit, resolve_target, scale_together
+from egoscale.scaling.extrapolate import TARGETS, at, curve, load_fit, resolve_target, scale_together
 from egoscale.scaling.forms import FORMS
 
 HEADLINE = (2.5e9, 20000.0, 952.0)  # the paper's extrapolated scale
@@ -253,4 +253,4 @@ def _html(md: str, folder: Path) -> str:
            f"</head><body>{''.join(out)}</body></html>\n"
 
 
-__all__ = ["report", "base_run"]
+__all__ = ["report"]

@@ -59,9 +59,8 @@ def status(out: str | Path, grid: Grid | None = None) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {"done": [], "running": [], "failed": [], "pending": []}
     folders = sorted([*out.glob("pretrain/*"), *out.glob("eval/*")])
     if grid is not None:
-        from egoscale.sweep.grid import cells as all_cells
-        folders = [pretrain_dir(out, c) for c in all_cells(grid)] + [eval_dir(out, c, e) for c in all_cells(grid)
-                                                                      for e in grid.evals]
+        folders = ([pretrain_dir(out, c) for c in cells(grid)]
+                   + [eval_dir(out, c, e) for c in cells(grid) for e in grid.evals])
     for f in folders:
         st = _state(f)
         s = st["state"]
