@@ -97,6 +97,22 @@ def test_probe_caches_features_and_reports_a_linear_probe(folder, tmp_path):
     assert r2["top1"] == r["top1"]
 
 
+def test_avg_pool_reads_the_mean_patch_token_and_caches_apart(folder, tmp_path):
+    from egoscale.models.vit import build_vit
+
+    vit = build_vit("vit_pico4", num_classes=0, global_pool="avg").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = vit.forward_features(x)
+        assert torch.allclose(vit.forward_head(tokens, pre_logits=True), tokens[:, 1:].mean(1))
+    cfg = dict(checkpoint="none", model="vit_pico4", train=str(folder / "train"), val=str(folder / "val"),
+               out=str(tmp_path / "pr"), condition="full", workers=0, progress=False)
+    tok, avg = probe(ProbeConfig(**cfg), log=quiet), probe(ProbeConfig(**cfg, pool="avg"), log=quiet)
+    assert tok["pool"] == "token" and avg["pool"] == "avg"
+    feats = [torch.load(tmp_path / "pr" / d / "train" / "00000.pt")["features"] for d in ("features", "features-avg")]
+    assert feats[0].shape == feats[1].shape and not torch.allclose(feats[0], feats[1])
+
+
 def test_cli_errors_are_one_line(folder, tmp_path):
     r = subprocess.run([sys.executable, "-m", "egoscale", "probe", "--checkpoint", "none", "--train",
                         str(folder / "train"), "--val", str(folder / "val"), "--out", str(tmp_path)],

@@ -38,6 +38,8 @@ class EvalData:
     train_list: str | None = opt(None, "reuse the exact training files of an earlier run (its train_files.txt)")
     seed: int = opt(0, "seed of the label subset and of training")
     img_size: int | None = opt(None, "image side in px (default: the checkpoint's)")
+    pool: str = opt("token", "features the head reads: token (class token, the paper's) or avg (mean of "
+                    "the patch tokens)", choices=["token", "avg"])
 
     def __post_init__(self):
         resolve_fraction(self.condition, self.label_fraction)
@@ -54,7 +56,7 @@ def resolve_fraction(condition: str | None, label_fraction: float | None) -> tup
 
 
 def load_backbone(checkpoint: str, model: str | None, img_size: int | None,
-                  num_classes: int) -> tuple[VisionTransformer, dict]:
+                  num_classes: int, pool: str = "token") -> tuple[VisionTransformer, dict]:
     """The encoder to evaluate (fresh BN+Linear head for `num_classes`) and what is known of its pretraining.
 
     `checkpoint="none"` gives a randomly initialised `model` (the baseline).
@@ -63,7 +65,8 @@ def load_backbone(checkpoint: str, model: str | None, img_size: int | None,
         if not model:
             raise ConfigError("--checkpoint none needs --model (a randomly initialised baseline)")
         spec = get_spec(model, img_size=img_size)
-        return VisionTransformer(spec, num_classes=num_classes), {"checkpoint": "none (random init)"}
+        return (VisionTransformer(spec, num_classes=num_classes, global_pool=pool),
+                {"checkpoint": "none (random init)", "pool": pool})
     path = resolve_checkpoint(checkpoint)
     obj = read_checkpoint(path)
     m = RELEASED_ID.match(str(checkpoint))
@@ -71,7 +74,8 @@ def load_backbone(checkpoint: str, model: str | None, img_size: int | None,
         from egoscale.models.registry import RELEASED_ARCHS
         img_size = RELEASED_ARCHS[m.group(1)][1]
     vit, report = load_vit(path, img_size=img_size, num_classes=num_classes, obj=obj)
-    info = {"checkpoint": str(checkpoint), "checkpoint_file": str(Path(path).resolve()),
+    vit.global_pool = pool
+    info = {"checkpoint": str(checkpoint), "checkpoint_file": str(Path(path).resolve()), "pool": pool,
             "checkpoint_sha256_16": _digest(path)}
     info.update(_pretrain_info(obj, checkpoint))
     summary = Path(path).parent / "summary.json"  # written by egoscale pretrain beside its checkpoint

@@ -109,7 +109,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
             out.mkdir(parents=True, exist_ok=True)
         full, train, val, condition, fraction = prepare_labelled(cfg, out)
         torch.manual_seed(cfg.seed)
-        vit, info = load_backbone(cfg.checkpoint, cfg.model, cfg.img_size, len(full.classes))
+        vit, info = load_backbone(cfg.checkpoint, cfg.model, cfg.img_size, len(full.classes), cfg.pool)
         vit = vit.to(d.device)
         size = vit.spec.img_size
         lr = cfg.lr if cfg.lr is not None else (5e-5 if size >= 448 else 1e-4)

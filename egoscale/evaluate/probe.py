@@ -1,7 +1,8 @@
-"""`egoscale probe`: linear probe (and k-NN) on frozen class-token features.
+"""`egoscale probe`: linear probe (and k-NN) on frozen features (class token, or `--pool avg`).
 
 Features of the train subset and the val set are extracted once with the frozen encoder
-(val transform, no augmentation), cached in chunks under OUT/features/ (a killed extraction
+(val transform, no augmentation), cached in chunks under OUT/features/ (OUT/features-avg/ for
+`--pool avg`; a killed extraction
 resumes at the next missing chunk), then a BatchNorm1d(affine=False)+Linear classifier is
 trained on the cache. Orders of magnitude cheaper than finetuning, and it isolates the
 representation's quality.
@@ -51,7 +52,7 @@ class ProbeConfig(EvalData):
 
 @torch.no_grad()
 def extract(vit, dataset, folder: Path, chunk: int, batch: int, workers: int, device, progress: bool, desc: str):
-    """Class-token features (N, C) and labels (N,), cached chunk by chunk under `folder`."""
+    """Pooled features (N, C) and labels (N,), cached chunk by chunk under `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     n_chunks = (len(dataset) + chunk - 1) // chunk
     bar = None
@@ -107,16 +108,17 @@ def probe(cfg: ProbeConfig, log=print) -> dict:
     full, train, val, condition, fraction = prepare_labelled(cfg, out)
     write_list(train, out / "train_files.txt")
     torch.manual_seed(cfg.seed)
-    vit, info = load_backbone(cfg.checkpoint, cfg.model, cfg.img_size, 0)
+    vit, info = load_backbone(cfg.checkpoint, cfg.model, cfg.img_size, 0, cfg.pool)
     vit = vit.to(device)
     size = vit.spec.img_size
     log(f"probe {vit.spec.name} at {size}px: {len(train)} train / {len(val)} val images, "
         f"{len(full.classes)} classes")
     t0 = time.time()
     tf = val_transform(size)
-    tr_f, tr_y = extract(vit, ImageList(train, tf), out / "features" / "train", cfg.chunk, cfg.batch_size,
+    cache = out / ("features" if cfg.pool == "token" else f"features-{cfg.pool}")
+    tr_f, tr_y = extract(vit, ImageList(train, tf), cache / "train", cfg.chunk, cfg.batch_size,
                          cfg.workers, device, cfg.progress, "train")
-    va_f, va_y = extract(vit, ImageList(val, tf), out / "features" / "val", cfg.chunk, cfg.batch_size,
+    va_f, va_y = extract(vit, ImageList(val, tf), cache / "val", cfg.chunk, cfg.batch_size,
                          cfg.workers, device, cfg.progress, "val")
     t_feat = time.time() - t0
     torch.manual_seed(cfg.seed)  # the classifier's start must not depend on how much was cached

@@ -42,10 +42,12 @@ class VisionTransformer(nn.Module):
         sincos_pos_embed: fill the position table with fixed 2-D sin-cos values and freeze it
             (MAE pretraining); otherwise it is learned (finetuning).
         drop_path: stochastic-depth rate of the last block (linear over depth).
+        global_pool: what the head sees: "token" (the class token, as in the paper) or "avg"
+            (the mean of the normed patch tokens; reads early MAE features much better).
     """
 
     def __init__(self, spec: ViTSpec, num_classes: int = 0, sincos_pos_embed: bool = False,
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, global_pool: str = "token"):
         super().__init__()
         if spec.img_size % spec.patch_size:
             raise ConfigError(f"{spec.name}: image size {spec.img_size} is not divisible by "
@@ -55,6 +57,9 @@ class VisionTransformer(nn.Module):
         self.embed_dim = self.num_features = spec.width
         self.num_prefix_tokens = 1
         self.grad_checkpointing = False
+        if global_pool not in ("token", "avg"):
+            raise ConfigError(f"global pool {global_pool!r}: token or avg")
+        self.global_pool = global_pool
 
         # strict_img_size=False: other sizes are allowed, the position table is resampled.
         self.patch_embed = PatchEmbed(spec.img_size, spec.patch_size, 3, spec.width, strict_img_size=False)
@@ -148,8 +153,8 @@ class VisionTransformer(nn.Module):
         return self.run_blocks(torch.cat([cls, tokens], dim=1))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens (B, 1 + L, C) -> logits (B, classes), or the class token (B, C) if pre_logits."""
-        x = x[:, 0]
+        """Tokens (B, 1 + L, C) -> logits (B, classes), or the pooled features (B, C) if pre_logits."""
+        x = x[:, 1:].mean(1) if self.global_pool == "avg" else x[:, 0]
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
