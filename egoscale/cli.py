@@ -425,11 +425,15 @@ def _add_sweep(sub) -> None:
                                    "configs/paper_grid.yaml): finished cells are skipped, failed ones recorded and the "
                                    "rest go on; OUT/results.csv is updated as evaluations finish.",
                        epilog="examples:\n  egoscale sweep grid.yaml --out runs/ --dry-run\n"
+                              "  egoscale sweep grid.yaml --out runs/ --gpus 8\n"
                               "  egoscale sweep grid.yaml --out runs/ --backend slurm\n  egoscale sweep status runs/")
     p.add_argument("grid", help="grid YAML file, or 'status'")
     p.add_argument("folder", nargs="?", help="with 'status': the sweep's output folder")
     p.add_argument("--out", default="runs", help="output folder (default: runs)")
     p.add_argument("--backend", default="local", choices=["local", "slurm"])
+    p.add_argument("--gpus", type=int, default=0, help="local: run this many cells at once, one per GPU")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="local, CPU: run this many cells at once, splitting the cores between them")
     p.add_argument("--dry-run", action="store_true", help="print the cells and the estimated compute; run nothing")
     p.add_argument("--print-jobs", action="store_true", help="slurm: print the job specifications, submit nothing")
     p.set_defaults(func=_run_sweep)
@@ -461,7 +465,7 @@ def _run_sweep(args) -> int:
             return 0
         submit_slurm(jobs, args.out)
         return 0
-    counts = run_local(grid, args.out)
+    counts = run_local(grid, args.out, parallel=args.parallel, gpus=args.gpus)
     return 1 if counts["failed"] else 0
 
 

@@ -89,6 +89,17 @@ def test_sweep_skips_finished_cells_records_failures_and_resumes(tiny_study, tmp
     assert status(tmp_path / "runs")["failed"] == []
 
 
+def test_sweep_runs_cells_in_parallel_worker_processes(tiny_study, tmp_path):
+    grid = load_grid(_grid(tiny_study))
+    lines = []
+    counts = run_local(grid, tmp_path / "runs", log=lines.append, parallel=2)
+    assert counts == {"done": 6, "skipped": 0, "failed": 0, "blocked": 0}
+    assert len(status(tmp_path / "runs")["done"]) == 6
+    assert len((tmp_path / "runs" / "results.csv").read_text().splitlines()) == 1 + 3
+    assert sum("pretrain vit_pico4@32_0.5_s2: done" in m for m in lines) == 1  # workers' lines reach the log
+    assert run_local(grid, tmp_path / "runs", log=quiet, parallel=2)["skipped"] == 6
+
+
 def test_grid_unknown_keys_are_errors(tiny_study):
     with pytest.raises(ConfigError, match="unknown key 'modles'"):
         load_grid({**_grid(tiny_study), "modles": ["x"]})

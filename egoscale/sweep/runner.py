@@ -96,49 +96,103 @@ def _update_results(out: Path) -> None:
         write_table(collect(out / "eval"), out / "results.csv")
 
 
-def run_local(grid: Grid, out: str | Path, log=print, progress: bool = False) -> dict:
-    """Every cell in order, in this process; finished cells are skipped, failures recorded."""
-    from egoscale.evaluate.finetune import finetune
-    from egoscale.evaluate.probe import probe
-    from egoscale.train.pretrain import pretrain
+def run_local(grid: Grid, out: str | Path, log=print, progress: bool = False, parallel: int = 1,
+              gpus: int = 0) -> dict:
+    """Every cell (its pretraining, then its evaluations); finished cells are skipped, failures recorded.
 
+    parallel > 1 runs that many cells at once in worker processes on the CPU, each with an equal
+    share of the cores (tiny models use many threads poorly, so two one-thread runs beat one
+    two-thread run); gpus = N runs N cells at once, one per GPU (CUDA_VISIBLE_DEVICES).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     todo = cells(grid)
     counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
-    for i, cell in enumerate(todo, 1):
-        pdir = pretrain_dir(out, cell)
-        st = _state(pdir)
-        if st["state"] == "done":
-            counts["skipped"] += 1
-        else:
-            def run_pretrain(cell=cell, pdir=pdir):
-                cfg = pretrain_config(grid, cell, pdir)
-                cfg.progress = progress
-                return pretrain(cfg, log=lambda *a: None)
 
-            ok = _run_cell(pdir, run_pretrain, f"[{i}/{len(todo)}] pretrain {cell.id}", log)
-            counts["done" if ok else "failed"] += 1
-            if not ok:
-                counts["blocked"] += len(grid.evals)
-                continue
-        for ev in grid.evals:
-            edir = eval_dir(out, cell, ev)
-            if _state(edir)["state"] == "done":
-                counts["skipped"] += 1
-                continue
+    def add(c: dict) -> None:
+        for k in counts:
+            counts[k] += c[k]
 
-            def run_eval(ev=ev, edir=edir, pdir=pdir):
-                ecfg = eval_config(grid, ev, pdir / "checkpoint.pt", edir)
-                ecfg.progress = progress
-                return (finetune if ev["kind"] == "finetune" else probe)(ecfg, log=lambda *a: None)
+    slots = gpus or parallel
+    if slots <= 1 or len(todo) <= 1:
+        for i, cell in enumerate(todo, 1):
+            add(_run_whole_cell(grid, out, cell, f"[{i}/{len(todo)}]", progress, log))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            ok = _run_cell(edir, run_eval, f"[{i}/{len(todo)}] {ev['name']} {cell.id}", log)
-            counts["done" if ok else "failed"] += 1
-            if ok:
+        ctx = mp.get_context("spawn")  # no CUDA or thread-pool state inherited from this process
+        devices = ctx.Queue()
+        for k in range(slots):
+            devices.put(str(k) if gpus else None)
+        threads = max(1, (os.cpu_count() or 1) // slots)
+        with ProcessPoolExecutor(slots, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(devices, None if gpus else threads)) as pool:
+            futures = [pool.submit(_run_cell_in_worker, grid, out, cell, f"[{i}/{len(todo)}]")
+                       for i, cell in enumerate(todo, 1)]
+            for f in as_completed(futures):
+                c, lines = f.result()
+                for line in lines:
+                    log(line)
+                add(c)
                 _update_results(out)
     log(f"sweep: {counts['done']} cells run, {counts['skipped']} already done, {counts['failed']} failed"
         + (f" ({counts['blocked']} evaluations blocked by failed pretraining)" if counts["blocked"] else ""))
+    return counts
+
+
+def _init_worker(devices, threads: int | None) -> None:
+    dev = devices.get()
+    if dev is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = dev
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _run_cell_in_worker(grid: Grid, out: Path, cell: Cell, label: str) -> tuple[dict, list[str]]:
+    lines: list[str] = []
+    return _run_whole_cell(grid, out, cell, label, False, lines.append, update=False), lines
+
+
+def _run_whole_cell(grid: Grid, out: Path, cell: Cell, label: str, progress: bool, log,
+                    update: bool = True) -> dict:
+    """One cell's pretraining (unless done) and each of its evaluations (unless done)."""
+    from egoscale.evaluate.finetune import finetune
+    from egoscale.evaluate.probe import probe
+    from egoscale.train.pretrain import pretrain
+
+    counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
+    pdir = pretrain_dir(out, cell)
+    if _state(pdir)["state"] == "done":
+        counts["skipped"] += 1
+    else:
+        def run_pretrain():
+            cfg = pretrain_config(grid, cell, pdir)
+            cfg.progress = progress
+            return pretrain(cfg, log=lambda *a: None)
+
+        ok = _run_cell(pdir, run_pretrain, f"{label} pretrain {cell.id}", log)
+        counts["done" if ok else "failed"] += 1
+        if not ok:
+            counts["blocked"] += len(grid.evals)
+            return counts
+    for ev in grid.evals:
+        edir = eval_dir(out, cell, ev)
+        if _state(edir)["state"] == "done":
+            counts["skipped"] += 1
+            continue
+
+        def run_eval(ev=ev, edir=edir):
+            ecfg = eval_config(grid, ev, pdir / "checkpoint.pt", edir)
+            ecfg.progress = progress
+            return (finetune if ev["kind"] == "finetune" else probe)(ecfg, log=lambda *a: None)
+
+        ok = _run_cell(edir, run_eval, f"{label} {ev['name']} {cell.id}", log)
+        counts["done" if ok else "failed"] += 1
+        if ok and update:
+            _update_results(out)
     return counts
 
 
