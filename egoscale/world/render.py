@@ -1,9 +1,15 @@
 """Drawing the world with numpy: object categories, instances, rooms.
 
-A category is a (shape, surface pattern) pair; colours, size, aspect, rotation and pattern scale
-vary per instance, so recognising a category needs shape and texture, not colour. Rooms are
-long strips (a corridor the camera walks along) with a wall, a floor, lighting, clutter that
-belongs to no category, and objects standing on the floor, often overlapping.
+A category is a (shape, surface texture) pair, the texture a kind (stripes, checker, dots, rings)
+at a fixed orientation; colours, size, aspect, rotation, texture period and phase vary per
+instance, so recognising a category needs texture and shape, not colour. Textures are smooth
+and 3-6 periods across an object: seen from afar at 32 px they blur, seen up close they fill
+the view, so resolution and looking closely both matter. Rooms are long strips (a corridor the
+camera walks along) with a wall, a floor, lighting, clutter that belongs to no category, and
+objects of a few categories (the room's theme) standing along it, often overlapping.
+
+Why textures: calibration (benchmarks/world_calibration.py) found that at CPU-minute budgets a
+tiny MAE learns local periodic structure long before it learns silhouettes or part layouts.
 """
 
 from __future__ import annotations
@@ -11,12 +17,25 @@ from __future__ import annotations
 import numpy as np
 
 SHAPES = ("disk", "square", "triangle", "diamond", "ring", "cross", "hexagon", "bar")
-PATTERNS = ("stripes", "checker", "dots", "plain", "rings")
+# Surface textures: (kind, orientation). A texture is a category cue that lives at the scale of a
+# few patches and is not a linear function of the pixels (its phase, colours and period vary per
+# instance), so a linear probe on random features does poorly and an MAE that has learned local
+# structure does well. Orientations (in turns) are 45 degrees apart; instances jitter by at most 10.
+TEXTURES = (("stripes", 0.0), ("checker", 0.0), ("stripes", 0.125), ("dots", 0.0), ("stripes", 0.25),
+            ("rings", 0.0), ("stripes", 0.375), ("checker", 0.125))
 
 
-def category_spec(c: int) -> tuple[str, str]:
-    """Category c -> (shape, pattern); the first len(SHAPES) categories differ in shape."""
-    return SHAPES[c % len(SHAPES)], PATTERNS[(c // len(SHAPES) + 2 * c) % len(PATTERNS)]
+def category_spec(c: int) -> tuple[str, str, float]:
+    """Category c -> (shape, texture kind, texture orientation in turns).
+
+    The first 8 categories each have their own shape and texture; later ones reuse them in new pairs.
+    """
+    t = TEXTURES[(c + 3 * (c // len(SHAPES))) % len(TEXTURES)]
+    return SHAPES[c % len(SHAPES)], t[0], t[1]
+
+
+def max_categories() -> int:
+    return len(SHAPES) * len(TEXTURES)
 
 
 def _shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -31,40 +50,44 @@ def _shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
     if shape == "diamond":
         return np.abs(xx) + np.abs(yy) <= 1
     if shape == "ring":
-        return (r <= 1) & (r >= 0.55)
+        return (r <= 1) & (r >= 0.45)
     if shape == "cross":
-        return ((np.abs(xx) <= 0.3) | (np.abs(yy) <= 0.3)) & (np.abs(xx) <= 1) & (np.abs(yy) <= 1)
+        return ((np.abs(xx) <= 0.35) | (np.abs(yy) <= 0.35)) & (np.abs(xx) <= 1) & (np.abs(yy) <= 1)
     if shape == "hexagon":
         return (np.abs(yy) <= 0.87) & (np.abs(yy) * 0.577 + np.abs(xx) <= 1)
     if shape == "bar":
-        return (np.abs(xx) <= 0.35) & (np.abs(yy) <= 1)
+        return (np.abs(xx) <= 0.45) & (np.abs(yy) <= 1)
     raise ValueError(shape)
 
 
-def _pattern(pattern: str, yy, xx, freq: float, angle: float) -> np.ndarray:
-    """0/1 surface pattern choosing between the instance's two colours."""
+def _texture(kind: str, yy, xx, periods: float, angle: float, phase: float) -> np.ndarray:
+    """Smooth 0..1 texture mixing the instance's two colours; `periods` periods across the object."""
     u = np.cos(angle) * xx + np.sin(angle) * yy
     v = -np.sin(angle) * xx + np.cos(angle) * yy
-    if pattern == "stripes":
-        return (np.sin(u * freq * np.pi) > 0).astype(np.float32)
-    if pattern == "checker":
-        return ((np.floor(u * freq / 1.5) + np.floor(v * freq / 1.5)) % 2).astype(np.float32)
-    if pattern == "dots":
-        return ((np.sin(u * freq * np.pi) * np.sin(v * freq * np.pi)) > 0.5).astype(np.float32)
-    if pattern == "rings":
-        return (np.sin(np.hypot(xx, yy) * freq * np.pi) > 0).astype(np.float32)
-    return np.zeros_like(xx, dtype=np.float32)
+    f = periods * np.pi  # coordinates span 2, so `periods` periods of sin(f * u) across
+    if kind == "stripes":
+        t = np.sin(f * u + phase)
+    elif kind == "checker":
+        t = np.sin(f * u + phase) * np.sin(f * v + phase) * 2
+    elif kind == "dots":
+        t = (np.cos(f * u + phase) * np.cos(f * v + phase) - 0.3) * 3
+    elif kind == "rings":
+        t = np.sin(f * np.hypot(xx, yy) + phase)
+    else:
+        raise ValueError(kind)
+    return (0.5 + 0.5 * np.clip(t, -1, 1)).astype(np.float32)
 
 
 def random_instance(rng: np.random.Generator, c: int) -> dict:
-    """An instance of category c: its own colours, proportions, rotation and pattern scale."""
-    shape, pattern = category_spec(c)
-    c1 = rng.uniform(0.1, 1.0, 3)
+    """An instance of category c: its own colours, proportions, rotation, texture period and phase."""
+    shape, kind, turns = category_spec(c)
+    c1 = rng.uniform(0.05, 1.0, 3)
     c2 = np.clip(c1 + rng.choice([-1, 1]) * rng.uniform(0.35, 0.6) * rng.dirichlet([1, 1, 1]) * 3, 0, 1)
-    return {"category": c, "shape": shape, "pattern": pattern, "c1": c1, "c2": c2,
-            # pattern scale: 1.5-2.5 periods across the object, coarse enough to survive 32-px frames
-            "aspect": rng.uniform(0.8, 1.25), "rot": rng.uniform(-0.3, 0.3), "freq": rng.uniform(1.5, 2.5),
-            "pangle": rng.uniform(0, np.pi) if pattern in ("stripes", "checker", "dots") else 0.0}
+    return {"category": c, "shape": shape, "pattern": kind, "c1": c1, "c2": c2,
+            "aspect": rng.uniform(0.8, 1.25), "rot": rng.uniform(-0.25, 0.25),
+            # 2.5-6 periods across the object: the fine ones only survive at the larger image sizes
+            "periods": rng.uniform(3.0, 6.0), "phase": rng.uniform(0, 2 * np.pi),
+            "angle": (turns + rng.uniform(-1, 1) / 36) * 2 * np.pi}
 
 
 def draw_instance(inst: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +98,7 @@ def draw_instance(inst: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
     xr = (ca * xx + sa * yy) * inst["aspect"]
     yr = (-sa * xx + ca * yy) / inst["aspect"]
     mask = _shape_mask(inst["shape"], yr, xr)
-    p = _pattern(inst["pattern"], yr, xr, inst["freq"], inst["pangle"])[..., None]
+    p = _texture(inst["pattern"], yy, xx, inst["periods"], inst["angle"], inst["phase"])[..., None]
     rgb = inst["c1"] * (1 - p) + inst["c2"] * p
     shade = 0.85 + 0.15 * (1 - (yr[..., None] + 1) / 2)  # light from above
     return (rgb * shade).astype(np.float32), mask.astype(np.float32)
@@ -100,11 +123,11 @@ def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     canvas = np.empty((h, w, 3), np.float32)
     g = np.linspace(1.0, 0.75, horizon)[:, None, None]
     canvas[:horizon] = wall * g
-    panel = rng.integers(60, 160)
+    panel = rng.integers(h // 4, h * 2 // 3)
     xs = np.arange(w)
     canvas[:horizon, (xs % panel) < 3] *= 0.8  # panel seams
     fy = np.arange(h - horizon)[:, None]
-    tiles = ((fy // 12 + xs[None, :] // 24) % 2)[..., None]
+    tiles = ((fy // (h // 20) + xs[None, :] // (h // 10)) % 2)[..., None]
     canvas[horizon:] = floor * (0.85 + 0.15 * tiles)
     canvas += rng.normal(0, 0.02, canvas.shape).astype(np.float32)
     return canvas.clip(0, 1), horizon
@@ -121,21 +144,31 @@ def clutter_sprite(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.
     return np.broadcast_to(rng.uniform(0, 1, 3), (size, size, 3)).astype(np.float32), mask
 
 
-def make_room(rng: np.random.Generator, categories: int, height: int = 256, length: int = 2400,
+def room_theme(rng: np.random.Generator, categories: int, per_room: int = 3) -> np.ndarray:
+    """The categories a room holds: a few of them, so a short stretch of experience sees only
+    part of the world (the reason more video helps) while hours of it see everything."""
+    return rng.choice(categories, size=min(per_room, categories), replace=False)
+
+
+def make_room(rng: np.random.Generator, categories: int | np.ndarray, height: int = 128, length: int = 1600,
               density: float = 1.0) -> np.ndarray:
-    """A corridor strip with objects on the floor and clutter, lit unevenly."""
+    """A corridor strip with objects standing along it (often overlapping), clutter, uneven light.
+
+    `categories`: how many there are (each object picks any), or the room's theme (an array).
+    """
+    theme = np.arange(categories) if np.isscalar(categories) else np.asarray(categories)
     canvas, horizon = background(rng, height, length)
     n_clutter = int(rng.poisson(6 * density * length / 1000))
     for _ in range(n_clutter):
-        s = int(rng.integers(10, 40))
+        s = int(rng.integers(8, 28))
         rgb, a = clutter_sprite(rng, s)
         paste(canvas, rgb, a, int(rng.integers(0, height - s)), int(rng.integers(0, length - s)))
-    n_obj = max(2, int(rng.poisson(10 * density * length / 1000)))
+    n_obj = max(2, int(rng.poisson(22 * density * length / 1000)))
     for _ in range(n_obj):
-        inst = random_instance(rng, int(rng.integers(categories)))
-        s = int(rng.integers(40, 110))
+        inst = random_instance(rng, int(rng.choice(theme)))
+        s = int(rng.integers(height * 5 // 16, height * 5 // 8))
         rgb, a = draw_instance(inst, s)
-        base = horizon + int(rng.integers(-10, height - horizon - 5))
-        paste(canvas, rgb, a, base - s, int(rng.integers(0, length - s)))
+        bottom = int(rng.integers(horizon, height + s // 4))
+        paste(canvas, rgb, a, bottom - s, int(rng.integers(0, length - s)))
     light = 0.75 + 0.25 * np.sin(np.linspace(0, rng.uniform(2, 8), length) + rng.uniform(0, 6.28))
     return (canvas * light[None, :, None]).clip(0, 1)

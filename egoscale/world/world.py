@@ -1,12 +1,14 @@
 """`egoscale world`: write the built-in world to disk.
 
 - videos/: long continuous first-person video (mp4, H.264 via PyAV) of a camera wandering
-  through a sequence of rooms: it walks, pauses, turns back, leans in to look at things
-  (zoom), bobs its head; lighting drifts. Rooms hold objects of K categories (shape + surface
-  pattern; colour, size, proportions and pattern scale vary per instance), overlapping each
-  other and clutter that belongs to no category.
-- labelled/train, labelled/val: single objects of the same categories (new instances and
-  views, class-per-folder), for the evaluations.
+  through a sequence of rooms: it walks, pauses, turns back, and often leans in so that one
+  object fills the view (as a child looks at what it holds), bobs its head; lighting drifts.
+  Each room holds objects of a few of the K categories (texture kind and orientation + shape;
+  colour, size, proportions, texture period and phase vary per instance), overlapping each
+  other and clutter that belongs to no category. A short stretch of video therefore shows only
+  part of the world; hours of it show all of it.
+- labelled/train, labelled/val: close views of single objects of the same categories (new
+  instances, class-per-folder), for the evaluations.
 
 Deterministic by seed. Hours of video and the number of categories are parameters.
 """
@@ -24,8 +26,10 @@ from PIL import Image
 from egoscale.config import opt
 from egoscale.errors import ConfigError
 from egoscale.fileio import atomic_path, write_json_atomic
-from egoscale.world.render import (SHAPES, category_spec, clutter_sprite, draw_instance, make_room, paste,
-                                   random_instance)
+from egoscale.world.render import (category_spec, clutter_sprite, draw_instance, make_room, max_categories, paste,
+                                   random_instance, room_theme)
+
+ROOM_H, ROOM_LEN = 128, 1600  # room strip in px; the camera sees a 20-110 px window of it
 
 
 @dataclass
@@ -45,8 +49,8 @@ class WorldConfig:
     def __post_init__(self):
         if self.hours <= 0 or self.categories < 2:
             raise ConfigError("--hours must be positive and --categories at least 2")
-        if self.categories > len(SHAPES) * 5:
-            raise ConfigError(f"--categories at most {len(SHAPES) * 5}")
+        if self.categories > max_categories():
+            raise ConfigError(f"--categories at most {max_categories()}")
         if self.frame_size % 2:
             raise ConfigError("--frame-size must be even (H.264 with 4:2:0 colour)")
 
@@ -57,18 +61,18 @@ class Camera:
 
     def __init__(self, rng: np.random.Generator, room_len: int, room_h: int):
         self.rng, self.room_len, self.room_h = rng, room_len, room_h
-        self.x, self.v, self.view, self.t = 0.0, 0.0, 160.0, 0.0
+        self.x, self.v, self.view, self.t = 0.0, 0.0, 80.0, 0.0
         self.dir = 1
         self._new_mode()
 
     def _new_mode(self):
         r = self.rng.random()
-        if r < 0.55:
-            self.mode, self.target_v, self.target_view = "walk", self.rng.uniform(60, 150), self.rng.uniform(140, 200)
-        elif r < 0.75:
-            self.mode, self.target_v, self.target_view = "pause", 0.0, self.rng.uniform(130, 190)
-        elif r < 0.92:
-            self.mode, self.target_v, self.target_view = "look", self.rng.uniform(0, 20), self.rng.uniform(70, 110)
+        if r < 0.3:
+            self.mode, self.target_v, self.target_view = "walk", self.rng.uniform(25, 60), self.rng.uniform(70, 110)
+        elif r < 0.4:
+            self.mode, self.target_v, self.target_view = "pause", 0.0, self.rng.uniform(60, 100)
+        elif r < 0.92:  # lean in: an object fills the view
+            self.mode, self.target_v, self.target_view = "look", self.rng.uniform(0, 4), self.rng.uniform(24, 40)
         else:
             self.mode, self.target_v, self.target_view = "turn", 0.0, self.view
             self.dir = -self.dir
@@ -84,11 +88,11 @@ class Camera:
         self.v += (self.target_v - self.v) * a
         self.view += (self.target_view - self.view) * a
         self.x += self.dir * self.v * dt
-        size = int(np.clip(self.view, 48, self.room_h - 8))
+        size = int(np.clip(self.view, 20, self.room_h - 4))
         if self.x < 0:
             self.x, self.dir = 0.0, 1
-        bob = 4 * np.sin(2 * np.pi * 1.8 * self.t) * min(1.0, self.v / 60)
-        y = int(np.clip(self.room_h * 0.62 - size / 2 + bob, 0, self.room_h - size))
+        bob = 3 * np.sin(2 * np.pi * 1.8 * self.t) * min(1.0, self.v / 30)
+        y = int(np.clip(self.room_h * 0.6 - size / 2 + bob, 0, self.room_h - size))
         return y, int(self.x), size
 
     def done(self) -> bool:
@@ -102,8 +106,8 @@ def _write_videos(cfg: WorldConfig, out: Path, bar) -> list[str]:
     total = int(round(cfg.hours * 3600 * cfg.video_fps))
     per_file = max(1, int(round(cfg.minutes_per_video * 60 * cfg.video_fps)))
     dt = 1.0 / cfg.video_fps
-    room_h, room_len = 256, 2400
-    room = make_room(rng, cfg.categories, room_h, room_len)
+    room_h, room_len = ROOM_H, ROOM_LEN
+    room = make_room(rng, room_theme(rng, cfg.categories), room_h, room_len)
     cam = Camera(rng, room_len, room_h)
     files, written = [], 0
     while written < total:
@@ -114,17 +118,19 @@ def _write_videos(cfg: WorldConfig, out: Path, bar) -> list[str]:
             s = c.add_stream("libx264", rate=Fraction(cfg.video_fps).limit_denominator(1000))
             s.width = s.height = cfg.frame_size
             s.pix_fmt = "yuv420p"
-            s.options = {"preset": "veryfast", "crf": "20"}
+            # no-mbtree: with x264's macroblock-tree rate control the same frames encoded several
+            # times in one process gave different bytes (measured); without it they are identical
+            s.options = {"preset": "veryfast", "crf": "20", "x264-params": "no-mbtree=1"}
             for _ in range(n):
                 if cam.done():
-                    room = make_room(rng, cfg.categories, room_h, room_len)
+                    room = make_room(rng, room_theme(rng, cfg.categories), room_h, room_len)
                     cam = Camera(rng, room_len, room_h)
                 y, x, size = cam.step(dt)
                 crop = room[y:y + size, x:x + size]
                 light = 0.9 + 0.1 * np.sin(cam.t / 37.0)
                 img = Image.fromarray((crop * light * 255).astype(np.uint8)).resize(
                     (cfg.frame_size, cfg.frame_size), Image.BILINEAR)
-                for p in s.encode(av.VideoFrame.from_image(img)):
+                for p in s.encode(av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")):
                     c.mux(p)
                 if bar is not None:
                     bar.update(dt / 3600)
@@ -137,13 +143,14 @@ def _write_videos(cfg: WorldConfig, out: Path, bar) -> list[str]:
 
 
 def _labelled_image(rng: np.random.Generator, c: int, categories: int, size: int) -> np.ndarray:
-    """One object of category c on a piece of a room, with random scale, place, light, occluder."""
-    room = make_room(rng, categories, 256, 400, density=0.3)
-    y, x = int(rng.integers(0, 256 - size)), int(rng.integers(0, 400 - size))
+    """A close view of one object of category c (as when one picks a thing up to look at it): the
+    object fills most of the image, its edge and the room behind may show; random light, occluder."""
+    room = make_room(rng, categories, ROOM_H, 400, density=0.3)
+    y, x = int(rng.integers(0, ROOM_H - size)), int(rng.integers(0, 400 - size))
     canvas = room[y:y + size, x:x + size].copy()
-    s = int(rng.integers(int(size * 0.6), int(size * 0.95)))
+    s = int(rng.integers(int(size * 1.1), int(size * 1.6)))
     rgb, a = draw_instance(random_instance(rng, c), s)
-    paste(canvas, rgb, a, int(rng.integers(0, size - s + 1)), int(rng.integers(0, size - s + 1)))
+    paste(canvas, rgb, a, -int(rng.integers(0, s - size + 1)), -int(rng.integers(0, s - size + 1)))
     if rng.random() < 0.3:  # partial occlusion by clutter
         cs = int(rng.integers(size // 5, size // 3))
         crgb, ca = clutter_sprite(rng, cs)
@@ -157,8 +164,8 @@ def _write_labelled(cfg: WorldConfig, out: Path) -> dict:
     for split, n, stream in (("train", cfg.train_per_class, 2), ("val", cfg.val_per_class, 3)):
         rng = np.random.default_rng([cfg.seed, stream])  # separate streams: new instances per split
         for c in range(cfg.categories):
-            shape, pattern = category_spec(c)
-            d = out / split / f"{c:02d}_{shape}_{pattern}"
+            shape, pattern, turns = category_spec(c)
+            d = out / split / f"{c:02d}_{shape}_{pattern}{round(turns * 360)}"
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 Image.fromarray(_labelled_image(rng, c, cfg.categories, cfg.label_size)).save(
