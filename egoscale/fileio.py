@@ -35,6 +35,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete temporary files that `atomic_path(path)` left behind when a process was killed
+    mid-write (SIGKILL skips its cleanup); call it only where no other writer is active."""
+    path = Path(path)
+    stale = list(path.parent.glob(f".{path.name}.*.tmp"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

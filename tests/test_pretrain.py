@@ -101,6 +101,19 @@ def test_sigkill_then_resume_continues_the_run(frames, tmp_path):
     assert not list(run.glob(".*.tmp"))
 
 
+def test_a_temporary_file_left_by_a_kill_during_a_save_is_removed(frames, tmp_path):
+    from egoscale.train.pretrain import PretrainConfig, pretrain
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = [run / ".checkpoint.pt.x1y2.tmp", run / ".metrics.jsonl.a1b2.tmp"]
+    for f in stale:
+        f.write_bytes(b"half a file")
+    pretrain(PretrainConfig(data=str(frames), out=str(run), model="vit_pico4", batch_size=8, steps=2, workers=0,
+                            progress=False, shuffle_buffer=20), log=lambda *a: None)
+    assert (run / "checkpoint.pt").is_file() and not any(f.exists() for f in stale)
+
+
 def test_fsdp_steps_on_cpu(frames, tmp_path):
     r = _cli("pretrain", "--data", str(frames), *TINY, "--batch-size", "8", "--steps", "6", "--fsdp",
              "--out", str(tmp_path / "fsdp"), torchrun=2)

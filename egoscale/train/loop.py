@@ -22,7 +22,7 @@ import torch
 import torch.distributed as tdist
 
 from egoscale.errors import EgoscaleError
-from egoscale.fileio import append_jsonl, write_json_atomic, write_text_atomic
+from egoscale.fileio import append_jsonl, remove_stale_temps, write_json_atomic, write_text_atomic
 from egoscale.models.checkpoint import read_checkpoint, save_checkpoint
 from egoscale.train.distributed import Dist, all_reduce_mean
 
@@ -135,6 +135,9 @@ class Trainer:
             tdist.barrier()
 
     def resume(self) -> bool:
+        if self.d.is_main:  # a run killed while saving left temporary files; only rank 0 writes here
+            for name in (CHECKPOINT, self.metrics_path.name):
+                remove_stale_temps(self.s.out / name)
         path = None if self.s.resume == "none" else (
             self.s.out / CHECKPOINT if self.s.resume == "auto" else Path(self.s.resume))
         if path is None or not path.is_file():
