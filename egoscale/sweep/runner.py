@@ -128,8 +128,10 @@ def run_local(grid: Grid, out: str | Path, log=print, progress: bool = False, pa
         threads = max(1, (os.cpu_count() or 1) // slots)
         with ProcessPoolExecutor(slots, mp_context=ctx, initializer=_init_worker,
                                  initargs=(devices, None if gpus else threads)) as pool:
-            futures = [pool.submit(_run_cell_in_worker, grid, out, cell, f"[{i}/{len(todo)}]")
-                       for i, cell in enumerate(todo, 1)]
+            # longest cells first (by estimated FLOPs), so that no long cell runs alone at the end
+            cost = {r["cell"]: r["flops"] or 0.0 for r in estimate(grid)}
+            order = sorted(enumerate(todo, 1), key=lambda ic: -cost.get(ic[1].id, 0.0))
+            futures = [pool.submit(_run_cell_in_worker, grid, out, cell, f"[{i}/{len(todo)}]") for i, cell in order]
             for f in as_completed(futures):
                 c, lines = f.result()
                 for line in lines:
