@@ -105,9 +105,9 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     parallel = cfg.parallel or min(8, os.cpu_count() or 1)
     stage(4, f"sweep: {n_cells} pretraining runs, each finetuned and probed, {parallel} at a time")
     run_local(grid, out / "runs", log=lambda m: log("  " + m), parallel=parallel)
-    # The fit uses the linear probe: at CPU-minute scale few-shot finetuning of these tiny models
-    # stays near chance whatever the scale (measured; see benchmarks/world_calibration.py), while
-    # the probe reacts to representation quality sooner. Both are in runs/results.csv.
+    # The fit uses the linear probe: it reacts to representation quality sooner than few-shot
+    # finetuning of these tiny models (measured: at --size large finetuning moves 0.16 -> 0.29,
+    # the probe 0.21 -> 0.49; at the default size both sit within noise). Both are in results.csv.
     stage(5, f"fit: scaling-law forms on the {FIT_EVAL.replace('_', ' ')}, validated on held-out runs")
     fit_path = out / "fit.json"
     fit = run_fit(FitConfig(table=str(out / "runs" / "results.csv"), out=str(fit_path), metric="top1",

@@ -43,6 +43,8 @@ class EvalData:
 
     def __post_init__(self):
         resolve_fraction(self.condition, self.label_fraction)
+        if self.pool not in ("token", "avg"):
+            raise ConfigError(f"--pool {self.pool!r}: token or avg")
 
 
 def resolve_fraction(condition: str | None, label_fraction: float | None) -> tuple[str, float]:
