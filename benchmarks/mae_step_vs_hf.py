@@ -17,6 +17,30 @@ import torch
 
 from egoscale.models import build_mae, get_spec
 from egoscale.models.flops import mae_train_flops
+from egoscale.train.loop import adamw
+
+# where a step's time goes, by the profiler's op names
+CATEGORIES = {"GEMM (mm, addmm, bmm)": ("aten::mm", "aten::addmm", "aten::bmm"),
+              "attention (SDPA fwd+bwd)": ("aten::_scaled_dot_product",),
+              "GELU fwd+bwd": ("aten::gelu",), "LayerNorm fwd+bwd": ("aten::native_layer_norm",),
+              "optimizer": ("aten::_fused_adamw", "Optimizer."), "copies": ("aten::copy_",)}
+
+
+def profile_step(step) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    print("where egoscale's step goes (profiler self time):")
+    seen = 0.0
+    for name, prefixes in CATEGORIES.items():
+        t = sum(e.self_cpu_time_total for e in events if e.key.startswith(prefixes))
+        seen += t
+        print(f"  {name:<28}{t / total:>6.1%}")
+    print(f"  {'everything else':<28}{(total - seen) / total:>6.1%}")
 
 
 def matmul_peak(threads: int, n: int = 2048, reps: int = 10) -> float:
@@ -57,6 +81,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3, help="alternate the tools this many times; best kept")
     ap.add_argument("--compile", action="store_true", help="also time egoscale under torch.compile")
+    ap.add_argument("--profile", action="store_true", help="also break egoscale's step down by op")
     args = ap.parse_args()
     torch.manual_seed(0)
     spec = get_spec(args.model, img_size=args.img_size)
@@ -64,7 +89,9 @@ def main() -> None:
     x = torch.randn(args.batch, 3, img, img)
 
     ours = build_mae(spec, mask_ratio=ratio)
-    opt_ours = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95))
+    # each side's optimizer as its trainer builds it: egoscale's fused AdamW, and the fused
+    # AdamW that transformers' Trainer defaults to on torch >= 2.8 ("adamw_torch_fused")
+    opt_ours = adamw([p for p in ours.parameters() if p.requires_grad], 1e-4, torch.device("cpu"), betas=(0.9, 0.95))
 
     def step_ours(m=ours):
         loss = m(x).loss
@@ -73,7 +100,8 @@ def main() -> None:
         opt_ours.zero_grad(set_to_none=True)
 
     peer = hf_model(spec, img, ratio)
-    opt_peer = torch.optim.AdamW([p for p in peer.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95))
+    opt_peer = torch.optim.AdamW([p for p in peer.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95),
+                                 fused=True)
 
     def step_peer():
         loss = peer(pixel_values=x).loss
@@ -99,6 +127,8 @@ def main() -> None:
     for name, t in best.items():
         print(f"{name:<18}{t:>8.3f}{args.batch / t:>8.2f}{flops / t / 1e9:>9.0f}{flops / t / peak:>8.0%}")
     print(f"egoscale / transformers speed: {best['transformers'] / best['egoscale']:.2f}x")
+    if args.profile:
+        profile_step(step_ours)
     if args.compile:
         print(f"egoscale+compile / transformers speed: {best['transformers'] / best['egoscale+compile']:.2f}x")
 

@@ -6,8 +6,9 @@ members' offsets in the tar (Python's `tarfile`), so a small subset inside a lar
 only its own bytes (WebDataset reads shards front to back, which a 0.01% subset cannot afford).
 
 Speed: JPEGs are decoded with libjpeg's DCT scaling (PIL `draft`) when the crop is much smaller
-than the frame; crop and resize are one PIL call; samples stay uint8 until the batch reaches
-the training device, where `normalize_batch` makes floats (4x less data through the loader).
+than the frame, otherwise by torchvision with its fast uint8 resize; samples stay uint8 until
+the batch reaches the training device, where `normalize_batch` makes floats (4x less data
+through the loader).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import io
 import math
 import random
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +25,30 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
+from torchvision.transforms.v2.functional import resized_crop
 
 from egoscale.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+
+try:
+    # torchvision's decoder writes (3, H, W) uint8 straight from libjpeg-turbo: 1.5x faster than
+    # PIL's decode + numpy conversion (measured on 256-px frames). Deprecated in torchvision 0.29
+    # in favour of TorchCodec (not a dependency here); PIL takes over when it is gone.
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
+    from torchvision.io import ImageReadMode, decode_image
+except ImportError:  # pragma: no cover - future torchvision
+    decode_image = None
+
+
+def decode_rgb(data: bytes) -> torch.Tensor:
+    """Image bytes -> uint8 (3, H, W)."""
+    if decode_image is not None:
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    return torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
 
 
 @dataclass(frozen=True)
@@ -109,42 +129,43 @@ def random_resized_crop_box(w: int, h: int, rng: random.Random, scale=(0.2, 1.0)
     return (w - cw) // 2, (h - ch) // 2, cw, ch
 
 
-def augment(data: bytes, size: int, rng: random.Random, scale=(0.2, 1.0), flip: bool = True) -> np.ndarray:
-    """JPEG bytes -> RandomResizedCrop(size, scale) + horizontal flip, uint8 (H, W, 3)."""
-    img = Image.open(io.BytesIO(data))
+def augment(data: bytes, size: int, rng: random.Random, scale=(0.2, 1.0), flip: bool = True) -> torch.Tensor:
+    """Image bytes -> RandomResizedCrop(size, scale) + horizontal flip, uint8 (3, H, W).
+
+    Two routes, both libjpeg-turbo: when the crop is at least twice the output, PIL decodes the
+    JPEG at a reduced DCT scale (`draft`), which skips most of the decoding work; otherwise
+    the whole frame is decoded (`decode_rgb`) and the crop resized with torchvision's uint8
+    antialiased bilinear kernel (together 1.5x faster than PIL decode + resize at 224 px).
+    """
+    img = Image.open(io.BytesIO(data))  # reads the header only
     w, h = img.size
     x, y, cw, ch = random_resized_crop_box(w, h, rng, scale)
-    if img.format == "JPEG":
-        # decode at the smallest DCT scale that still gives >= size px across the crop
+    if img.format == "JPEG" and min(cw, ch) >= 2 * size:
         factor = min(cw, ch) / size
-        if factor >= 2:
-            img.draft("RGB", (max(1, int(w / factor)), max(1, int(h / factor))))
-            sx, sy = img.size[0] / w, img.size[1] / h
-            x, y, cw, ch = x * sx, y * sy, cw * sx, ch * sy
-    if img.mode != "RGB":  # JPEG frames decode to RGB already; convert() would copy them
-        img = img.convert("RGB")
-    img = img.resize((size, size), Image.BILINEAR, box=(x, y, x + cw, y + ch))
-    arr = np.asarray(img)
+        img.draft("RGB", (max(1, int(w / factor)), max(1, int(h / factor))))
+        sx, sy = img.size[0] / w, img.size[1] / h
+        box = (x * sx, y * sy, (x + cw) * sx, (y + ch) * sy)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        out = torch.from_numpy(np.asarray(img.resize((size, size), Image.BILINEAR, box=box)).copy())
+        out = out.permute(2, 0, 1)
+    else:
+        out = resized_crop(decode_rgb(data), y, x, ch, cw, [size, size], antialias=True)
     if flip and rng.random() < 0.5:
-        arr = arr[:, ::-1]
-    return arr
+        out = out.flip(-1)
+    return out
 
 
 def normalize_batch(batch: torch.Tensor, device=None, dtype=torch.float32) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) on the device (channels-last memory).
-
-    Converted while still (B, H, W, 3), so each pass runs over contiguous memory with a
-    3-vector broadcast on the last dimension (2x faster than normalising the NCHW view).
-    """
+    """uint8 (B, 3, H, W) -> normalised float (B, 3, H, W) on the device."""
     x = batch.to(device, non_blocking=True).to(dtype)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=dtype)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=dtype)
-    x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
-    return x.permute(0, 3, 1, 2)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=dtype).view(3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=dtype).view(3, 1, 1)
+    return x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
 
 class FrameStream(IterableDataset):
-    """Endless stream of augmented frames (uint8 HWC arrays), different for every rank/worker.
+    """Endless stream of augmented frames (uint8 (3, H, W) tensors), different for every rank/worker.
 
     Args:
         pieces: from `resolve_pieces`.
@@ -199,8 +220,8 @@ class FrameStream(IterableDataset):
                     yield emit_random()
 
 
-def collate_uint8(samples: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(samples))
+def collate_uint8(samples: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(samples)
 
 
 def make_loader(stream: FrameStream, batch_size: int, workers: int = 2, pin_memory: bool = False):

@@ -25,7 +25,7 @@ from egoscale.evaluate.labelled import label_subset, read_list, scan, topk_corre
 from egoscale.fileio import write_json_atomic
 from egoscale.models.checkpoint import vit_meta
 from egoscale.train.distributed import Dist, cleanup, init_distributed, parallelize
-from egoscale.train.loop import LoopSettings, Trainer, lr_schedule
+from egoscale.train.loop import LoopSettings, Trainer, adamw, lr_schedule
 
 
 @dataclass
@@ -121,8 +121,8 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
         module = parallelize(vit, d, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
         decay = [p for n, p in vit.named_parameters() if p.ndim >= 2 and n not in vit.no_weight_decay()]
         no_decay = [p for n, p in vit.named_parameters() if not (p.ndim >= 2 and n not in vit.no_weight_decay())]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+        optimizer = adamw([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}], lr, d.device)
         train_ds = ImageList(train, train_transform(size))
         val_ds = ImageList(val, val_transform(size))
         val_idx = list(range(d.rank, len(val_ds), d.world_size))  # every val image exactly once

@@ -28,7 +28,7 @@ from egoscale.models.flops import mae_train_flops
 from egoscale.models.mae import MaskedAutoencoder
 from egoscale.models.registry import get_spec
 from egoscale.train.distributed import cleanup, init_distributed, parallelize
-from egoscale.train.loop import LoopSettings, Trainer, lr_schedule
+from egoscale.train.loop import LoopSettings, Trainer, adamw, lr_schedule
 
 
 @dataclass
@@ -118,8 +118,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
             write_json_atomic(out / "config.json", to_dict(cfg))
         module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
         params = [p for p in mae.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay,
-                                fused=d.device.type == "cuda")
+        optimizer = adamw(params, lr, d.device, sharded=cfg.fsdp, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
         settings = LoopSettings(out=out, max_steps=max_steps,
                                 budget_seconds=cfg.budget_hours * 3600 if cfg.budget_hours else None,
                                 accum_steps=cfg.accum_steps, log_every=cfg.log_every, save_every=cfg.save_every,
