@@ -542,24 +542,44 @@ def _run_inspect(args) -> int:
 
 
 # --- main ------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def _commands() -> dict:
+    """Command -> function adding its full parser, in the order of DESCRIPTION."""
+    adders = {"demo": _add_demo, "world": _add_world, "ingest": _add_ingest, "subset": _add_subset,
+              "pretrain": _add_pretrain, "visualize": _add_visualize,
+              "finetune": lambda sub: _add_eval(sub, "finetune"), "probe": lambda sub: _add_eval(sub, "probe"),
+              "results": _add_results, "fit": _add_fit, "extrapolate": _add_extrapolate, "report": _add_report,
+              "sweep": _add_sweep, "models": _add_models, "convert": _add_convert, "inspect": _add_inspect}
+    return adders
+
+
+def _one_line_help() -> dict[str, str]:
+    lines = [ln.split(None, 1) for ln in DESCRIPTION.splitlines() if ln.startswith("  ")]
+    return {w[0]: w[1].strip() for w in lines if len(w) == 2}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (only=COMMAND) one with just that command's options built.
+
+    Building a stage's options imports its config dataclass and with it torch (seconds), so
+    `main` builds only the command being run; the others are listed by name and help.
+    """
     parser = argparse.ArgumentParser(prog="egoscale", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"egoscale {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_world, _add_ingest, _add_subset, _add_pretrain, _add_visualize):
-        add(sub)
-    _add_eval(sub, "finetune")
-    _add_eval(sub, "probe")
-    for add in (_add_results, _add_fit, _add_extrapolate, _add_report, _add_sweep):
-        add(sub)
-    for add in (_add_models, _add_convert, _add_inspect):
-        add(sub)
+    helps = _one_line_help()
+    for name, add in _commands().items():
+        if only is None or name == only:
+            add(sub)
+        else:
+            sub.add_parser(name, help=helps.get(name))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in _commands() else "")
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
