@@ -145,3 +145,20 @@ def test_flop_model_is_sane():
     assert 40 < vit_gflops(s) < 50  # ViT-B/14 at 224: ~46 GFLOPs (256 patches)
     assert vit_gflops(s, 448) > 4 * vit_gflops(s)  # attention grows faster than linear
     assert mae_train_flops(s, mask_ratio=0.8) < 3 * vit_gflops(s) * 1e9  # MAE encodes 20% of patches
+
+
+def test_attention_kernel_choice_does_not_change_the_function():
+    from egoscale.models import build_vit, choose_attention
+
+    torch.manual_seed(0)
+    model = build_vit("vit_pico4", img_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert choose_attention(model, torch.device("cpu"), bf16=False) == "sdpa"
+    with torch.no_grad():
+        fused = model.forward_features(x)
+    assert choose_attention(model, torch.device("cpu"), bf16=True) == "matmul"
+    assert not any(getattr(m, "fused_attn", False) for m in model.modules())
+    with torch.no_grad():
+        plain = model.forward_features(x)
+    torch.testing.assert_close(plain, fused, rtol=1e-4, atol=1e-5)
+    assert choose_attention(model, torch.device("cuda"), bf16=True) == "sdpa"  # GPUs keep the fused kernel

@@ -24,8 +24,9 @@ from egoscale.evaluate.common import (EvalData, ImageList, load_backbone, model_
 from egoscale.evaluate.labelled import label_subset, read_list, scan, topk_correct, write_list
 from egoscale.fileio import write_json_atomic
 from egoscale.models.checkpoint import vit_meta
+from egoscale.models.vit import choose_attention
 from egoscale.train.distributed import Dist, cleanup, init_distributed, parallelize
-from egoscale.train.loop import LoopSettings, Trainer, adamw, lr_schedule
+from egoscale.train.loop import PRECISION_HELP, PRECISIONS, LoopSettings, Trainer, adamw, lr_schedule, use_bf16
 
 
 @dataclass
@@ -40,6 +41,7 @@ class FinetuneConfig(EvalData):
     workers: int = opt(4, "data loader processes")
     device: str = opt("auto", "auto, cuda or cpu")
     compile: bool = opt(False, "torch.compile the model")
+    precision: str = opt("auto", PRECISION_HELP, choices=list(PRECISIONS))
     grad_checkpointing: bool = opt(False, "recompute activations in backward")
     log_every: int = opt(10, "training-loss line every N steps")
     resume: str = opt("auto", "auto, none or a checkpoint path")
@@ -49,6 +51,8 @@ class FinetuneConfig(EvalData):
         super().__post_init__()
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("--epochs and --batch-size must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision!r}: one of {', '.join(PRECISIONS)}")
 
 
 def prepare_labelled(cfg, out: Path):
@@ -63,11 +67,11 @@ def prepare_labelled(cfg, out: Path):
     return full, train, val, condition, fraction
 
 
-def evaluate_classifier(module, loader, d: Dist) -> dict:
+def evaluate_classifier(module, loader, d: Dist, bf16: bool = False) -> dict:
     """Loss, top-1 and top-5 over a (rank-sharded) loader, summed across ranks."""
     module.eval()
     tot = torch.zeros(4, device=d.device, dtype=torch.float64)  # loss sum, top1, top5, n
-    with torch.no_grad(), torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=d.device.type == "cuda"):
+    with torch.no_grad(), torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16):
         for x, y in loader:
             x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
             logits = module(x).float()
@@ -118,6 +122,8 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
             log(f"finetune {vit.spec.name} at {size}px: {len(train)} of {len(full)} training images "
                 f"({condition}, {fraction:g}, {cfg.sampling}), {len(val)} val, {len(full.classes)} classes, "
                 f"lr {lr:g}, {cfg.epochs} epochs, batch {cfg.batch_size} x {d.world_size}")
+        bf16 = use_bf16(cfg.precision, d.device)
+        choose_attention(vit, d.device, bf16)
         module = parallelize(vit, d, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
         decay = [p for n, p in vit.named_parameters() if p.ndim >= 2 and n not in vit.no_weight_decay()]
         no_decay = [p for n, p in vit.named_parameters() if not (p.ndim >= 2 and n not in vit.no_weight_decay())]
@@ -131,10 +137,10 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
         steps_per_epoch = max(1, math.ceil(len(train) / (cfg.batch_size * d.world_size)))
         settings = LoopSettings(out=out, max_steps=cfg.epochs * steps_per_epoch, log_every=cfg.log_every,
                                 save_every=steps_per_epoch, resume=cfg.resume, seed=cfg.seed, progress=cfg.progress,
-                                desc=f"finetune {vit.spec.name}")
+                                desc=f"finetune {vit.spec.name}", precision=cfg.precision)
 
         def evaluate(step):
-            return {"epoch": math.ceil(step / steps_per_epoch), **evaluate_classifier(module, val_loader, d)}
+            return {"epoch": math.ceil(step / steps_per_epoch), **evaluate_classifier(module, val_loader, d, bf16)}
 
         trainer = Trainer(settings, d, vit, module, optimizer, lr_schedule("constant", lr, 0, settings.max_steps),
                           lambda m, b: F.cross_entropy(m(b[0]), b[1]),

@@ -49,6 +49,7 @@ class LoopSettings:
     desc: str = "train"
     flops_per_sample: float | None = None  # training FLOPs per sample, for TFLOP/s and MFU
     tokens_per_sample: int | None = None
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
 
 
 def lr_schedule(kind: str, base: float, warmup: int, total: int) -> Callable[[int], float]:
@@ -63,6 +64,19 @@ def lr_schedule(kind: str, base: float, warmup: int, total: int) -> Callable[[in
         return base * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
     return {"constant": constant, "cosine": cosine}[kind]
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+PRECISION_HELP = ("auto (bf16 autocast on CUDA, fp32 on CPU), bf16 (autocast; also on CPUs with bf16 "
+                  "matrix units, e.g. AMX: a ViT-S/14 MAE step 1.9x faster than fp32 on 2 cores; slower for "
+                  "the tiny CPU models) or fp32")
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the forward pass runs under bf16 autocast (master weights and optimizer stay fp32)."""
+    if precision not in PRECISIONS:
+        raise EgoscaleError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 def adamw(params, lr: float, device: torch.device, sharded: bool = False, **kwargs) -> torch.optim.AdamW:
@@ -116,7 +130,7 @@ class Trainer:
         self.config, self.evaluate, self.eval_every, self.fsdp = config, evaluate, eval_every, fsdp
         self.step, self.samples, self.elapsed_before = 0, 0, 0.0
         self.metrics_path = settings.out / "metrics.jsonl"
-        self.autocast = d.device.type == "cuda"
+        self.autocast = use_bf16(settings.precision, d.device)
 
     # --- checkpoints ----------------------------------------------------------------------
     def _full_states(self) -> tuple[dict, dict]:

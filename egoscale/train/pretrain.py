@@ -27,8 +27,9 @@ from egoscale.models.checkpoint import mae_meta, mae_to_released, released_to_ma
 from egoscale.models.flops import mae_train_flops
 from egoscale.models.mae import MaskedAutoencoder
 from egoscale.models.registry import get_spec
+from egoscale.models.vit import choose_attention
 from egoscale.train.distributed import cleanup, init_distributed, parallelize
-from egoscale.train.loop import LoopSettings, Trainer, adamw, lr_schedule
+from egoscale.train.loop import PRECISION_HELP, PRECISIONS, LoopSettings, Trainer, adamw, lr_schedule, use_bf16
 
 
 @dataclass
@@ -61,6 +62,7 @@ class PretrainConfig:
     seed: int = opt(0, "random seed")
     device: str = opt("auto", "auto, cuda or cpu")
     compile: bool = opt(False, "torch.compile the model")
+    precision: str = opt("auto", PRECISION_HELP, choices=list(PRECISIONS))
     grad_checkpointing: bool = opt(False, "recompute activations in backward")
     fsdp: bool = opt(False, "fully sharded data parallel (multi-GPU, big models)")
     resume: str = opt("auto", "auto (continue from OUT/checkpoint.pt), none, or a path")
@@ -69,6 +71,8 @@ class PretrainConfig:
     def __post_init__(self):
         if not 0 <= self.mask_ratio < 1:
             raise ConfigError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision {self.precision!r}: one of {', '.join(PRECISIONS)}")
         if self.batch_size < 1 or self.accum_steps < 1:
             raise ConfigError("--batch-size and --accum-steps must be at least 1")
         if self.steps is None and self.epochs is None and self.budget_hours is None:
@@ -109,10 +113,13 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         mae = MaskedAutoencoder(spec, mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss).to(d.device)
         torch.manual_seed(cfg.seed * 7919 + d.rank)  # different masks on every rank
         lr = cfg.default_lr()
+        bf16 = use_bf16(cfg.precision, d.device)
+        attention = choose_attention(mae, d.device, bf16)
         if d.is_main:
             log(f"pretrain {spec.name} at {spec.img_size}px on {d.device} x{d.world_size}: "
                 f"global batch {global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} "
-                f"devices, lr {lr:g} ({cfg.lr_schedule}), mask {cfg.mask_ratio}, "
+                f"devices, lr {lr:g} ({cfg.lr_schedule}), mask {cfg.mask_ratio}, {'bf16' if bf16 else 'fp32'} "
+                f"({attention} attention), "
                 f"{'?' if frames is None else frames} frames, "
                 f"{'budget ' + str(cfg.budget_hours) + ' h' if cfg.budget_hours else str(max_steps) + ' steps'}")
             write_json_atomic(out / "config.json", to_dict(cfg))
@@ -124,7 +131,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
                                 accum_steps=cfg.accum_steps, log_every=cfg.log_every, save_every=cfg.save_every,
                                 resume=cfg.resume, seed=cfg.seed, progress=cfg.progress, desc=f"pretrain {spec.name}",
                                 flops_per_sample=mae_train_flops(spec, spec.img_size, cfg.mask_ratio),
-                                tokens_per_sample=(spec.img_size // spec.patch_size) ** 2)
+                                tokens_per_sample=(spec.img_size // spec.patch_size) ** 2, precision=cfg.precision)
         schedule = lr_schedule(cfg.lr_schedule, lr, cfg.warmup_steps, max_steps)
         trainer = Trainer(settings, d, mae, module, optimizer, schedule, _loss_fn(d.device),
                           to_file=lambda st: {"model": mae_to_released(st), "egoscale": mae_meta(mae)},
