@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--batch", type=int, default=32, help="pretraining batch size")
+    ap.add_argument("--schedule", default="constant", choices=["constant", "cosine"], help="pretraining lr schedule")
     ap.add_argument("--mask-ratio", type=float, default=0.75)
     ap.add_argument("--epochs", type=int, default=0, help="finetuning epochs (0: no finetuning)")
     args = ap.parse_args()
@@ -101,7 +102,8 @@ def main() -> None:
                         pretrain(PretrainConfig(
                             data=str(out / "frames"), out=str(run), model=model, img_size=size,
                             subset=str(out / "frames" / "subsets" / f"{subset_name(f, s)}.json"), steps=st,
-                            batch_size=args.batch, lr=args.lr, warmup_steps=args.warmup, mask_ratio=args.mask_ratio,
+                            batch_size=args.batch, lr=args.lr, lr_schedule=args.schedule, warmup_steps=args.warmup,
+                            mask_ratio=args.mask_ratio,
                             workers=0, progress=False, seed=s, shuffle_buffer=500, save_every=10**9), log=quiet)
                         r = evaluate(str(run), model, size, lab, out / "eval" / run.name, args.epochs)
                         r["seconds"] = time.time() - t
