@@ -1,9 +1,11 @@
 """The built-in world, the sweep runner (skip / resume / failed cells, SLURM specs), the demo."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -98,6 +100,37 @@ def test_sweep_runs_cells_in_parallel_worker_processes(tiny_study, tmp_path):
     assert len((tmp_path / "runs" / "results.csv").read_text().splitlines()) == 1 + 3
     assert sum("pretrain vit_pico4@32_0.5_s2: done" in m for m in lines) == 1  # workers' lines reach the log
     assert run_local(grid, tmp_path / "runs", log=quiet, parallel=2)["skipped"] == 6
+
+
+def test_a_worker_killed_mid_cell_does_not_stop_the_sweep(tiny_study, tmp_path):
+    # what the OOM killer does: SIGKILL a worker while it pretrains; the cells it took down with the
+    # pool run again in new workers, and the sweep ends with every cell done
+    import signal
+    import threading
+
+    grid = load_grid(_grid(tiny_study, pretrain={"steps": 300, "batch_size": 8, "workers": 0, "log_every": 50}))
+    lines, result = [], {}
+    t = threading.Thread(target=lambda: result.update(run_local(grid, tmp_path / "runs", log=lines.append,
+                                                                parallel=2)))
+    t.start()
+    victim, deadline = None, time.time() + 120
+    while victim is None and time.time() < deadline:
+        for f in (tmp_path / "runs" / "pretrain").glob("*/cell.json"):
+            try:
+                st = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            if st.get("state") == "running" and st.get("pid") not in (None, os.getpid()):
+                victim = st["pid"]
+                break
+        time.sleep(0.02)
+    assert victim is not None, "no cell was seen running"
+    os.kill(victim, signal.SIGKILL)
+    t.join(timeout=600)
+    assert not t.is_alive()
+    assert any("worker process died" in m for m in lines)
+    assert result["failed"] == 0 and len(status(tmp_path / "runs")["done"]) == 6
+    assert len((tmp_path / "runs" / "results.csv").read_text().splitlines()) == 1 + 3
 
 
 def test_grid_unknown_keys_are_errors(tiny_study):

@@ -25,6 +25,10 @@ from egoscale.models.registry import get_spec
 from egoscale.sweep.grid import Cell, Grid, cells, eval_config, pretrain_config
 
 
+# New worker pools after a worker dies, before the unfinished cells are recorded as failed.
+WORKER_RESTARTS = 2
+
+
 def pretrain_dir(out: Path, cell: Cell) -> Path:
     return out / "pretrain" / cell.id
 
@@ -120,27 +124,55 @@ def run_local(grid: Grid, out: str | Path, log=print, progress: bool = False, pa
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
 
         ctx = mp.get_context("spawn")  # no CUDA or thread-pool state inherited from this process
-        devices = ctx.Queue()
-        for k in range(slots):
-            devices.put(str(k) if gpus else None)
         threads = max(1, (os.cpu_count() or 1) // slots)
-        with ProcessPoolExecutor(slots, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(devices, None if gpus else threads)) as pool:
-            # longest cells first (by estimated FLOPs), so that no long cell runs alone at the end
-            cost = {r["cell"]: r["flops"] or 0.0 for r in estimate(grid)}
-            order = sorted(enumerate(todo, 1), key=lambda ic: -cost.get(ic[1].id, 0.0))
-            futures = [pool.submit(_run_cell_in_worker, grid, out, cell, f"[{i}/{len(todo)}]") for i, cell in order]
-            for f in as_completed(futures):
-                c, lines = f.result()
-                for line in lines:
-                    log(line)
-                add(c)
-                _update_results(out)
+        # longest cells first (by estimated FLOPs), so that no long cell runs alone at the end
+        cost = {r["cell"]: r["flops"] or 0.0 for r in estimate(grid)}
+        left = {cell.id: (i, cell) for i, cell in sorted(enumerate(todo, 1), key=lambda ic: -cost.get(ic[1].id, 0.0))}
+        for attempt in range(1 + WORKER_RESTARTS):
+            devices = ctx.Queue()
+            for k in range(slots):
+                devices.put(str(k) if gpus else None)
+            with ProcessPoolExecutor(slots, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(devices, None if gpus else threads)) as pool:
+                futures = {pool.submit(_run_cell_in_worker, grid, out, cell, f"[{i}/{len(todo)}]"): cell.id
+                           for i, cell in left.values()}
+                for f in as_completed(futures):
+                    try:
+                        c, lines = f.result()
+                    except BrokenProcessPool:  # a worker was killed (e.g. by the OOM killer): all of the pool's
+                        continue              # unfinished cells land here; they are run again below
+                    for line in lines:
+                        log(line)
+                    add(c)
+                    del left[futures[f]]
+                    _update_results(out)
+            if not left:
+                break
+            again = attempt < WORKER_RESTARTS
+            log(f"sweep: a worker process died (killed by the OS? out of memory?) with {len(left)} cells unfinished"
+                + ("; they run again in new workers, resuming from their checkpoints" if again else ""))
+        for _, cell in left.values():  # gave up on these: recorded like any failure
+            _mark_failed(grid, out, cell, "its worker process died (killed by the OS? out of memory?) "
+                         f"{1 + WORKER_RESTARTS} times")
+            counts["failed"] += 1
     log(f"sweep: {counts['done']} cells run, {counts['skipped']} already done, {counts['failed']} failed"
         + (f" ({counts['blocked']} evaluations blocked by failed pretraining)" if counts["blocked"] else ""))
     return counts
+
+
+def _mark_failed(grid: Grid, out: Path, cell: Cell, error: str) -> None:
+    """Record a cell that never reported back: its pretraining, or else its unfinished evaluations."""
+    pdir = pretrain_dir(out, cell)
+    if _state(pdir)["state"] != "done":
+        _set_state(pdir, state="failed", error=error, pid=None)
+        return
+    for ev in grid.evals:
+        edir = eval_dir(out, cell, ev)
+        if _state(edir)["state"] != "done":
+            _set_state(edir, state="failed", error=error, pid=None)
 
 
 def _init_worker(devices, threads: int | None) -> None:
