@@ -355,8 +355,14 @@ def _run_extrapolate(args) -> int:
                 print(f"  {name:<18} unreachable: {r['unreachable']}")
                 continue
             edge = f"; at the edge of the searched {', '.join(r['at_search_edge'])}" if r.get("at_search_edge") else ""
+            iv = r.get("flops_interval")
+            ivs = ""
+            if iv and iv[0] is not None:
+                upper = f"{iv[1]:.3g}" if iv[1] is not None else "unbounded"
+                ivs = (f"; {fit.get('level', 0.9):.0%} interval [{iv[0]:.3g}, {upper}], "
+                       f"P(within budget) {r['p_within_budget']:.0%}")
             print(f"  {name:<18} cheapest: {r['params']:.3g} params, {r['hours']:.3g} h, {r['resolution']:.0f} px = "
-                  f"{r['flops']:.3g} FLOPs ({'within' if r['within_budget'] else 'OVER'} budget); "
+                  f"{r['flops']:.3g} FLOPs ({'within' if r['within_budget'] else 'OVER'} budget{ivs}); "
                   f"frontier of {len(r['frontier'])} model sizes in --json{edge}")
         return 0
     if not args.scale_together:

@@ -161,3 +161,9 @@ def test_cheapest_scale_under_the_compute_model(tmp_path):
     assert res["flops"] == pytest.approx(float(train_flops(res["params"], res["hours"], res["resolution"])))
     assert res["flops"] == min(f["flops"] for f in res["frontier"])  # the cheapest point is on the frontier
     assert res["within_budget"] == (res["flops"] <= 1e21)
+    # bootstrap spread of the cheapest compute: brackets the fit's own answer; a budget far above
+    # it is met by (almost) every resampled fit, one far below by none
+    lo, hi = res["flops_interval"]
+    assert res["reachable_fraction"] == 1.0 and lo <= res["flops"] <= hi
+    assert cheapest(fit, 0.8, budget=hi * 10)["forms"]["logit_linear"]["p_within_budget"] == 1.0
+    assert cheapest(fit, 0.8, budget=lo / 10)["forms"]["logit_linear"]["p_within_budget"] == 0.0

@@ -164,24 +164,43 @@ def train_flops(N, D, R, epochs: float = 1.0, fps: float = 1.0, patch: int = 14,
 def cheapest(fit: dict, target: float, budget: float | None = None, epochs: float = 1.0, fps: float = 1.0,
              points: int = 48) -> dict:
     """Per form: the cheapest (N, D, R) on a log grid whose predicted accuracy reaches `target`,
-    its compute, whether it fits `budget`, and the frontier (the cheapest D and R for each N)."""
+    its compute, whether it fits `budget`, and the frontier (the cheapest D and R for each N).
+
+    Uncertainty from the fit's bootstrap: each resampled fit gives its own cheapest compute
+    (infinite when it never reaches the target on the grid). `flops_interval` holds their
+    central `level` quantiles (the upper end None = unbounded: too many samples never get
+    there), `reachable_fraction` the share that gets there at all, and with a budget
+    `p_within_budget` the share whose cheapest compute fits it.
+    """
     Ns = np.geomspace(1e6, 1e12, points)
     Ds = np.geomspace(1e-2, 1e7, points)
     Rs = np.geomspace(112, 2048, points // 2)
     NN, DD, RR = np.meshgrid(Ns, Ds, Rs, indexing="ij")
     cost = train_flops(NN, DD, RR, epochs, fps)
+    lvl = fit.get("level", 0.9)
     out = {"target": target, "budget": budget, "epochs": epochs, "fps": fps, "forms": {}}
     for name, e in _fitted(fit).items():
         form = FORMS[name]
+        boot = np.array([cost[reach].min() if (reach := form.predict(t, NN, DD, RR) >= target).any() else np.inf
+                         for t in e["bootstrap"]])
+        spread = {}
+        if len(boot):
+            # "lower"/"higher" quantiles pick sample values, so an unreachable sample stays inf, not nan
+            lo, hi = (float(np.quantile(boot, (1 - lvl) / 2, method="lower")),
+                      float(np.quantile(boot, (1 + lvl) / 2, method="higher")))
+            spread = {"flops_interval": [lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None],
+                      "reachable_fraction": float(np.isfinite(boot).mean())}
+            if budget is not None:
+                spread["p_within_budget"] = float((boot <= budget).mean())
         ok = form.predict(e["theta"], NN, DD, RR) >= target
         if not ok.any():
             out["forms"][name] = {"unreachable": f"no N <= 1e12, D <= 1e7 h, R <= 2048 px reaches {target:.3f} "
-                                                 f"(asymptote {form.asymptote(e['theta']):.3f})"}
+                                                 f"(asymptote {form.asymptote(e['theta']):.3f})", **spread}
             continue
         c = np.where(ok, cost, np.inf)
         i = np.unravel_index(np.argmin(c), c.shape)
         rec = {"params": float(Ns[i[0]]), "hours": float(Ds[i[1]]), "resolution": float(Rs[i[2]]),
-               "flops": float(c[i])}
+               "flops": float(c[i]), **spread}
         edges = [n for n, k, m in (("params", i[0], points), ("hours", i[1], points), ("resolution", i[2], points // 2))
                  if k in (0, m - 1)]
         if edges:  # the optimum sits on the searched range's edge: the form wants more (or less) there
