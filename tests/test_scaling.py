@@ -9,7 +9,7 @@ import pytest
 
 from egoscale.errors import DataError
 from egoscale.scaling.analysis import FitConfig, run_fit
-from egoscale.scaling.extrapolate import scale_together
+from egoscale.scaling.extrapolate import at, scale_together
 from egoscale.scaling.fit import FORMS, bootstrap, fit_form, predict_interval
 from egoscale.scaling.table import import_logs, read_table, write_table
 
@@ -167,3 +167,23 @@ def test_cheapest_scale_under_the_compute_model(tmp_path):
     assert res["reachable_fraction"] == 1.0 and lo <= res["flops"] <= hi
     assert cheapest(fit, 0.8, budget=hi * 10)["forms"]["logit_linear"]["p_within_budget"] == 1.0
     assert cheapest(fit, 0.8, budget=lo / 10)["forms"]["logit_linear"]["p_within_budget"] == 0.0
+
+
+def test_a_wrong_form_gets_a_form_error_that_restores_interval_coverage(tmp_path):
+    # data from the power law, fitted by the right form and by a wrong one (logit-linear)
+    write_table(grid("power_error", TRUE["power_error"], all_resolutions=True), tmp_path / "r.csv")
+    splits = ["largest-data", "largest-model", "largest-resolution"]
+    fits = {name: run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / f"{name}.json"), form=name,
+                                    holdout=splits, bootstrap=20), log=quiet)["forms"][name]
+            for name in ("power_error", "logit_linear")}
+    right, wrong = fits["power_error"], fits["logit_linear"]
+    assert wrong["form_sigma"] > 2 * right["form_sigma"]
+    plain = np.mean([h["coverage"] for h in wrong["holdout"]])
+    calibrated = np.mean([h["coverage_with_form_error"] for h in wrong["holdout"]])
+    assert calibrated > plain
+    # a new run's prediction interval includes the form error: wider than seeds + parameters alone
+    fit = json.loads((tmp_path / "logit_linear.json").read_text())
+    with_err = at(fit, 1e8, 100.0, 224.0)["logit_linear"]["pi"]
+    fit["forms"]["logit_linear"]["form_sigma"] = 0.0
+    without = at(fit, 1e8, 100.0, 224.0)["logit_linear"]["pi"]
+    assert with_err[1] - with_err[0] > without[1] - without[0]

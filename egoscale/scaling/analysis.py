@@ -87,6 +87,13 @@ def _arrays(rows, metric):
     return X, np.array([r[metric] for r in rows], float)
 
 
+def _form_sigma(excess: list[np.ndarray]) -> float:
+    """sqrt of the mean squared held-out error left over after seed noise and bootstrap variance."""
+    if not excess:
+        return 0.0
+    return float(max(0.0, np.concatenate(excess).mean()) ** 0.5)
+
+
 def run_fit(cfg: FitConfig, log=print) -> dict:
     t0 = time.time()
     rows, dropped = _rows(cfg)
@@ -114,6 +121,7 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
                  "params_ci": ci, "rmse": full["rmse"], "converged": full["converged"],
                  "grad_norm": full["grad_norm"], "asymptote": form.asymptote(full["theta"]),
                  "bootstrap": samples.tolist(), "holdout": []}
+        excess = {}  # split -> per held-out row: squared error beyond what seeds and the bootstrap explain
         for split in splits:
             mask = _split_mask(rows, split)
             if mask.all() or not mask.any():
@@ -129,11 +137,25 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
             med, plo, phi = predict_interval(form, bs, te, noise=max(noise, 1e-9), level=cfg.level, seed=cfg.seed)
             pred = form.predict(f["theta"], *te)
             err = np.abs(pred - y[mask])
+            boot_var = np.array([form.predict(t, *te) for t in bs]).var(0)
+            excess[split] = (err ** 2 - boot_var - noise ** 2, bs, te, y[mask])
             entry["holdout"].append({
                 "split": split, "n": int(mask.sum()), "mae_points": float(err.mean() * 100),
                 "coverage": float(np.mean((y[mask] >= plo) & (y[mask] <= phi))),
                 "predictions": [{"row": int(i), "true": float(t), "pred": float(p), "lo": float(a), "hi": float(b)}
                                 for i, t, p, a, b in zip(np.flatnonzero(mask), y[mask], pred, plo, phi)]})
+        # The form's own error: held-out rows miss by more than seed noise and parameter
+        # uncertainty explain when the form is wrong (measured: 90 % intervals covering 32-44 %
+        # of held-out runs). Its size is estimated from the held-out errors; each split's
+        # "calibrated" coverage uses the estimate from the other splits only, so it is an honest check.
+        entry["form_sigma"] = _form_sigma([e[0] for e in excess.values()])
+        for h in entry["holdout"]:
+            if h.get("split") in excess and len(excess) > 1:
+                sig = _form_sigma([e[0] for k, e in excess.items() if k != h["split"]])
+                _, bs, te, yt = excess[h["split"]]
+                _, clo, chi = predict_interval(form, bs, te, noise=max((noise ** 2 + sig ** 2) ** 0.5, 1e-9),
+                                               level=cfg.level, seed=cfg.seed)
+                h["coverage_with_form_error"] = float(np.mean((yt >= clo) & (yt <= chi)))
         valid = [h["mae_points"] for h in entry["holdout"] if "mae_points" in h]
         entry["heldout_mae_points"] = float(np.mean(valid)) if valid else None
         result["forms"][name] = entry
