@@ -81,7 +81,7 @@ def at(fit: dict, N: float, D: float, R: float) -> dict:
         samples = np.array([form.predict(t, N, D, R) for t in e["bootstrap"]]).ravel()
         # one new run: parameter uncertainty + seed noise + the form's own (held-out) error
         sd = (fit.get("noise_sigma", 0.0) ** 2 + e.get("form_sigma", 0.0) ** 2) ** 0.5
-        noisy = samples + np.random.default_rng(0).normal(0, sd or 1e-12, samples.shape)
+        noisy = np.clip(samples + np.random.default_rng(0).normal(0, sd or 1e-12, samples.shape), 0.0, 1.0)
         out[name] = {"pred": float(form.predict(e["theta"], N, D, R)), "ci": [float(np.percentile(samples, lo)),
                      float(np.percentile(samples, hi))],
                      "pi": [float(np.percentile(noisy, lo)), float(np.percentile(noisy, hi))]}

@@ -111,7 +111,8 @@ def predict_interval(form: Form, samples: np.ndarray, X, noise: float = 0.0, lev
     """(median, lo, hi) of predictions; with noise > 0 a prediction interval for one new run."""
     preds = np.array([form.predict(t, *X) for t in samples])  # (B, n)
     if noise > 0:
-        preds = preds + np.random.default_rng(seed).normal(0, noise, preds.shape)
+        # an accuracy stays in [0, 1] however noisy the run
+        preds = np.clip(preds + np.random.default_rng(seed).normal(0, noise, preds.shape), 0.0, 1.0)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     return np.median(preds, 0), np.percentile(preds, lo, 0), np.percentile(preds, hi, 0)
 
