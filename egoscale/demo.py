@@ -28,7 +28,7 @@ SIZES = {
                   batch=32),
     "default": dict(hours=1.0, categories=8, train_per_class=20, val_per_class=40, models=["vit_pico4",
                     "vit_nano4", "vit_micro4"], img_sizes=[24, 32], fractions=[1.0, 0.1, 0.01], seeds=[1, 2],
-                    steps=500, epochs=5, batch=32),
+                    steps=400, epochs=4, batch=32),
     "large": dict(hours=2.0, categories=8, train_per_class=20, val_per_class=50, models=["vit_pico4", "vit_nano4",
                   "vit_micro4"], img_sizes=[32, 48], fractions=[1.0, 0.1, 0.01], seeds=[1, 2],
                   steps=2000, epochs=10, batch=32),
@@ -38,7 +38,7 @@ SIZES = {
 @dataclass
 class DemoConfig:
     out: str = opt("egoscale-demo", "folder for everything the demo writes")
-    size: str = opt("default", "quick (~1.5 min), default (~8 min) or large (~50 min), on 2 cores", choices=list(SIZES))
+    size: str = opt("default", "quick (~1.5 min), default (6-9 min) or large (50-70 min), on 2 cores", choices=list(SIZES))
     quick: bool = opt(False, "same as --size quick")
     seed: int = opt(0, "world seed")
     parallel: int | None = opt(None, "pretraining runs at once, each on its share of the cores (default: one per "
