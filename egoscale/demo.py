@@ -38,7 +38,8 @@ SIZES = {
 @dataclass
 class DemoConfig:
     out: str = opt("egoscale-demo", "folder for everything the demo writes")
-    size: str = opt("default", "quick (~1.5 min), default (6-9 min) or large (50-70 min), on 2 cores", choices=list(SIZES))
+    size: str = opt("default", "quick (~1.5 min), default (6-9 min) or large (50-70 min), on 2 cores",
+                    choices=list(SIZES))
     quick: bool = opt(False, "same as --size quick")
     seed: int = opt(0, "world seed")
     parallel: int | None = opt(None, "pretraining runs at once, each on its share of the cores (default: one per "
