@@ -26,7 +26,8 @@ from egoscale.fileio import write_json_atomic
 from egoscale.models.checkpoint import vit_meta
 from egoscale.models.vit import choose_attention
 from egoscale.train.distributed import Dist, cleanup, init_distributed, parallelize
-from egoscale.train.loop import PRECISION_HELP, PRECISIONS, LoopSettings, Trainer, adamw, lr_schedule, use_bf16
+from egoscale.train.loop import (PRECISION_HELP, PRECISIONS, LoopSettings, Trainer, adamw, check_precision,
+                                 lr_schedule, use_bf16)
 
 
 @dataclass
@@ -51,8 +52,7 @@ class FinetuneConfig(EvalData):
         super().__post_init__()
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("--epochs and --batch-size must be at least 1")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision {self.precision!r}: one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
 
 
 def prepare_labelled(cfg, out: Path):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from egoscale.errors import EgoscaleError
+from egoscale.errors import ConfigError, EgoscaleError
 from egoscale.fileio import append_jsonl, remove_stale_temps, write_json_atomic, write_text_atomic
 from egoscale.models.checkpoint import read_checkpoint, save_checkpoint
 from egoscale.train.distributed import Dist, all_reduce_mean
@@ -72,10 +72,14 @@ PRECISION_HELP = ("auto (bf16 autocast on CUDA, fp32 on CPU), bf16 (autocast; al
                   "the tiny CPU models) or fp32")
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision!r}: one of {', '.join(PRECISIONS)}")
+
+
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether the forward pass runs under bf16 autocast (master weights and optimizer stay fp32)."""
-    if precision not in PRECISIONS:
-        raise EgoscaleError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 

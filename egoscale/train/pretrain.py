@@ -29,7 +29,8 @@ from egoscale.models.mae import MaskedAutoencoder
 from egoscale.models.registry import get_spec
 from egoscale.models.vit import choose_attention
 from egoscale.train.distributed import cleanup, init_distributed, parallelize
-from egoscale.train.loop import PRECISION_HELP, PRECISIONS, LoopSettings, Trainer, adamw, lr_schedule, use_bf16
+from egoscale.train.loop import (PRECISION_HELP, PRECISIONS, LoopSettings, Trainer, adamw, check_precision,
+                                 lr_schedule, use_bf16)
 
 
 @dataclass
@@ -71,8 +72,7 @@ class PretrainConfig:
     def __post_init__(self):
         if not 0 <= self.mask_ratio < 1:
             raise ConfigError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision {self.precision!r}: one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if self.batch_size < 1 or self.accum_steps < 1:
             raise ConfigError("--batch-size and --accum-steps must be at least 1")
         if self.steps is None and self.epochs is None and self.budget_hours is None:
