@@ -31,7 +31,7 @@ SIZES = {
                     steps=400, epochs=4, batch=32),
     "large": dict(hours=2.0, categories=8, train_per_class=20, val_per_class=50, models=["vit_pico4", "vit_nano4",
                   "vit_micro4"], img_sizes=[32, 48], fractions=[1.0, 0.1, 0.01], seeds=[1, 2],
-                  steps=2000, epochs=10, batch=32),
+                  steps=2000, epochs=10, batch=32, full_seeds=[1, 2]),
 }
 
 
@@ -58,6 +58,7 @@ def demo_grid(out: Path, s: dict) -> dict:
     lab = out / "world" / "labelled"
     return {"name": "demo", "data": str(out / "frames"), "subsets": str(out / "frames" / "subsets"),
             "models": s["models"], "img_sizes": s["img_sizes"], "fractions": s["fractions"], "seeds": s["seeds"],
+            "full_seeds": s.get("full_seeds"),
             # lr 3e-3 with warmup: the fastest-learning setting of the calibration (tiny models, batch 32)
             "pretrain": {"steps": s["steps"], "batch_size": s["batch"], "lr": 3e-3, "warmup_steps": 100,
                          "mask_ratio": 0.75, "workers": 0, "log_every": 10, "save_every": 10_000,
@@ -78,7 +79,7 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     from egoscale.scaling.analysis import FitConfig, run_fit
     from egoscale.scaling.extrapolate import scale_together
     from egoscale.scaling.report import report
-    from egoscale.sweep.grid import load_grid
+    from egoscale.sweep.grid import cells, load_grid
     from egoscale.sweep.runner import run_local
     from egoscale.world.world import WorldConfig, make_world
 
@@ -102,7 +103,7 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     stage(3, "subsets: contiguous stretches of experience")
     make_subsets(SubsetConfig(frames=str(out / "frames"), fractions=s["fractions"], seeds=s["seeds"]), log=quiet)
     grid = load_grid(demo_grid(out, s))
-    n_cells = len(s["models"]) * len(s["img_sizes"]) * (1 + (len(s["fractions"]) - 1) * len(s["seeds"]))
+    n_cells = len(cells(grid))
     parallel = cfg.parallel or min(8, os.cpu_count() or 1)
     stage(4, f"sweep: {n_cells} pretraining runs, each finetuned and probed, {parallel} at a time")
     run_local(grid, out / "runs", log=lambda m: log("  " + m), parallel=parallel)

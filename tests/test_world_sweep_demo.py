@@ -1,5 +1,6 @@
 """The built-in world, the sweep runner (skip / resume / failed cells, SLURM specs), the demo."""
 
+import csv
 import json
 import os
 import shutil
@@ -89,6 +90,24 @@ def test_sweep_skips_finished_cells_records_failures_and_resumes(tiny_study, tmp
     assert counts == {"done": 2, "skipped": 4, "failed": 0, "blocked": 0}
     assert len((tmp_path / "runs" / "results.csv").read_text().splitlines()) == 1 + 3
     assert status(tmp_path / "runs")["failed"] == []
+
+
+def test_full_data_repeats_are_independent_runs_on_the_whole_data(tiny_study, tmp_path):
+    # the whole data has one subset; full_seeds repeats its runs with other pretraining seeds, and
+    # the results table tells the repeats apart, so the fit sees them as seeds of one cell
+    grid = load_grid(_grid(tiny_study, fractions=[1.0], full_seeds=[1, 2]))
+    assert [c.id for c in cells(grid)] == ["vit_pico4@32_1_s1", "vit_pico4@32_1_s2"]
+    assert run_local(grid, tmp_path / "runs", log=quiet)["failed"] == 0
+    runs = [tmp_path / "runs" / "pretrain" / f"vit_pico4@32_1_s{s}" for s in (1, 2)]
+    cfgs = [json.loads((r / "config.json").read_text()) for r in runs]
+    assert [c["seed"] for c in cfgs] == [1, 2] and cfgs[0]["subset"] == cfgs[1]["subset"]
+    losses = [[json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()] for r in runs]
+    assert losses[0] != losses[1]
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "results.csv")))
+    assert sorted((r["data_fraction"], r["seed"], r["pretrain_seed"]) for r in rows) == [("1.0", "1", "1"),
+                                                                                          ("1.0", "1", "2")]
+    with pytest.raises(ConfigError, match="full_seeds"):
+        load_grid(_grid(tiny_study, full_seeds=[2, 2]))
 
 
 def test_sweep_runs_cells_in_parallel_worker_processes(tiny_study, tmp_path):

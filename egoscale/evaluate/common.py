@@ -99,7 +99,7 @@ def _pretrain_info(obj: dict, checkpoint: str) -> dict:
     info: dict = {}
     cfg = obj.get("config") or {}
     if isinstance(cfg, dict) and cfg:
-        info.update(pretrain_steps=obj.get("step"), pretrain_images=obj.get("samples"))
+        info.update(pretrain_steps=obj.get("step"), pretrain_images=obj.get("samples"), pretrain_seed=cfg.get("seed"))
         sub = cfg.get("subset")
         if sub and Path(sub).is_file():
             s = json.loads(Path(sub).read_text())

@@ -16,10 +16,11 @@ from egoscale.errors import DataError
 from egoscale.fileio import write_text_atomic
 
 COLUMNS = ["model", "params", "img_size", "patch_size", "data_fraction", "data_hours", "data_frames", "seed",
-           "pretrain_steps", "pretrain_images", "pretrain_flops", "eval", "condition", "label_fraction",
-           "top1", "top5", "top1_last", "top5_last", "source"]
-NUMERIC = {"params", "img_size", "patch_size", "data_fraction", "data_hours", "data_frames", "seed", "pretrain_steps",
-           "pretrain_images", "pretrain_flops", "label_fraction", "top1", "top5", "top1_last", "top5_last"}
+           "pretrain_seed", "pretrain_steps", "pretrain_images", "pretrain_flops", "eval", "condition",
+           "label_fraction", "top1", "top5", "top1_last", "top5_last", "source"]
+NUMERIC = {"params", "img_size", "patch_size", "data_fraction", "data_hours", "data_frames", "seed", "pretrain_seed",
+           "pretrain_steps", "pretrain_images", "pretrain_flops", "label_fraction", "top1", "top5", "top1_last",
+           "top5_last"}
 LOG_NAME = re.compile(r"^(vits14|vitb14|vitl14|vith14(?:@(\d+))?)_(\d+(?:\.\d+)?(?:e-?\d+)?)_(\d+)_log\.txt$")
 
 
@@ -64,7 +65,8 @@ def row_from_result(result: dict, source: str) -> dict:
     return {"model": result.get("model"), "params": result.get("params"), "img_size": result.get("img_size"),
             "patch_size": result.get("patch_size"), "data_fraction": result.get("data_fraction"),
             "data_hours": result.get("data_hours"), "data_frames": result.get("data_frames"),
-            "seed": result.get("data_seed"), "pretrain_steps": result.get("pretrain_steps"),
+            "seed": result.get("data_seed"), "pretrain_seed": result.get("pretrain_seed"),
+            "pretrain_steps": result.get("pretrain_steps"),
             "pretrain_images": result.get("pretrain_images"), "pretrain_flops": result.get("pretrain_flops"),
             "eval": result.get("eval"), "condition": result.get("condition"),
             "label_fraction": result.get("label_fraction"), "top1": result.get("top1"), "top5": result.get("top5"),

@@ -5,7 +5,8 @@
     models: [vit_s14, vit_b14]
     img_sizes: [224]
     fractions: [1.0, 0.1, 0.01]
-    seeds: [1, 2, 3]                   # fraction 1 uses the first seed only
+    seeds: [1, 2, 3]                   # subset seeds; each also seeds its pretraining run
+    full_seeds: [1]                    # runs on the whole data (fraction 1); default: the first seed
     pretrain: {batch_size: 512, budget_hours: 48}          # PretrainConfig fields
     model_overrides: {vit_h14: {lr: 1.0e-4}}                # per model
     evals:
@@ -41,6 +42,10 @@ class Grid:
     img_sizes: list[int]
     fractions: list[float]
     seeds: list[int]
+    # The whole data has one subset, so repeats at fraction 1 differ only in the pretraining seed
+    # (init, masks, crops, order). Repeating them is the cheapest way to tell a model or resolution
+    # trend from seed noise where the runs are most accurate.
+    full_seeds: list[int] | None = None
     pretrain: dict = field(default_factory=dict)
     model_overrides: dict = field(default_factory=dict)
     evals: list[dict] = field(default_factory=list)
@@ -101,6 +106,8 @@ def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
                 ev[k] = _resolve(ev[k], base)
         build(EVAL_KINDS[kind], ev, source=f"{src}: evals[{i}] ({name})")
         grid.evals[i] = {"kind": kind, "name": name, **ev}
+    if grid.full_seeds is not None and (not grid.full_seeds or len(set(grid.full_seeds)) != len(grid.full_seeds)):
+        raise ConfigError(f"{src}: full_seeds must be a non-empty list of distinct seeds")
     for f in grid.fractions:
         if not 0 < f <= 1:
             raise ConfigError(f"{src}: fraction {f} outside (0, 1]")
@@ -112,17 +119,24 @@ def cells(grid: Grid) -> list[Cell]:
     for m in grid.models:
         for s in grid.img_sizes:
             for f in grid.fractions:
-                for seed in ([grid.seeds[0]] if f == 1 else grid.seeds):
+                for seed in (full_seeds(grid) if f == 1 else grid.seeds):
                     out.append(Cell(m, s, f, seed))
     return out
+
+
+def full_seeds(grid: Grid) -> list[int]:
+    return grid.full_seeds or grid.seeds[:1]
 
 
 def pretrain_config(grid: Grid, cell: Cell, run_dir: Path) -> PretrainConfig:
     from egoscale.data.subset import subset_name
 
-    sub = Path(grid.subsets) / f"{subset_name(cell.fraction, cell.seed)}.json"
-    values = {**grid.pretrain, **grid.model_overrides.get(cell.model, {}), "data": grid.data, "subset": str(sub),
-              "model": cell.model, "img_size": cell.img_size, "out": str(run_dir)}
+    # `egoscale subset` writes the whole-data subset once, under the first seed
+    sub_seed = grid.seeds[0] if cell.fraction == 1 else cell.seed
+    sub = Path(grid.subsets) / f"{subset_name(cell.fraction, sub_seed)}.json"
+    # the cell's seed seeds its run too (unless the grid fixes one), so repeats are independent draws
+    values = {"seed": cell.seed, **grid.pretrain, **grid.model_overrides.get(cell.model, {}), "data": grid.data,
+              "subset": str(sub), "model": cell.model, "img_size": cell.img_size, "out": str(run_dir)}
     return build(PretrainConfig, values, source=f"cell {cell.id}")
 
 
