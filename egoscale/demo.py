@@ -79,6 +79,7 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     from egoscale.scaling.analysis import FitConfig, run_fit
     from egoscale.scaling.extrapolate import scale_together
     from egoscale.scaling.report import report
+    from egoscale.scaling.trends import describe
     from egoscale.sweep.grid import cells, load_grid
     from egoscale.sweep.runner import run_local
     from egoscale.world.world import WorldConfig, make_world
@@ -135,5 +136,8 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     except Exception as e:  # noqa: BLE001 - pictures are a bonus; say why they are missing
         log(f"  (no reconstruction picture: {e})")
     log(f"done in {time.time() - t0:.0f} s: {headline}")
+    for t in fit["trends"]:
+        log(f"  measured {describe(t)}")
     log(f"report: {html.resolve()}")
-    return {"headline": headline, "report": str(html), "fit": fit["chosen"], "seconds": time.time() - t0}
+    return {"headline": headline, "report": str(html), "fit": fit["chosen"], "trends": fit["trends"],
+            "seconds": time.time() - t0}

@@ -187,3 +187,34 @@ def test_a_wrong_form_gets_a_form_error_that_restores_interval_coverage(tmp_path
     fit["forms"]["logit_linear"]["form_sigma"] = 0.0
     without = at(fit, 1e8, 100.0, 224.0)["logit_linear"]["pi"]
     assert with_err[1] - with_err[0] > without[1] - without[0]
+
+
+def test_measured_trends_report_each_axis_with_seed_intervals():
+    # a known grid: +4 points per data step, +1 per model, nothing from resolution; seed noise
+    # 0.5 points at the small data sizes and 3 points at the largest (where runs spread most)
+    from egoscale.scaling.trends import cell_table, describe, measured_trends
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for m, (name, N) in enumerate([("a", 1e5), ("b", 4e5), ("c", 8e5)]):
+        for d, D in enumerate([0.02, 0.2, 2.0]):
+            for R in (32, 48):
+                for s in range(2):
+                    y = 0.2 + 0.04 * d + 0.01 * m + rng.normal(0, 0.03 if D == 2 else 0.005)
+                    rows.append(dict(model=name, params=N + R, data_hours=D, img_size=R, seed=s, top1=y))
+    t = {x["axis"]: x for x in measured_trends(rows, "top1")}
+    assert t["data"]["effect"] == pytest.approx(0.08, abs=0.03) and t["data"]["clear"]
+    assert t["data"]["rising"] == t["data"]["lines"] == 6
+    assert t["data"]["seed_sigma"]["2"] > 3 * t["data"]["seed_sigma"]["0.02"]
+    assert t["model"]["from"] == "a" and t["model"]["to"] == "c" and t["model"]["lines"] == 6
+    assert t["resolution"]["lines"] == 9 and not t["resolution"]["clear"]  # no effect: within noise
+    lo, hi = t["resolution"]["interval"]
+    assert lo < 0 < hi
+    assert "within seed noise" in describe(t["resolution"]) and "beyond seed noise" in describe(t["data"])
+    header, table = cell_table(rows, "top1")
+    assert header == ["model @ image size", "0.02 h", "0.2 h", "2 h"] and table[0][0] == "a @32 px"
+    assert table[0][1].endswith("(2)") and "±" in table[0][1]
+    # one run per cell at 2 h: the noise there is borrowed, and the line says so
+    single = [r for r in rows if not (r["data_hours"] == 2 and r["seed"] == 1)]
+    d = {x["axis"]: x for x in measured_trends(single, "top1")}["data"]
+    assert d["noise_borrowed_for_hours"] == [2.0] and "no repeats at 2 h" in describe(d)

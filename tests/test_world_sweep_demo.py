@@ -181,11 +181,13 @@ def test_quick_demo_end_to_end(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "report:" in r.stdout and "[7/7] report" in r.stdout
+    assert all(f"measured {a} (" in r.stdout for a in ("data", "model", "resolution"))
     rows = (out / "runs" / "results.csv").read_text().splitlines()[1:]
     # 3 models x 2 image sizes x (1 + 2 fractions x 2 seeds) cells, each finetuned and probed
     assert len(rows) == 3 * 2 * 5 * 2
     html = (out / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5
+    assert "Measured trends" in html and "vit_micro4 @32 px" in html
     assert (out / "report" / "reconstructions.png").is_file()
     fit = json.loads((out / "fit.json").read_text())
     assert fit["n_rows"] == 30 and set(fit["splits"]) >= {"largest-data", "largest-model", "largest-resolution"}

@@ -16,6 +16,7 @@ from egoscale.errors import ConfigError, DataError
 from egoscale.fileio import write_json_atomic
 from egoscale.scaling.fit import FORMS, bootstrap, fit_form, predict_interval, seed_noise
 from egoscale.scaling.table import read_table
+from egoscale.scaling.trends import describe, measured_trends
 
 SPECIAL_SPLITS = {"largest-data": "data_hours", "largest-model": "params", "largest-resolution": "img_size"}
 
@@ -174,7 +175,10 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
         chosen = min(fitted, key=lambda k: fitted[k]["rmse"])
         why = "no held-out split was possible; chosen by in-sample RMSE, which favours flexible forms"
     result["chosen"], result["why"] = chosen, why
+    result["trends"] = measured_trends(rows, cfg.metric, cfg.level)
     result["seconds"] = round(time.time() - t0, 2)
     write_json_atomic(cfg.out, result)
     log(f"chosen: {chosen} — {why}")
+    for t in result["trends"]:
+        log(f"measured: {describe(t)}")
     return result

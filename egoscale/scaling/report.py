@@ -15,6 +15,7 @@ import numpy as np
 from egoscale.fileio import write_text_atomic
 from egoscale.scaling.extrapolate import TARGETS, at, curve, load_fit, resolve_target, scale_together
 from egoscale.scaling.forms import FORMS
+from egoscale.scaling.trends import cell_table, describe, measured_trends
 
 HEADLINE = (2.5e9, 20000.0, 952.0)  # the paper's extrapolated scale
 COLORS = {"logit_linear": "tab:blue", "power_error": "tab:red", "logit_interaction": "tab:green"}
@@ -152,6 +153,18 @@ def _md_table(header, rows):
                      + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
+def _trends_section(fit) -> list[str]:
+    """What the runs show per axis, with seed intervals, before any form is fitted."""
+    trends = measured_trends(fit["data"], fit["metric"], fit.get("level", 0.9))
+    header, rows = cell_table(fit["data"], fit["metric"])
+    return (["## Measured trends", "",
+             "Each axis's change from its smallest to its largest value, averaged over the lines that hold "
+             "the other two axes fixed; the interval is from seed noise alone (pooled per data size).", ""]
+            + [f"- {describe(t)}" for t in trends]
+            + ["", f"Cell means, {fit['metric']} in points: mean ± seed s.d. (seeds)", "",
+               _md_table(header, rows), ""])
+
+
 def report(fit_path: str, out: str, target: str | None = None) -> Path:
     fit = load_fit(fit_path)
     out_dir = Path(out)
@@ -170,7 +183,8 @@ def report(fit_path: str, out: str, target: str | None = None) -> Path:
           + (f" (evaluation: {fit['config']['eval']})" if fit.get("config", {}).get("eval") else "")
           + "; seed noise (pooled within-cell s.d.) "
           f"{fit['noise_sigma'] * 100:.2f} points; {len(fit['dropped'])} rows not used (listed in fit.json).", "",
-          f"**Chosen form: {fit['chosen']}** — {fit['why']}.", "", "## Forms", ""]
+          f"**Chosen form: {fit['chosen']}** — {fit['why']}.", ""]
+    md += _trends_section(fit) + ["## Forms", ""]
     rows = []
     for name, e in fitted.items():
         cov = [h["coverage"] for h in e["holdout"] if "coverage" in h]
