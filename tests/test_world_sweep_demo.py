@@ -187,7 +187,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert len(rows) == 3 * 2 * 5 * 2
     html = (out / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 5
-    assert "Measured trends" in html and "vit_micro4 @32 px" in html
+    assert "Measured trends" in html and "<li>data (" in html and "vit_micro4 @32 px" in html
     assert (out / "report" / "reconstructions.png").is_file()
     fit = json.loads((out / "fit.json").read_text())
     assert fit["n_rows"] == 30 and set(fit["splits"]) >= {"largest-data", "largest-model", "largest-resolution"}

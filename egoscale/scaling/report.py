@@ -235,8 +235,8 @@ def report(fit_path: str, out: str, target: str | None = None) -> Path:
 
 
 def _html(md: str, folder: Path) -> str:
-    """A minimal Markdown -> HTML (headings, tables, paragraphs, images inlined as base64)."""
-    out, table = [], []
+    """A minimal Markdown -> HTML (headings, tables, lists, paragraphs, images inlined as base64)."""
+    out, table, items = [], [], []
 
     def inline(s):
         s = html.escape(s)
@@ -251,10 +251,16 @@ def _html(md: str, folder: Path) -> str:
                        + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in body)
                        + "</table>")
             table.clear()
+        if items:
+            out.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in items) + "</ul>")
+            items.clear()
 
     for line in md.splitlines():
         if line.startswith("|"):
             table.append(line)
+            continue
+        if line.startswith("- "):
+            items.append(line[2:])
             continue
         flush()
         if line.startswith("#"):

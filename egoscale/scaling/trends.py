@@ -110,14 +110,14 @@ def _value(col: str, v) -> str:
 
 
 def describe(t: dict) -> str:
-    """One line, e.g. 'data (0.02 h -> 2 h): +15.1 pts [+12.0, +18.2] (90%), rises in 6/6 lines ...'."""
+    """One line, e.g. 'data (0.02 h → 2 h): +15.1 pts [+12.0, +18.2] (90%), rises in 6/6 lines ...'."""
     lo, hi = (x * 100 for x in t["interval"])
     verdict = "beyond seed noise" if t["clear"] else "within seed noise"
     if t["noise_borrowed_for_hours"]:
         verdict += (" (no repeats at " + ", ".join(f"{h:g} h" for h in t["noise_borrowed_for_hours"])
                     + ": noise there taken from the other sizes)")
     steps = f", at every step in {t['monotone']}/{t['lines']}" if t["steps"] > 1 else ""
-    return (f"{t['axis']} ({_value(t['column'], t['from'])} -> {_value(t['column'], t['to'])}): "
+    return (f"{t['axis']} ({_value(t['column'], t['from'])} → {_value(t['column'], t['to'])}): "
             f"{t['effect'] * 100:+.1f} pts [{lo:+.1f}, {hi:+.1f}] ({t['level']:.0%}), "
             f"rises in {t['rising']}/{t['lines']} lines{steps}; {verdict}")
 
