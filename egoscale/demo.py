@@ -38,7 +38,7 @@ SIZES = {
 @dataclass
 class DemoConfig:
     out: str = opt("egoscale-demo", "folder for everything the demo writes")
-    size: str = opt("default", "quick (~1.5 min), default (6-9 min) or large (50-70 min), on 2 cores",
+    size: str = opt("default", "quick (~1.5 min), default (6-9 min) or large (~1.5 h), on 2 cores",
                     choices=list(SIZES))
     quick: bool = opt(False, "same as --size quick")
     seed: int = opt(0, "world seed")
@@ -126,6 +126,12 @@ def demo(cfg: DemoConfig, log=print) -> dict:
                     f"{chosen['resolution']:.0f} px (k = {chosen['k']:.3g} x the largest run; "
                     + (f"90% interval k in [{chosen['k_interval'][0]:.3g}, {chosen['k_interval'][1]:.3g}])" if iv
                        else "interval open-ended)") + f" by {fit['chosen']}")
+    # the chosen form's interval is parameter uncertainty only; far beyond the data the forms
+    # themselves disagree, so the summary says what the others answer
+    others = "; ".join(f"{name} " + ("unreachable" if "unreachable" in r else f"k = {r['k']:.3g}")
+                       for name, r in st["forms"].items() if name != fit["chosen"])
+    if others:
+        headline += f" (other forms: {others})"
     stage(7, "report")
     html = report(str(fit_path), str(out / "report"), target=str(DEMO_TARGET))
     try:
