@@ -155,7 +155,8 @@ def _md_table(header, rows):
 
 def _trends_section(fit) -> list[str]:
     """What the runs show per axis, with seed intervals, before any form is fitted."""
-    trends = measured_trends(fit["data"], fit["metric"], fit.get("level", 0.9))
+    # fit.json has them since they were added; older fits get them computed from their rows
+    trends = fit.get("trends") or measured_trends(fit["data"], fit["metric"], fit.get("level", 0.9))
     header, rows = cell_table(fit["data"], fit["metric"])
     return (["## Measured trends", "",
              "Each axis's change from its smallest to its largest value, averaged over the lines that hold "
