@@ -6,7 +6,7 @@ import torch
 from egoscale.errors import ConfigError, ModelNotFoundError
 from egoscale.models import build_mae, build_vit, count_params, get_spec
 from egoscale.models.flops import mae_train_flops, vit_gflops
-from egoscale.models.mae import random_masking
+from egoscale.models.mae import masked_patches, random_masking
 
 # The paper's parameter counts (classifier form: encoder + BN(affine=False)+Linear 1000-way head).
 PAPER_PARAMS = [
@@ -124,6 +124,33 @@ def test_tiny_mae_overfits_one_batch():
     assert last < first / 2, (first, last)
 
 
+@pytest.mark.parametrize("bf16", [False, True])  # SDPA and the plain matmul attention
+def test_training_forward_equals_the_full_decoder_read_at_the_masked_patches(bf16):
+    from egoscale.models import choose_attention
+
+    torch.manual_seed(0)
+    mae = build_mae(get_spec("vit_pico4"), mask_ratio=0.75)
+    choose_attention(mae, torch.device("cpu"), bf16)  # picks the kernel only; runs in fp32 here
+    imgs = _smooth_images(4, 32)
+    outs, grads = [], []
+    for predict_all in (False, True):
+        out = mae(imgs, generator=torch.Generator().manual_seed(3), predict_all=predict_all)
+        mae.zero_grad()
+        out.loss.backward()
+        outs.append(out)
+        grads.append({n: p.grad.clone() for n, p in mae.named_parameters() if p.grad is not None})
+    fast, full = outs
+    assert torch.equal(fast.mask, full.mask)
+    assert fast.pred.shape == (4, 48, 48) and full.pred.shape == (4, 64, 48)  # 48 of 64 patches masked
+    rows = masked_patches(full.mask, 48)
+    assert (full.mask.gather(1, rows) == 1).all() and (rows.diff(dim=1) > 0).all()
+    torch.testing.assert_close(fast.pred, full.pred.gather(1, rows.unsqueeze(-1).expand(-1, -1, 48)))
+    torch.testing.assert_close(fast.loss, full.loss)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_reconstruct_pastes_predictions_only_into_masked_patches():
     mae = build_mae(get_spec("vit_pico4"), norm_pix_loss=True).eval()
     imgs = _smooth_images(2, 32)
@@ -145,6 +172,24 @@ def test_flop_model_is_sane():
     assert 40 < vit_gflops(s) < 50  # ViT-B/14 at 224: ~46 GFLOPs (256 patches)
     assert vit_gflops(s, 448) > 4 * vit_gflops(s)  # attention grows faster than linear
     assert mae_train_flops(s, mask_ratio=0.8) < 3 * vit_gflops(s) * 1e9  # MAE encodes 20% of patches
+
+
+def test_mae_step_flop_count_matches_what_the_step_computes():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from egoscale.models import choose_attention
+
+    spec = get_spec("vit_pico4")
+    mae = build_mae(spec, mask_ratio=0.75)
+    choose_attention(mae, torch.device("cpu"), bf16=True)  # attention as matmuls, which the counter sees
+    counted = {}
+    for predict_all in (False, True):
+        with FlopCounterMode(display=False) as fc:
+            mae(torch.randn(2, 3, 32, 32), predict_all=predict_all).loss.backward()
+        counted[predict_all] = fc.get_total_flops() / 2
+        assert counted[predict_all] == pytest.approx(mae_train_flops(spec, 32, 0.75, predict_all), rel=0.02)
+    # what predicting the masked patches only saves, to the FLOP
+    assert counted[True] - counted[False] == mae_train_flops(spec, 32, 0.75, True) - mae_train_flops(spec, 32, 0.75)
 
 
 def test_attention_kernel_choice_does_not_change_the_function():

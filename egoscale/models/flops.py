@@ -10,11 +10,13 @@ from __future__ import annotations
 from egoscale.models.registry import ViTSpec
 
 
-def _blocks_flops(tokens: int, width: int, mlp_dim: int, depth: int) -> float:
-    per_block = (2 * tokens * width * 3 * width      # qkv
-                 + 2 * 2 * tokens * tokens * width   # q @ k^T and attn @ v
-                 + 2 * tokens * width * width        # output projection
-                 + 2 * 2 * tokens * width * mlp_dim)  # fc1 and fc2
+def _blocks_flops(tokens: int, width: int, mlp_dim: int, depth: int, queries: int | None = None) -> float:
+    """`depth` blocks over `tokens` tokens; `queries` < tokens: the outputs of that many only."""
+    q = tokens if queries is None else queries
+    per_block = (2 * (q + 2 * tokens) * width * width  # q, k, v projections
+                 + 2 * 2 * q * tokens * width         # q @ k^T and attn @ v
+                 + 2 * q * width * width              # output projection
+                 + 2 * 2 * q * width * mlp_dim)       # fc1 and fc2
     return depth * per_block
 
 
@@ -32,15 +34,24 @@ def vit_gflops(spec: ViTSpec, img_size: int | None = None) -> float:
     return encoder_flops(spec, img_size) / 1e9
 
 
-def mae_train_flops(spec: ViTSpec, img_size: int | None = None, mask_ratio: float = 0.8) -> float:
-    """FLOPs of one MAE training step per image: forward + backward (= 3 x forward)."""
+def mae_train_flops(spec: ViTSpec, img_size: int | None = None, mask_ratio: float = 0.8,
+                    predict_all: bool = False) -> float:
+    """FLOPs of one MAE training step per image: forward + backward (= 3 x forward).
+
+    As egoscale computes it: the last decoder block and the pixel prediction run on the masked
+    patches only; `predict_all` counts them on every patch (MAE's reference code and other
+    implementations do that).
+    """
     from egoscale.models.mae import num_visible
 
     size = img_size or spec.img_size
     n = (size // spec.patch_size) ** 2
-    enc = encoder_flops(spec, size, tokens=num_visible(n, mask_ratio))
+    keep = num_visible(n, mask_ratio)
+    out = n if predict_all else n - keep  # patches whose pixels are predicted
+    enc = encoder_flops(spec, size, tokens=keep)
     dw = spec.decoder_width
-    dec = (2 * (num_visible(n, mask_ratio) + 1) * spec.width * dw       # decoder_embed
-           + _blocks_flops(n + 1, dw, 4 * dw, spec.decoder_depth)
-           + 2 * n * dw * spec.patch_size ** 2 * 3)                   # pixel prediction
+    dec = (2 * (keep + 1) * spec.width * dw                              # decoder_embed
+           + _blocks_flops(n + 1, dw, 4 * dw, spec.decoder_depth - 1)
+           + _blocks_flops(n + 1, dw, 4 * dw, 1, queries=out + predict_all)  # last block (+ class token)
+           + 2 * out * dw * spec.patch_size ** 2 * 3)                   # pixel prediction
     return 3.0 * (enc + dec)

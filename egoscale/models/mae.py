@@ -2,7 +2,8 @@
 
 The encoder sees only the visible patches (plus the class token); a lighter decoder gets the
 encoded visible tokens, mask tokens for the rest, fixed sin-cos positions, and predicts the
-pixels of every patch. The loss is the mean squared error on the masked patches only.
+pixels of the masked patches (of every patch when asked, for pictures). The loss is the mean
+squared error on the masked patches only.
 
 The encoder is `self.encoder` (an egoscale ViT); checkpoints are written in the MAE reference
 layout (encoder weights at the top level, decoder weights prefixed `decoder_`, see
@@ -16,6 +17,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
 from egoscale.models.pos_embed import sincos_2d
@@ -26,7 +28,9 @@ from egoscale.models.vit import VisionTransformer
 @dataclass
 class MAEOutput:
     loss: torch.Tensor  # scalar
-    pred: torch.Tensor  # (B, L, p*p*3) predicted pixels of every patch
+    # predicted pixels: of every patch (B, L, p*p*3) with `predict_all`, else of the masked
+    # patches only, in patch order (B, M, p*p*3)
+    pred: torch.Tensor
     mask: torch.Tensor  # (B, L) 1 = masked (predicted), 0 = visible
 
 
@@ -55,6 +59,45 @@ def random_masking(batch: int, num_patches: int, mask_ratio: float, device=None,
     return ids_keep, mask, ids_restore
 
 
+def masked_patches(mask: torch.Tensor, num_masked: int) -> torch.Tensor:
+    """(B, L) mask with `num_masked` ones per row -> their indices (B, M), ascending."""
+    # a stable descending sort puts the ones first, each row's in index order; no host sync
+    return mask.argsort(dim=1, descending=True, stable=True)[:, :num_masked]
+
+
+class DecoderBlock(Block):
+    """timm's transformer Block that can compute the outputs of chosen tokens only.
+
+    `forward(x, rows)` equals `Block.forward(x)` gathered at `rows` (B, M): every token is
+    still a key and value, but queries, the output projection and the MLP run on the M rows
+    alone. The MAE loss reads only the masked patches, so the last decoder block skips the
+    visible ones (a fifth of that block at mask 0.8; same arithmetic, see the tests).
+    """
+
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        if rows is None:
+            return super().forward(x)
+        attn, (b, n, _), m = self.attn, x.shape, rows.shape[1]
+        d, heads, hd = attn.attn_dim, attn.num_heads, attn.head_dim
+        h = self.norm1(x)
+        h_rows = torch.gather(h, 1, rows.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+        w, bias = attn.qkv.weight, attn.qkv.bias
+        q = F.linear(h_rows, w[:d], None if bias is None else bias[:d]).reshape(b, m, heads, hd).transpose(1, 2)
+        kv = F.linear(h, w[d:], None if bias is None else bias[d:]).reshape(b, n, 2, heads, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = attn.q_norm(q), attn.k_norm(kv[0]), kv[1]
+        drop = attn.attn_drop.p if self.training else 0.0
+        if attn.fused_attn:
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        else:
+            o = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+        o = attn.norm(o.transpose(1, 2).reshape(b, m, d))
+        if attn.gate is not None:
+            o = o * attn.gate(h_rows).sigmoid()
+        o = attn.proj_drop(attn.proj(o))
+        y = torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1])) + self.drop_path1(self.ls1(o))
+        return y + self.drop_path2(self.ls2(self.mlp(self.norm2(y))))
+
+
 class MaskedAutoencoder(nn.Module):
     """MAE with a ViT encoder (fixed sin-cos positions) and a transformer decoder.
 
@@ -79,7 +122,8 @@ class MaskedAutoencoder(nn.Module):
         grid = self.encoder.patch_embed.grid_size
         self.decoder_pos_embed = nn.Parameter(sincos_2d(dw, grid), requires_grad=False)
         self.decoder_blocks = nn.Sequential(*[
-            Block(dw, spec.decoder_heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+            DecoderBlock(dw, spec.decoder_heads, mlp_ratio=4.0, qkv_bias=True,
+                         norm_layer=partial(nn.LayerNorm, eps=1e-6))
             for _ in range(spec.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(dw, eps=1e-6)
         self.decoder_pred = nn.Linear(dw, p * p * 3)
@@ -128,16 +172,20 @@ class MaskedAutoencoder(nn.Module):
         return enc.run_blocks(torch.cat([cls, x], dim=1)), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor,
-                        grid: tuple[int, int]) -> torch.Tensor:
-        """(B, 1+K, C) -> predicted pixels of all patches (B, L, p*p*3)."""
+                        grid: tuple[int, int], patches: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1+K, C) -> predicted pixels (B, L, p*p*3) of every patch, or (B, M, p*p*3) of
+        `patches` (B, M) indices only (the last block then computes just those)."""
         x = self.decoder_embed(latent)  # (B, 1+K, D)
         b, n = ids_restore.shape
         masked = self.mask_token.expand(b, n + 1 - x.shape[1], -1)
         tokens = torch.cat([x[:, 1:], masked], dim=1)  # (B, L, D) in shuffled order
         tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
         x = torch.cat([x[:, :1], tokens], dim=1) + self._fixed_pos(self.decoder_pos_embed, grid)
-        x = self.decoder_norm(self.decoder_blocks(x))
-        return self.decoder_pred(x[:, 1:])  # no prediction for the class token
+        if patches is None:
+            x = self.decoder_blocks(x)[:, 1:]  # no prediction for the class token
+        else:
+            x = self.decoder_blocks[-1](self.decoder_blocks[:-1](x), rows=patches + 1)
+        return self.decoder_pred(self.decoder_norm(x))
 
     def target(self, imgs: torch.Tensor) -> torch.Tensor:
         t = self.patchify(imgs)
@@ -152,12 +200,25 @@ class MaskedAutoencoder(nn.Module):
         return (per_patch * mask).sum() / mask.sum()
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float | None = None,
-                generator: torch.Generator | None = None) -> MAEOutput:
+                generator: torch.Generator | None = None, predict_all: bool = False) -> MAEOutput:
+        """Mask, encode, decode; the loss on the masked patches.
+
+        Training needs predictions of the masked patches only, so by default only those are
+        computed; `predict_all` predicts every patch (for pictures), with the same loss.
+        """
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         grid = self.encoder.grid_for(imgs.shape[-2], imgs.shape[-1])
         latent, mask, ids_restore = self.forward_encoder(imgs, ratio, generator)
-        pred = self.forward_decoder(latent, ids_restore, grid)
-        return MAEOutput(self.loss(imgs, pred, mask), pred, mask)
+        if predict_all:
+            pred = self.forward_decoder(latent, ids_restore, grid)
+            return MAEOutput(self.loss(imgs, pred, mask), pred, mask)
+        n = mask.shape[1]
+        patches = masked_patches(mask, n - num_visible(n, ratio))
+        pred = self.forward_decoder(latent, ids_restore, grid, patches)
+        target = torch.gather(self.target(imgs), 1, patches.unsqueeze(-1).expand(-1, -1, pred.shape[-1]))
+        # every sample has the same number of masked patches, so the plain mean is the mean
+        # over masked patches that `loss` computes
+        return MAEOutput((pred - target).pow(2).mean(), pred, mask)
 
     @torch.no_grad()
     def reconstruct(self, imgs: torch.Tensor, mask_ratio: float | None = None,
@@ -168,7 +229,7 @@ class MaskedAutoencoder(nn.Module):
         normalisation: masked patches zeroed; the prediction of every patch; visible patches
         from the input with the predicted ones pasted into the masked places.
         """
-        out = self.forward(imgs, mask_ratio, generator)
+        out = self.forward(imgs, mask_ratio, generator, predict_all=True)
         grid = self.encoder.grid_for(imgs.shape[-2], imgs.shape[-1])
         pred = out.pred
         if self.norm_pix_loss:  # undo the per-patch normalisation with the true patch stats
