@@ -108,6 +108,15 @@ def test_full_data_repeats_are_independent_runs_on_the_whole_data(tiny_study, tm
                                                                                           ("1.0", "1", "2")]
     with pytest.raises(ConfigError, match="full_seeds"):
         load_grid(_grid(tiny_study, full_seeds=[2, 2]))
+    # a seed the grid fixes for every run would make the repeats identical
+    fixed = _grid(tiny_study, full_seeds=[1, 2])
+    fixed["pretrain"]["seed"] = 0
+    with pytest.raises(ConfigError, match="pretrain.seed fixes every run's seed"):
+        load_grid(fixed)
+    fixed = _grid(tiny_study, full_seeds=[1, 2], model_overrides={"vit_pico4": {"seed": 3}})
+    with pytest.raises(ConfigError, match="model_overrides.vit_pico4.seed"):
+        load_grid(fixed)
+    load_grid(_grid(tiny_study, pretrain={"seed": 0, "steps": 3}))  # one run per whole-data cell: fine
 
 
 def test_sweep_runs_cells_in_parallel_worker_processes(tiny_study, tmp_path):

@@ -7,6 +7,7 @@
     fractions: [1.0, 0.1, 0.01]
     seeds: [1, 2, 3]                   # subset seeds; each also seeds its pretraining run
     full_seeds: [1]                    # runs on the whole data (fraction 1); default: the first seed
+                                       # (more than one: pretrain must not fix `seed`)
     pretrain: {batch_size: 512, budget_hours: 48}          # PretrainConfig fields
     model_overrides: {vit_h14: {lr: 1.0e-4}}                # per model
     evals:
@@ -108,6 +109,12 @@ def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
         grid.evals[i] = {"kind": kind, "name": name, **ev}
     if grid.full_seeds is not None and (not grid.full_seeds or len(set(grid.full_seeds)) != len(grid.full_seeds)):
         raise ConfigError(f"{src}: full_seeds must be a non-empty list of distinct seeds")
+    fixed = ["pretrain"] * ("seed" in grid.pretrain) + [f"model_overrides.{m}" for m, o in
+                                                        grid.model_overrides.items() if "seed" in o]
+    if len(full_seeds(grid)) > 1 and fixed:
+        # a seed fixed in the grid wins over the cell's, and the whole data has one subset
+        raise ConfigError(f"{src}: {fixed[0]}.seed fixes every run's seed, so the full_seeds repeats would be "
+                          "identical runs; remove one of the two")
     for f in grid.fractions:
         if not 0 < f <= 1:
             raise ConfigError(f"{src}: fraction {f} outside (0, 1]")
