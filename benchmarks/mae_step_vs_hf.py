@@ -1,22 +1,31 @@
 """MAE training step on the CPU: egoscale against Hugging Face transformers' ViTMAEForPreTraining.
 
 Same architecture (encoder of the given size, 512-wide 8-block decoder), image size, mask
-ratio 0.8, batch, fp32, AdamW; images/s of a full step (forward, backward, optimizer) for
-both, alternating in one process, and the step's model FLOP/s as a fraction of this CPU's
-own fp32 matmul throughput (a large torch.mm on the same threads): the practical ceiling.
+ratio 0.8, batch, fp32, fused AdamW; images/s of a full step (forward, backward, optimizer),
+and the step's model FLOP/s as a fraction of this CPU's own fp32 matmul throughput (a large
+torch.mm on the same threads): the practical ceiling.
 
-    python benchmarks/mae_step_vs_hf.py [--model vit_s14] [--batch 16] [--steps 6] [--compile] [--bf16] [--profile]
+Every measurement runs in a fresh process, the tools taking turns over the rounds: each tool
+as its users run it (egoscale's CPU training has glibc malloc keep freed memory, see
+`keep_freed_memory`; transformers leaves malloc alone), and each with the other's malloc
+setting, to tell the model code and the allocator apart.
+
+    python benchmarks/mae_step_vs_hf.py [--model vit_s14] [--batch 16] [--steps 4] [--compile] [--bf16] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 
 import torch
 
 from egoscale.models import build_mae, choose_attention, get_spec
 from egoscale.models.flops import mae_train_flops
+from egoscale.train.distributed import keep_freed_memory
 from egoscale.train.loop import adamw
 
 # where a step's time goes, by the profiler's op names
@@ -73,80 +82,104 @@ def time_steps(step, steps: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
+# (tool, malloc): each tool as its users run it, then each with the other's malloc setting, so
+# that the model code and the allocator setting are told apart
+RUNS = [("egoscale", "egoscale"), ("transformers", "glibc"), ("egoscale", "glibc"), ("transformers", "egoscale")]
+
+
+def build_step(tool: str, spec, batch: int, bf16: bool):
+    """One training step (forward, backward, AdamW) of `tool`, on a fixed random batch."""
+    img, ratio = spec.img_size, 0.8
+    x = torch.randn(batch, 3, img, img)
+    if tool.startswith("egoscale"):
+        model = build_mae(spec, mask_ratio=ratio)
+        # the attention kernel egoscale picks for the device and precision, as `pretrain` does
+        choose_attention(model, torch.device("cpu"), bf16)
+        # egoscale's fused AdamW; transformers' Trainer defaults to the same on torch >= 2.8
+        opt = adamw([p for p in model.parameters() if p.requires_grad], 1e-4, torch.device("cpu"),
+                    betas=(0.9, 0.95))
+        fwd = torch.compile(model) if tool == "egoscale+compile" else model
+    else:
+        model = fwd = hf_model(spec, img, ratio, "eager" if tool == "transformers eager" else "sdpa")
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                                betas=(0.9, 0.95), fused=True)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = fwd(x).loss if tool.startswith("egoscale") else fwd(pixel_values=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step, sum(p.numel() for p in model.parameters())
+
+
+def child(args) -> None:
+    """Time one tool in this fresh process (a fresh heap); print seconds per step as JSON."""
+    if args.malloc == "egoscale":
+        keep_freed_memory()  # what egoscale's CPU training does at start (init_distributed)
+    torch.manual_seed(0)
+    step, n_params = build_step(args.child, get_spec(args.model, img_size=args.img_size), args.batch, args.bf16)
+    print(json.dumps({"s_per_step": time_steps(step, args.steps), "params": n_params}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="vit_s14")
     ap.add_argument("--img-size", type=int, default=None)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--rounds", type=int, default=3, help="alternate the tools this many times; best kept")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3, help="run every tool this many times; best kept")
     ap.add_argument("--compile", action="store_true", help="also time egoscale under torch.compile")
     ap.add_argument("--bf16", action="store_true",
                     help="both under CPU bf16 autocast (egoscale's --precision bf16); peak = bf16 matmul")
     ap.add_argument("--profile", action="store_true", help="also break egoscale's step down by op")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--malloc", default="glibc", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.manual_seed(0)
+    if args.child:
+        return child(args)
     spec = get_spec(args.model, img_size=args.img_size)
-    img, ratio = spec.img_size, 0.8
-    x = torch.randn(args.batch, 3, img, img)
-
-    ours = build_mae(spec, mask_ratio=ratio)
-    # each side's optimizer as its trainer builds it: egoscale's fused AdamW, and the fused
-    # AdamW that transformers' Trainer defaults to on torch >= 2.8 ("adamw_torch_fused")
-    opt_ours = adamw([p for p in ours.parameters() if p.requires_grad], 1e-4, torch.device("cpu"), betas=(0.9, 0.95))
-
-    def step_ours(m=ours):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = m(x).loss
-        loss.backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
-
-    def peer_step(attn):
-        peer = hf_model(spec, img, ratio, attn)
-        opt = torch.optim.AdamW([p for p in peer.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95),
-                                fused=True)
-
-        def step():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                loss = peer(pixel_values=x).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return step, sum(p.numel() for p in peer.parameters())
-
-    # egoscale picks its attention kernel per device and precision, as `pretrain` does; the peer
-    # runs with its default (SDPA) and, under bf16, also with its plain ("eager") attention
-    attention = choose_attention(ours, torch.device("cpu"), args.bf16)
-    step_peer, n_peer = peer_step("sdpa")
-    tools = {"egoscale": step_ours, "transformers": step_peer}
+    runs = list(RUNS)
     if args.bf16:
-        tools["transformers eager"] = peer_step("eager")[0]
+        runs.append(("transformers eager", "glibc"))
     if args.compile:
-        compiled = torch.compile(ours)
-        tools["egoscale+compile"] = lambda: step_ours(compiled)
-    best = {k: float("inf") for k in tools}
-    for _ in range(args.rounds):
-        for name, fn in tools.items():
-            best[name] = min(best[name], time_steps(fn, args.steps))
+        runs.append(("egoscale+compile", "egoscale"))
+    best, params = {r: float("inf") for r in runs}, {}
+    for i in range(args.rounds):
+        for tool, malloc in runs:
+            cmd = [sys.executable, __file__, "--child", tool, "--malloc", malloc, "--model", args.model,
+                   "--batch", str(args.batch), "--steps", str(args.steps)]
+            cmd += ["--bf16"] * args.bf16 + (["--img-size", str(args.img_size)] if args.img_size else [])
+            res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            best[tool, malloc] = min(best[tool, malloc], res["s_per_step"])
+            params[tool] = res["params"]
+            print(f"round {i + 1}: {tool} ({malloc} malloc) {res['s_per_step']:.3f} s/step", flush=True)
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     peak = matmul_peak(dtype)
-    flops = mae_train_flops(spec, img, ratio) * args.batch
-    n_params = (sum(p.numel() for p in ours.parameters()), n_peer)
-    print(f"{spec.name} MAE at {img}px, decoder {spec.decoder_width}x{spec.decoder_depth}, mask {ratio}, "
-          f"batch {args.batch}, {'bf16 autocast' if args.bf16 else 'fp32'}, "
-          f"{torch.get_num_threads()} threads; params {n_params[0]:,} vs {n_params[1]:,}; "
-          f"egoscale attention: {attention}")
-    print(f"{str(dtype).split('.')[-1]} matmul peak of this CPU: {peak / 1e9:.0f} GFLOP/s")
-    print(f"{'tool':<20}{'s/step':>8}{'img/s':>8}{'GFLOP/s':>9}{'of peak':>9}")
-    for name, t in best.items():
-        print(f"{name:<20}{t:>8.3f}{args.batch / t:>8.2f}{flops / t / 1e9:>9.0f}{flops / t / peak:>8.0%}")
-    peer_best = min(t for k, t in best.items() if k.startswith("transformers"))
-    print(f"egoscale / transformers (its faster attention) speed: {peer_best / best['egoscale']:.2f}x")
-    if args.profile:
-        profile_step(step_ours)
+    img = spec.img_size
+    # each tool's own work: egoscale predicts the masked patches only, transformers every patch
+    flops = {tool: mae_train_flops(spec, img, 0.8, predict_all=not tool.startswith("egoscale")) * args.batch
+             for tool, _ in runs}
+    print(f"\n{spec.name} MAE at {img}px, decoder {spec.decoder_width}x{spec.decoder_depth}, mask 0.8, "
+          f"batch {args.batch}, {'bf16 autocast' if args.bf16 else 'fp32'}, {torch.get_num_threads()} threads; "
+          f"params {params['egoscale']:,} vs {params['transformers']:,}; each run a fresh process")
+    print(f"{str(dtype).split('.')[-1]} matmul peak of this CPU: {peak / 1e9:.0f} GFLOP/s; step GFLOP per image: "
+          f"{flops['egoscale'] / args.batch / 1e9:.2f} (egoscale), {flops['transformers'] / args.batch / 1e9:.2f} "
+          f"(transformers)")
+    print(f"{'tool':<20}{'malloc':<10}{'s/step':>8}{'img/s':>8}{'GFLOP/s':>9}{'of peak':>9}")
+    for (tool, malloc), t in best.items():
+        f = flops[tool]
+        print(f"{tool:<20}{malloc:<10}{t:>8.3f}{args.batch / t:>8.2f}{f / t / 1e9:>9.0f}{f / t / peak:>8.0%}")
+    ours, peer = best["egoscale", "egoscale"], min(t for (k, m), t in best.items() if k.startswith("transformers")
+                                                   and m == "glibc")
+    print(f"egoscale / transformers, each as shipped: {peer / ours:.2f}x")
+    print(f"same malloc: {best['transformers', 'glibc'] / best['egoscale', 'glibc']:.2f}x (glibc's), "
+          f"{best['transformers', 'egoscale'] / ours:.2f}x (egoscale's)")
     if args.compile:
-        print(f"egoscale+compile / transformers speed: {peer_best / best['egoscale+compile']:.2f}x")
+        print(f"egoscale+compile / transformers: {peer / best['egoscale+compile', 'egoscale']:.2f}x")
+    if args.profile:
+        keep_freed_memory()
+        profile_step(build_step("egoscale", spec, args.batch, args.bf16)[0])
 
 
 if __name__ == "__main__":

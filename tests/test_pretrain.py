@@ -172,6 +172,30 @@ def test_bad_input_is_one_clear_line(frames, tmp_path):
         pretrain(PretrainConfig(data=str(frames), subset=str(sub), steps=1, out=str(tmp_path / "y")))
 
 
+FAULTS = """
+import resource, sys, torch
+from egoscale.train.distributed import init_distributed
+if sys.argv[1] == "egoscale":
+    init_distributed("cpu")
+def faults_per_step():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):  # an activation-sized block (64 MiB), written, freed: a training step's pattern
+        torch.ones(16 << 20)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+faults_per_step()
+print(faults_per_step())
+"""
+
+
+def test_cpu_training_reuses_freed_memory_instead_of_faulting_it_in_again():
+    # glibc unmaps large freed blocks, so each step's activations cost fresh page faults;
+    # init_distributed on the CPU keeps them (a 4 % faster ViT-S/14 MAE step on 2 cores)
+    runs = {who: float(subprocess.run([sys.executable, "-c", FAULTS, who], capture_output=True, text=True,
+                                      check=True).stdout) for who in ("plain", "egoscale")}
+    # plain: 16 k faults per block (64 MiB of 4 KiB pages; fewer with transparent huge pages)
+    assert runs["plain"] >= 16 and runs["egoscale"] < runs["plain"] / 10, runs
+
+
 def test_visualize_writes_a_grid(frames, tmp_path):
     pretrain(PretrainConfig(data=str(frames), out=str(tmp_path / "run"), model="vit_pico4", batch_size=8, steps=2,
                             workers=0, progress=False), log=lambda *a: None)
