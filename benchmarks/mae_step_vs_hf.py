@@ -146,7 +146,7 @@ def main() -> None:
         runs.append(("egoscale+compile", "egoscale"))
     best, params = {r: float("inf") for r in runs}, {}
     for i in range(args.rounds):
-        for tool, malloc in runs:
+        for tool, malloc in runs[i % len(runs):] + runs[:i % len(runs)]:  # each round starts elsewhere
             cmd = [sys.executable, __file__, "--child", tool, "--malloc", malloc, "--model", args.model,
                    "--batch", str(args.batch), "--steps", str(args.steps)]
             cmd += ["--bf16"] * args.bf16 + (["--img-size", str(args.img_size)] if args.img_size else [])
