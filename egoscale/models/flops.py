@@ -48,10 +48,11 @@ def mae_train_flops(spec: ViTSpec, img_size: int | None = None, mask_ratio: floa
     n = (size // spec.patch_size) ** 2
     keep = num_visible(n, mask_ratio)
     out = n if predict_all else n - keep  # patches whose pixels are predicted
+    last_rows = n + 1 if predict_all else out  # rows the last decoder block computes (+ class token)
     enc = encoder_flops(spec, size, tokens=keep)
     dw = spec.decoder_width
     dec = (2 * (keep + 1) * spec.width * dw                              # decoder_embed
            + _blocks_flops(n + 1, dw, 4 * dw, spec.decoder_depth - 1)
-           + _blocks_flops(n + 1, dw, 4 * dw, 1, queries=out + predict_all)  # last block (+ class token)
+           + _blocks_flops(n + 1, dw, 4 * dw, 1, queries=last_rows)
            + 2 * out * dw * spec.patch_size ** 2 * 3)                   # pixel prediction
     return 3.0 * (enc + dec)

@@ -59,6 +59,11 @@ def random_masking(batch: int, num_patches: int, mask_ratio: float, device=None,
     return ids_keep, mask, ids_restore
 
 
+def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x (B, T, C) at per-sample token indices rows (B, M) -> (B, M, C)."""
+    return torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
 def masked_patches(mask: torch.Tensor, num_masked: int) -> torch.Tensor:
     """(B, L) mask with `num_masked` ones per row -> their indices (B, M), ascending."""
     # a stable descending sort puts the ones first, each row's in index order; no host sync
@@ -80,7 +85,7 @@ class DecoderBlock(Block):
         attn, (b, n, _), m = self.attn, x.shape, rows.shape[1]
         d, heads, hd = attn.attn_dim, attn.num_heads, attn.head_dim
         h = self.norm1(x)
-        h_rows = torch.gather(h, 1, rows.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+        h_rows = gather_rows(h, rows)
         w, bias = attn.qkv.weight, attn.qkv.bias
         q = F.linear(h_rows, w[:d], None if bias is None else bias[:d]).reshape(b, m, heads, hd).transpose(1, 2)
         kv = F.linear(h, w[d:], None if bias is None else bias[d:]).reshape(b, n, 2, heads, hd).permute(2, 0, 3, 1, 4)
@@ -94,7 +99,7 @@ class DecoderBlock(Block):
         if attn.gate is not None:
             o = o * attn.gate(h_rows).sigmoid()
         o = attn.proj_drop(attn.proj(o))
-        y = torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1])) + self.drop_path1(self.ls1(o))
+        y = gather_rows(x, rows) + self.drop_path1(self.ls1(o))
         return y + self.drop_path2(self.ls2(self.mlp(self.norm2(y))))
 
 
@@ -165,9 +170,9 @@ class MaskedAutoencoder(nn.Module):
         grid = enc.grid_for(imgs.shape[-2], imgs.shape[-1])
         pos = self._fixed_pos(enc.pos_embed, grid)  # (1, 1+L, C)
         x = enc.patch_embed(imgs) + pos[:, 1:]  # (B, L, C)
-        b, n, c = x.shape
+        b, n, _ = x.shape
         ids_keep, mask, ids_restore = random_masking(b, n, mask_ratio, x.device, generator)
-        x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, c))  # (B, K, C)
+        x = gather_rows(x, ids_keep)  # (B, K, C)
         cls = (enc.cls_token + pos[:, :1]).expand(b, -1, -1)
         return enc.run_blocks(torch.cat([cls, x], dim=1)), mask, ids_restore
 
@@ -179,7 +184,7 @@ class MaskedAutoencoder(nn.Module):
         b, n = ids_restore.shape
         masked = self.mask_token.expand(b, n + 1 - x.shape[1], -1)
         tokens = torch.cat([x[:, 1:], masked], dim=1)  # (B, L, D) in shuffled order
-        tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+        tokens = gather_rows(tokens, ids_restore)
         x = torch.cat([x[:, :1], tokens], dim=1) + self._fixed_pos(self.decoder_pos_embed, grid)
         if patches is None:
             x = self.decoder_blocks(x)[:, 1:]  # no prediction for the class token
@@ -215,7 +220,7 @@ class MaskedAutoencoder(nn.Module):
         n = mask.shape[1]
         patches = masked_patches(mask, n - num_visible(n, ratio))
         pred = self.forward_decoder(latent, ids_restore, grid, patches)
-        target = torch.gather(self.target(imgs), 1, patches.unsqueeze(-1).expand(-1, -1, pred.shape[-1]))
+        target = gather_rows(self.target(imgs), patches)
         # every sample has the same number of masked patches, so the plain mean is the mean
         # over masked patches that `loss` computes
         return MAEOutput((pred - target).pow(2).mean(), pred, mask)
