@@ -199,14 +199,9 @@ class MaskedAutoencoder(nn.Module):
             t = (t - mean) / (var + 1e-6) ** 0.5
         return t
 
-    def loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean squared error per patch, averaged over the masked patches."""
-        per_patch = (pred - self.target(imgs)).pow(2).mean(-1)  # (B, L)
-        return (per_patch * mask).sum() / mask.sum()
-
     def forward(self, imgs: torch.Tensor, mask_ratio: float | None = None,
                 generator: torch.Generator | None = None, predict_all: bool = False) -> MAEOutput:
-        """Mask, encode, decode; the loss on the masked patches.
+        """Mask, encode, decode; the loss is the mean squared error on the masked patches.
 
         Training needs predictions of the masked patches only, so by default only those are
         computed; `predict_all` predicts every patch (for pictures), with the same loss.
@@ -214,16 +209,17 @@ class MaskedAutoencoder(nn.Module):
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         grid = self.encoder.grid_for(imgs.shape[-2], imgs.shape[-1])
         latent, mask, ids_restore = self.forward_encoder(imgs, ratio, generator)
-        if predict_all:
-            pred = self.forward_decoder(latent, ids_restore, grid)
-            return MAEOutput(self.loss(imgs, pred, mask), pred, mask)
         n = mask.shape[1]
         patches = masked_patches(mask, n - num_visible(n, ratio))
-        pred = self.forward_decoder(latent, ids_restore, grid, patches)
-        target = gather_rows(self.target(imgs), patches)
-        # every sample has the same number of masked patches, so the plain mean is the mean
-        # over masked patches that `loss` computes
-        return MAEOutput((pred - target).pow(2).mean(), pred, mask)
+        if predict_all:
+            pred = self.forward_decoder(latent, ids_restore, grid)
+            masked_pred = gather_rows(pred, patches)
+        else:
+            pred = masked_pred = self.forward_decoder(latent, ids_restore, grid, patches)
+        # every sample has the same number of masked patches, so the plain mean over them is the
+        # mean over all masked patches of each patch's squared error
+        loss = (masked_pred - gather_rows(self.target(imgs), patches)).pow(2).mean()
+        return MAEOutput(loss, pred, mask)
 
     @torch.no_grad()
     def reconstruct(self, imgs: torch.Tensor, mask_ratio: float | None = None,

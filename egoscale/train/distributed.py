@@ -35,9 +35,10 @@ class Dist:
 
 # glibc's malloc returns blocks above its mmap threshold (adaptive, at most 32 MiB) to the OS
 # on free, so a CPU training step's large activations arrive as fresh pages the kernel must
-# fault in and zero, every step: a ViT-S/14 MAE step (batch 16) on 2 cores took 100-270 k page
-# faults and 0.3-0.6 s of system time. Kept in the heap, freed blocks are reused; peak memory
-# stays what the step needs (measured: 2.9-3.0 GB either way), it is just not handed back.
+# fault in and zero, every step: a ViT-S/14 MAE step (batch 16) on 2 cores took 175-385 k page
+# faults and 0.3-0.7 s of system time (0-4 k and 0.03-0.06 s with this). Kept in the heap,
+# freed blocks are reused; peak memory stays what the step needs (measured: 2.9-3.0 GB either
+# way), it is just not handed back.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
