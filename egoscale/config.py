@@ -43,9 +43,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: set[str
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         help_ = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help strings
         if f.metadata.get("positional"):
-            parser.add_argument(f.name, metavar=f.metadata.get("metavar", f.name.upper()),
-                                nargs="?" if default is not None else None, default=argparse.SUPPRESS,
-                                help=f"{help_}" + (f" (default: {default})" if default is not None else ""))
+            nargs = "*" if is_list else (None if f.metadata.get("required") else "?")
+            shown = f" (default: {default})" if default not in (None, []) and nargs == "?" else ""
+            parser.add_argument(f.name, metavar=f.metadata.get("metavar", f.name.upper()), nargs=nargs,
+                                default=argparse.SUPPRESS, choices=f.metadata.get("choices"), help=help_ + shown,
+                                **({"type": tp} if tp in (int, float) and not is_list else {}))
             continue
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         if f.metadata.get("action") == "append":
@@ -62,7 +64,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: set[str
             kw["type"] = tp if tp in (int, float, str) else (Path if tp is Path else str)
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
-        parser.add_argument(flag, metavar=f.metadata.get("metavar", f.name.upper()),
+        flags = [f.metadata["short"], flag] if "short" in f.metadata else [flag]
+        parser.add_argument(*flags, metavar=f.metadata.get("metavar", f.name.upper()),
                             help=f"{help_} (default: {default})", **kw)
 
 
@@ -91,13 +94,6 @@ def build(cls: type[T], values: dict, source: str = "arguments") -> T:
         return cls(**clean)
     except TypeError as e:
         raise ConfigError(f"{source}: {e}") from None
-
-
-def from_namespace(cls: type[T], ns: argparse.Namespace, **extra) -> T:
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in vars(ns).items() if k in names}
-    values.update(extra)
-    return build(cls, values)
 
 
 def load_yaml(path: str | Path) -> dict:

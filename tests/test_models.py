@@ -1,12 +1,14 @@
 """The ViT family and the MAE: exact sizes, shapes, masking, and that an MAE learns."""
 
+import functools
+
 import pytest
 import torch
 
 from egoscale.errors import ConfigError, ModelNotFoundError
 from egoscale.models import build_mae, build_vit, count_params, get_spec
 from egoscale.models.flops import mae_train_flops, vit_gflops
-from egoscale.models.mae import gather_rows, masked_patches, random_masking
+from egoscale.models.mae import DecoderBlock, gather_rows, masked_patches, num_visible, random_masking
 
 # The paper's parameter counts (classifier form: encoder + BN(affine=False)+Linear 1000-way head).
 PAPER_PARAMS = [
@@ -92,6 +94,34 @@ def test_masking_keeps_an_exact_number_of_patches(ratio, kept):
     for b in range(8):
         assert set(ids_keep[b].tolist()) == set((mask[b] == 0).nonzero().flatten().tolist())
     assert not torch.equal(ids_keep[0].sort().values, ids_keep[1].sort().values)
+
+
+@pytest.mark.parametrize("patches,ratio,kept", [(64, 0.8, 12), (1024, 0.8, 204), (196, 0.9, 19), (256, 0.9, 25),
+                                                (256, 0.75, 64), (100, 0.9, 10), (4, 0.9, 1)])
+def test_kept_patch_count_is_the_reference_truncation(patches, ratio, kept):
+    # facebookresearch/mae and transformers keep int(L * (1 - ratio)); only float error is
+    # guarded (100 x 0.1 is 9.999... in floating point), and at least one patch stays visible
+    assert num_visible(patches, ratio) == kept
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_decoder_block_computes_what_timms_block_computes(fused):
+    # the decoder block is egoscale's own code with timm's parameter names: the same weights
+    # give timm's pre-norm Block function, so released decoder weights mean the same thing
+    from timm.models.vision_transformer import Block
+
+    torch.manual_seed(0)
+    ours = DecoderBlock(64, 4)
+    ours.attn.fused_attn = fused
+    ref = Block(64, 4, mlp_ratio=4.0, qkv_bias=True, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6))
+    assert set(ours.state_dict()) == set(ref.state_dict())
+    for p in ours.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 17, 64)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    rows = torch.tensor([[1, 5, 16], [0, 2, 3], [7, 8, 9]])
+    torch.testing.assert_close(ours(x, rows), gather_rows(ref(x), rows), rtol=1e-5, atol=1e-5)
 
 
 def test_mae_encoder_sees_only_visible_patches():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from egoscale.errors import DataError
-from egoscale.scaling.analysis import FitConfig, run_fit
+from egoscale.scaling.fit import FitConfig, run_fit
 from egoscale.scaling.extrapolate import at, scale_together
-from egoscale.scaling.fit import FORMS, bootstrap, fit_form, predict_interval
-from egoscale.scaling.table import import_logs, read_table, write_table
+from egoscale.scaling.estimation import FORMS, bootstrap, fit_form, predict_interval
+from egoscale.scaling.results import import_logs, read_table, write_table
 
 quiet = lambda *a, **k: None  # noqa: E731
 TRUE = {

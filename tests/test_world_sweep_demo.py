@@ -14,7 +14,8 @@ import pytest
 from egoscale.data.video import probe, sample_chunk
 from egoscale.errors import ConfigError
 from egoscale.sweep.grid import cells, load_grid
-from egoscale.sweep.runner import run_local, slurm_jobs, status
+from egoscale.sweep.slurm import slurm_jobs
+from egoscale.sweep.sweep import run_local, status
 from egoscale.world.world import WorldConfig, make_world
 
 quiet = lambda *a, **k: None  # noqa: E731

@@ -31,7 +31,19 @@ MANIFEST_VERSION = 1
 
 @dataclass
 class IngestConfig:
-    """Settings of one ingest; stored in the manifest."""
+    """Decode every video under each --source folder, sample frames at exact times k/fps, resize, encode
+JPEG, and write WebDataset shards (frames-000000.tar, ...) with a manifest.json (per video: duration,
+frames, shards, status; per source: hours; failures with reasons). The settings are stored in the
+manifest.
+
+Resumable: re-run the same command after a crash or kill. Unreadable files are listed, not fatal
+(exit 1 only if nothing could be ingested, or with --strict).
+
+example:
+  egoscale ingest --source saycam=/data/saycam --source ego4d=/data/ego4d \\
+      --out /data/frames --fps 1 --short-side 256 --workers 16
+cluster: run with --part I/N for I = 0..N-1 (e.g. a SLURM array), then
+  egoscale ingest --merge --out /data/frames"""
 
     source: list[str] = field(default_factory=list, metadata={
         "help": "NAME=FOLDER of videos (repeatable; order sets the global order)", "action": "append",
@@ -53,6 +65,7 @@ class IngestConfig:
         "help": "I/N: ingest only part I of N (0-based) of the videos, for clusters; combine with --merge",
         "metavar": "I/N"})
     strict: bool = opt(False, "exit non-zero if any video failed")
+    merge: bool = opt(False, "combine the part manifests in --out into manifest.json (after --part runs)")
     progress: bool = opt(True, "show a progress bar")
 
     def __post_init__(self):
@@ -62,6 +75,10 @@ class IngestConfig:
             raise ConfigError(f"--quality must be in 1..100, got {self.quality}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.short_side < 0 or self.threads < 0 or self.shard_frames < 0:
+            raise ConfigError("--short-side, --threads and --shard-frames must be at least 0")
+        if self.chunk_seconds <= 0:
+            raise ConfigError(f"--chunk-seconds must be positive, got {self.chunk_seconds}")
         try:
             parse_size(self.shard_size)
         except ValueError as e:
@@ -96,6 +113,23 @@ class IngestConfig:
         d = to_dict(self)
         return {k: d[k] for k in ("source", "fps", "short_side", "quality", "glob", "shard_size",
                                   "shard_frames", "chunk_seconds", "part")}
+
+
+def main(cfg: IngestConfig) -> int:
+    if cfg.merge:
+        merge(cfg.out)
+        return 0
+    man = ingest(cfg)
+    t = man["total"]
+    print(f"{t['videos']} videos, {t['frames']} frames, {t['hours']:.3f} h in {len(man['shards'])} shards "
+          f"-> {cfg.out}; {t['failed']} failed, {t['skipped']} non-video files skipped")
+    for f in man["failed"][:10]:
+        print(f"  failed: {f['source']}/{f['path']}: {f['reason']} ({f['frames']} frames kept)")
+    if len(man["failed"]) > 10:
+        print(f"  ... and {len(man['failed']) - 10} more (see manifest.json)")
+    if t["frames"] == 0:
+        return 1
+    return 1 if (cfg.strict and t["failed"]) else 0
 
 
 def manifest_name(cfg: IngestConfig) -> str:

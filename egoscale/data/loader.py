@@ -34,8 +34,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 
 try:
-    # torchvision's decoder writes (3, H, W) uint8 straight from libjpeg-turbo: 1.5x faster than
-    # PIL's decode + numpy conversion (measured on 256-px frames). Deprecated in torchvision 0.29
+    # torchvision's decoder writes (3, H, W) uint8 straight from libjpeg-turbo, faster than PIL's
+    # decode + numpy conversion (benchmarks/loader_vs_webdataset.py). Deprecated in torchvision 0.29
     # in favour of TorchCodec (not a dependency here); PIL takes over when it is gone.
     warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                             category=DeprecationWarning)
@@ -90,6 +90,23 @@ def resolve_pieces(data: str | Path, subset: str | Path | None = None,
     return pieces, total
 
 
+def describe_data(data: str | Path, subset: str | Path | None = None) -> dict:
+    """What a run trains on, to be recorded in its checkpoints: the data fraction, subset seed,
+    frames, hours and frames per source (None where the input does not say: plain shards)."""
+    from egoscale.data.subset import load_manifest, load_subset
+
+    if subset is not None:
+        s = load_subset(subset)
+        return {"fraction": s.get("fraction"), "subset_seed": s.get("seed"), "frames": s.get("frames"),
+                "hours": s.get("hours"), "sources": s.get("sources"), "subset": s.get("name")}
+    if (Path(data) / "manifest.json").is_file():
+        man = load_manifest(data)
+        t = man["total"]
+        return {"fraction": 1.0, "subset_seed": None, "frames": t["frames"], "hours": t["hours"],
+                "sources": {k: v.get("frames") for k, v in man.get("sources", {}).items()} or None, "subset": None}
+    return {"fraction": None, "subset_seed": None, "frames": None, "hours": None, "sources": None, "subset": None}
+
+
 def read_piece(piece: Piece, index_cache: dict) -> list[bytes]:
     """Image bytes of the samples in a piece, in order."""
     members = index_cache.get(piece.shard)
@@ -135,7 +152,7 @@ def augment(data: bytes, size: int, rng: random.Random, scale=(0.2, 1.0), flip: 
     Two routes, both libjpeg-turbo: when the crop is at least twice the output, PIL decodes the
     JPEG at a reduced DCT scale (`draft`), which skips most of the decoding work; otherwise
     the whole frame is decoded (`decode_rgb`) and the crop resized with torchvision's uint8
-    antialiased bilinear kernel (together 1.5x faster than PIL decode + resize at 224 px).
+    antialiased bilinear kernel.
     """
     img = Image.open(io.BytesIO(data))  # reads the header only
     w, h = img.size

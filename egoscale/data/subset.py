@@ -25,6 +25,13 @@ SUBSET_VERSION = 1
 
 @dataclass
 class SubsetConfig:
+    """For each fraction x seed, pick ceil(fraction x frames) consecutive frames of the ingest's global
+order (source, video, time) starting at a seeded position, and write a subset file (shard/sample
+ranges, hours, sources) that pretraining reads directly.
+
+example:
+  egoscale subset /data/frames --fractions 1,0.1,0.01,0.001,0.0001 --seeds 1,2,3 --out /data/subsets"""
+
     frames: str = field(default="frames", metadata={"help": "ingest folder (holds manifest.json and shards)",
                                                     "positional": True, "metavar": "FRAMES"})
     fractions: list[float] = field(default_factory=lambda: [1.0, 0.1, 0.01, 0.001, 0.0001], metadata={
@@ -112,6 +119,11 @@ def make_subset(man: dict, fraction: float, seed: int, mode: str = "contiguous")
     return {"egoscale_subset": SUBSET_VERSION, "name": subset_name(fraction, seed, mode), "fraction": fraction,
             "seed": seed, "mode": mode, "frames": n, "hours": n / man["fps"] / 3600, "total_frames": total,
             "runs": [list(r) for r in runs], "frames_dir": man["_dir"], **d}
+
+
+def main(cfg: SubsetConfig) -> int:
+    make_subsets(cfg)
+    return 0
 
 
 def make_subsets(cfg: SubsetConfig, log=print) -> list[dict]:

@@ -1,9 +1,14 @@
-"""Pieces the finetuning and probing stages share: the backbone, transforms, datasets, result rows."""
+"""The evaluation core that `finetune` and `probe` share.
+
+Both read the same labelled folders and label subsets, load the encoder the same way, pick
+device and precision through the helpers the training loop uses, keep the same best/last
+bookkeeping over their per-epoch evaluations, and write the same result row (`result.json`,
+one row of the results table). Each stage adds only how it trains its classifier.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,16 +18,20 @@ from torchvision import transforms as T
 
 from egoscale.config import opt
 from egoscale.data.loader import IMAGENET_MEAN, IMAGENET_STD
-from egoscale.errors import ConfigError
-from egoscale.evaluate.labelled import CONDITIONS, Labelled
-from egoscale.models.checkpoint import RELEASED_ID, load_vit, read_checkpoint, resolve_checkpoint
-from egoscale.models.registry import get_spec
+from egoscale.errors import ConfigError, DataError
+from egoscale.evaluate.labelled import CONDITIONS, Labelled, label_subset, read_list, scan, write_list
+from egoscale.models.checkpoint import load_vit, read_checkpoint, resolve_checkpoint
+from egoscale.models.registry import get_spec, parse_released
 from egoscale.models.vit import VisionTransformer, count_params
+from egoscale.train.loop import PRECISION_HELP, PRECISIONS, check_precision
+
+# BatchNorm in the classifier head needs at least two images in every training batch.
+MIN_TRAIN_IMAGES = 2
 
 
 @dataclass
 class EvalData:
-    """What to evaluate and on which labelled images: the fields finetune and probe share."""
+    """What to evaluate, on which labelled images, where: the fields finetune and probe share."""
 
     checkpoint: str = opt("none", "checkpoint file, run folder, released id (e.g. vits14_0.01_1), or none "
                           "(a randomly initialised --model, the baseline)")
@@ -33,22 +42,37 @@ class EvalData:
     condition: str | None = opt("permissive", "permissive (2%), stringent (1.0147%) or full",
                                 choices=["permissive", "stringent", "full"])
     label_fraction: float | None = opt(None, "fraction of training images (overrides --condition)")
-    sampling: str = opt("random", "random (uniform over images, the paper's) or per-class",
-                        choices=["random", "per-class"])
+    sampling: str = opt("random", "random (uniform over images, the paper's) or per-class (the same number "
+                        "from every class, at least one)", choices=["random", "per-class"])
     train_list: str | None = opt(None, "reuse the exact training files of an earlier run (its train_files.txt)")
     seed: int = opt(0, "seed of the label subset and of training")
     img_size: int | None = opt(None, "image side in px (default: the checkpoint's)")
     pool: str = opt("token", "features the head reads: token (class token, the paper's) or avg (mean of "
                     "the patch tokens)", choices=["token", "avg"])
+    workers: int = opt(4, "data loader processes")
+    device: str = opt("auto", "auto, cuda or cpu")
+    precision: str = opt("auto", PRECISION_HELP, choices=list(PRECISIONS))
+    progress: bool = opt(True, "show progress bars")
 
     def __post_init__(self):
         resolve_fraction(self.condition, self.label_fraction)
         if self.pool not in ("token", "avg"):
             raise ConfigError(f"--pool {self.pool!r}: token or avg")
+        if self.sampling not in ("random", "per-class"):
+            raise ConfigError(f"--sampling {self.sampling!r}: random or per-class")
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be at least 0, got {self.workers}")
+        if self.img_size is not None and self.img_size < 1:
+            raise ConfigError(f"--img-size must be positive, got {self.img_size}")
+        check_precision(self.precision)
+        if self.checkpoint == "none" and not self.model:
+            raise ConfigError("--checkpoint none needs --model (a randomly initialised baseline)")
 
 
 def resolve_fraction(condition: str | None, label_fraction: float | None) -> tuple[str, float]:
     if label_fraction is not None:
+        if not 0 < label_fraction <= 1:
+            raise ConfigError(f"--label-fraction must be in (0, 1], got {label_fraction}")
         return condition or "custom", label_fraction
     if condition is None or condition == "full":
         return "full", 1.0
@@ -57,11 +81,73 @@ def resolve_fraction(condition: str | None, label_fraction: float | None) -> tup
     return condition, CONDITIONS[condition]
 
 
+# Settings that make an evaluation folder's results (and cached features) what they are.
+IDENTITY = ("checkpoint", "train", "val", "model", "condition", "label_fraction", "sampling", "train_list", "seed",
+            "img_size", "pool")
+
+
+def eval_record(cfg: EvalData) -> dict:
+    """What an evaluation folder's config.json records: the flags, paths made absolute."""
+    from egoscale.config import to_dict
+
+    rec = to_dict(cfg)
+    for k in ("train", "val", "train_list", "checkpoint"):
+        if rec.get(k) and Path(rec[k]).exists():
+            rec[k] = str(Path(rec[k]).resolve())
+    return rec
+
+
+@dataclass
+class LabelledSplit:
+    """The labelled images of one evaluation: the whole train folder, the chosen subset, val."""
+
+    full: Labelled
+    train: Labelled
+    val: Labelled
+    condition: str
+    fraction: float
+
+    @property
+    def classes(self) -> int:
+        return len(self.full.classes)
+
+
+def prepare_labelled(cfg: EvalData) -> LabelledSplit:
+    """The training subset and the full val set (`record_run` saves the subset's file list).
+
+    A subset too small to train the BatchNorm head (fewer than two images) is an error that
+    names the flag to change, before any work starts.
+    """
+    full = scan(cfg.train)
+    val = scan(cfg.val, classes=full.classes)
+    condition, fraction = resolve_fraction(cfg.condition, cfg.label_fraction)
+    if cfg.train_list:
+        train = read_list(cfg.train_list, full.root, full.classes)
+    else:
+        train = label_subset(full, fraction, cfg.sampling, cfg.seed) if fraction < 1 else full
+    if len(train) < MIN_TRAIN_IMAGES:
+        need = MIN_TRAIN_IMAGES / len(full)
+        raise DataError(f"{cfg.train}: {condition} ({fraction:g} of {len(full)} images) leaves {len(train)} "
+                        f"training image; the classifier's BatchNorm needs at least {MIN_TRAIN_IMAGES}: use "
+                        f"--label-fraction {min(1.0, need):.3g} or more, or --condition full")
+    return LabelledSplit(full, train, val, condition, fraction)
+
+
+def record_run(out: Path, data: LabelledSplit, record: dict, changed: dict) -> None:
+    """Once the evaluation's inputs have all loaded: its config.json and train_files.txt."""
+    from egoscale.runfolder import record_config
+
+    write_list(data.train, out / "train_files.txt")
+    record_config(out, record, changed)
+
+
 def load_backbone(checkpoint: str, model: str | None, img_size: int | None,
                   num_classes: int, pool: str = "token") -> tuple[VisionTransformer, dict]:
-    """The encoder to evaluate (fresh BN+Linear head for `num_classes`) and what is known of its pretraining.
+    """The encoder to evaluate (fresh BN+Linear head for `num_classes`) and its provenance.
 
-    `checkpoint="none"` gives a randomly initialised `model` (the baseline).
+    `checkpoint="none"` gives a randomly initialised `model` (the baseline). The provenance
+    (pretraining data fraction, hours, frames, steps, seed) is read from the checkpoint's own
+    `egoscale` entry, written by the run that made it, or from a released file's name.
     """
     if checkpoint == "none":
         if not model:
@@ -71,19 +157,29 @@ def load_backbone(checkpoint: str, model: str | None, img_size: int | None,
                 {"checkpoint": "none (random init)", "pool": pool})
     path = resolve_checkpoint(checkpoint)
     obj = read_checkpoint(path)
-    m = RELEASED_ID.match(str(checkpoint))
-    if img_size is None and m:
-        from egoscale.models.registry import RELEASED_ARCHS
-        img_size = RELEASED_ARCHS[m.group(1)][1]
-    vit, report = load_vit(path, img_size=img_size, num_classes=num_classes, obj=obj)
+    released = parse_released(str(checkpoint))
+    if img_size is None and released:
+        img_size = released.img_size
+    vit, _ = load_vit(path, img_size=img_size, num_classes=num_classes, obj=obj)
     vit.global_pool = pool
     info = {"checkpoint": str(checkpoint), "checkpoint_file": str(Path(path).resolve()), "pool": pool,
-            "checkpoint_sha256_16": _digest(path)}
-    info.update(_pretrain_info(obj, checkpoint))
-    summary = Path(path).parent / "summary.json"  # written by egoscale pretrain beside its checkpoint
-    if summary.is_file():
-        info["pretrain_flops"] = json.loads(summary.read_text()).get("estimated_flops")
+            "checkpoint_sha256_16": _digest(path), **provenance(obj)}
+    if released:  # the paper's released checkpoints: fraction and seed are in the name
+        info.update(data_fraction=released.fraction, data_seed=released.seed)
     return vit, info
+
+
+def provenance(obj: dict) -> dict:
+    """Pretraining facts a checkpoint carries in its `egoscale` entry, as result-row fields."""
+    meta = obj.get("egoscale") or {}
+    if meta.get("kind") != "mae":  # a finetuned file's training is not pretraining
+        return {}
+    data, trained = meta.get("data") or {}, meta.get("trained") or {}
+    out = {"data_fraction": data.get("fraction"), "data_seed": data.get("subset_seed"),
+           "data_frames": data.get("frames"), "data_hours": data.get("hours"),
+           "pretrain_seed": meta.get("seed"), "pretrain_steps": trained.get("steps"),
+           "pretrain_images": trained.get("images"), "pretrain_flops": trained.get("flops")}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _digest(path) -> str:
@@ -94,33 +190,37 @@ def _digest(path) -> str:
     return h.hexdigest()[:16]
 
 
-def _pretrain_info(obj: dict, checkpoint: str) -> dict:
-    """Data fraction, hours, frames and length of the pretraining run, when the file says."""
-    info: dict = {}
-    cfg = obj.get("config") or {}
-    if isinstance(cfg, dict) and cfg:
-        info.update(pretrain_steps=obj.get("step"), pretrain_images=obj.get("samples"), pretrain_seed=cfg.get("seed"))
-        sub = cfg.get("subset")
-        if sub and Path(sub).is_file():
-            s = json.loads(Path(sub).read_text())
-            info.update(data_fraction=s.get("fraction"), data_seed=s.get("seed"), data_frames=s.get("frames"),
-                        data_hours=s.get("hours"))
-        elif cfg.get("data"):
-            man = Path(cfg["data"]) / "manifest.json"
-            if man.is_file():
-                t = json.loads(man.read_text())["total"]
-                info.update(data_fraction=1.0, data_frames=t["frames"], data_hours=t["hours"])
-    m = RELEASED_ID.match(str(checkpoint))
-    if m:  # the paper's released checkpoints: fraction and seed are in the name
-        info.update(data_fraction=float(m.group(2)), data_seed=int(m.group(3)))
-    return info
-
-
 def model_info(vit: VisionTransformer) -> dict:
     s = vit.spec
     enc = count_params(vit) - sum(p.numel() for p in vit.head.parameters())
     return {"model": s.name, "params": enc, "width": s.width, "depth": s.depth, "img_size": s.img_size,
             "patch_size": s.patch_size}
+
+
+def best_and_last(evals: list[dict]) -> dict:
+    """The best epoch (by top-1, then top-5) and the last, from per-epoch evaluation records."""
+    if not evals:
+        raise DataError("no evaluation was recorded")
+    best = max(evals, key=lambda r: (r["top1"], r["top5"]))
+    last = evals[-1]
+    return {"top1": best["top1"], "top5": best["top5"], "best_epoch": best.get("epoch"),
+            "top1_last": last["top1"], "top5_last": last["top5"], "val_loss_last": last.get("val_loss")}
+
+
+def result_row(kind: str, cfg: EvalData, split: LabelledSplit, vit: VisionTransformer, info: dict,
+               evals: list[dict], **extra) -> dict:
+    """result.json: the results-table row of one evaluation."""
+    return {"eval": kind, "condition": split.condition, "label_fraction": split.fraction, "sampling": cfg.sampling,
+            "seed": cfg.seed, "n_train": len(split.train), "n_train_total": len(split.full),
+            "n_val": len(split.val), "classes": split.classes, **model_info(vit), **info, **best_and_last(evals),
+            **extra}
+
+
+def describe_result(r: dict, out: str) -> str:
+    """The one-line summary `egoscale finetune` and `egoscale probe` print."""
+    extra = f", k-NN top-1 {r['knn_top1']:.2%}" if "knn_top1" in r else ""
+    return (f"{r['eval']} {r['model']} ({r['condition']}, {r['n_train']} images): top-1 {r['top1']:.2%}, "
+            f"top-5 {r['top5']:.2%} (best, epoch {r['best_epoch']}){extra} -> {out}/result.json")
 
 
 def train_transform(size: int, scale=(0.08, 1.0)):

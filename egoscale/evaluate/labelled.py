@@ -67,14 +67,17 @@ def label_subset(data: Labelled, fraction: float, sampling: str = "random", seed
     elif sampling == "per-class":
         per = math.floor(fraction * len(data) / len(data.classes) + 1e-9)
         if per < 1:
-            raise DataError(f"label fraction {fraction} of {len(data)} images leaves some of the "
-                            f"{len(data.classes)} classes with no example in per-class sampling")
+            need = len(data.classes) / len(data)
+            raise DataError(f"label fraction {fraction:g} of {len(data)} images leaves some of the "
+                            f"{len(data.classes)} classes with no example in per-class sampling; use "
+                            f"--label-fraction {min(1.0, need):.3g} or more, or --sampling random")
         idx = []
         for c in range(len(data.classes)):
             pool = np.flatnonzero(labels == c)
             if len(pool) < per:
                 raise DataError(f"class {data.classes[c]!r} has {len(pool)} images, fewer than the {per} "
-                                "per class that per-class sampling needs")
+                                "per class that per-class sampling needs; lower --label-fraction or use "
+                                "--sampling random")
             idx += rng.choice(pool, size=per, replace=False).tolist()
         idx = np.sort(np.asarray(idx))
     else:

@@ -10,7 +10,6 @@ representation's quality.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +19,25 @@ import torch.nn.functional as F
 
 from egoscale.config import opt, to_dict
 from egoscale.errors import ConfigError
-from egoscale.evaluate.common import EvalData, ImageList, load_backbone, model_info, val_transform
-from egoscale.evaluate.finetune import prepare_labelled
-from egoscale.evaluate.labelled import topk_correct, write_list
+from egoscale.evaluate.common import (IDENTITY, EvalData, ImageList, describe_result, eval_record, load_backbone,
+                                      prepare_labelled, record_run, result_row, val_transform)
+from egoscale.evaluate.labelled import topk_correct
 from egoscale.fileio import append_jsonl, write_json_atomic
 from egoscale.models.checkpoint import save_checkpoint
 from egoscale.models.vit import make_head
+from egoscale.runfolder import FolderLock, check_identity
+from egoscale.train.distributed import resolve_device
+from egoscale.train.loop import read_metrics, use_bf16
 
 
 @dataclass
 class ProbeConfig(EvalData):
-    """Linear probe and k-NN on frozen features."""
+    """Extract frozen features once (class token, or --pool avg; cached, resumable), train a
+BatchNorm+Linear classifier on them, and report top-1/top-5 (and k-NN) on the val folder.
+
+example:
+  egoscale probe --checkpoint vits14_0.01_1 --train /data/imagenet/train --val /data/imagenet/val \\
+      --condition permissive --out evals/probe"""
 
     out: str = opt("evals/probe", "output folder: result.json, metrics.jsonl, features/")
     epochs: int = opt(100, "classifier epochs over the cached features (at least --min-steps updates)")
@@ -40,18 +47,22 @@ class ProbeConfig(EvalData):
     weight_decay: float = opt(0.0, "classifier weight decay")
     knn: int = opt(20, "also report k-NN (cosine, k neighbours) accuracy; 0 turns it off")
     chunk: int = opt(2048, "images per cached feature chunk")
-    workers: int = opt(4, "data loader processes")
-    device: str = opt("auto", "auto, cuda or cpu")
-    progress: bool = opt(True, "show progress bars")
 
     def __post_init__(self):
         super().__post_init__()
-        if self.epochs < 1:
-            raise ConfigError("--epochs must be at least 1")
+        if self.epochs < 1 or self.batch_size < 2 or self.chunk < 1 or self.min_steps < 0 or self.knn < 0:
+            raise ConfigError("--epochs and --chunk must be at least 1, --batch-size at least 2, "
+                              "--min-steps and --knn at least 0")
+
+
+def main(cfg: ProbeConfig) -> int:
+    print(describe_result(probe(cfg), cfg.out))
+    return 0
 
 
 @torch.no_grad()
-def extract(vit, dataset, folder: Path, chunk: int, batch: int, workers: int, device, progress: bool, desc: str):
+def extract(vit, dataset, folder: Path, chunk: int, batch: int, workers: int, device, progress: bool, desc: str,
+            bf16: bool = False):
     """Pooled features (N, C) and labels (N,), cached chunk by chunk under `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     n_chunks = (len(dataset) + chunk - 1) // chunk
@@ -68,7 +79,7 @@ def extract(vit, dataset, folder: Path, chunk: int, batch: int, workers: int, de
             loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx), batch, num_workers=workers)
             fs, ys = [], []
             for x, y in loader:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     fs.append(vit.forward_head(vit.forward_features(x.to(device)), pre_logits=True).float().cpu())
                 ys.append(y)
                 if bar is not None:
@@ -102,27 +113,36 @@ def knn_accuracy(train_f, train_y, val_f, val_y, k: int, classes: int) -> dict:
 
 def probe(cfg: ProbeConfig, log=print) -> dict:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    full, train, val, condition, fraction = prepare_labelled(cfg, out)
-    write_list(train, out / "train_files.txt")
+    with FolderLock(out, "probe"):
+        record = eval_record(cfg)
+        # cached features belong to one checkpoint, label subset and image size
+        has_state = any(out.glob("features*")) or (out / "result.json").is_file()
+        # (the two poolings cache apart, features/ and features-avg/, so --pool may differ)
+        changed = check_identity(out, record, [k for k in IDENTITY if k != "pool"], "probe", "auto", has_state)
+        return _probe(cfg, out, record, changed, log)
+
+
+def _probe(cfg: ProbeConfig, out: Path, record: dict, changed: dict, log) -> dict:
+    device = resolve_device(cfg.device)
+    bf16 = use_bf16(cfg.precision, device)
+    data = prepare_labelled(cfg)
     torch.manual_seed(cfg.seed)
     vit, info = load_backbone(cfg.checkpoint, cfg.model, cfg.img_size, 0, cfg.pool)
     vit = vit.to(device)
     size = vit.spec.img_size
-    log(f"probe {vit.spec.name} at {size}px: {len(train)} train / {len(val)} val images, "
-        f"{len(full.classes)} classes")
+    log(f"probe {vit.spec.name} at {size}px: {len(data.train)} train / {len(data.val)} val images, "
+        f"{data.classes} classes")
+    record_run(out, data, record, changed)
     t0 = time.time()
     tf = val_transform(size)
     cache = out / ("features" if cfg.pool == "token" else f"features-{cfg.pool}")
-    tr_f, tr_y = extract(vit, ImageList(train, tf), cache / "train", cfg.chunk, cfg.batch_size,
-                         cfg.workers, device, cfg.progress, "train")
-    va_f, va_y = extract(vit, ImageList(val, tf), cache / "val", cfg.chunk, cfg.batch_size,
-                         cfg.workers, device, cfg.progress, "val")
+    tr_f, tr_y = extract(vit, ImageList(data.train, tf), cache / "train", cfg.chunk, cfg.batch_size,
+                         cfg.workers, device, cfg.progress, "train", bf16)
+    va_f, va_y = extract(vit, ImageList(data.val, tf), cache / "val", cfg.chunk, cfg.batch_size,
+                         cfg.workers, device, cfg.progress, "val", bf16)
     t_feat = time.time() - t0
     torch.manual_seed(cfg.seed)  # the classifier's start must not depend on how much was cached
-    head = make_head(vit.spec.width, len(full.classes))
+    head = make_head(vit.spec.width, data.classes)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     metrics = out / "metrics.jsonl"
@@ -135,8 +155,8 @@ def probe(cfg: ProbeConfig, log=print) -> dict:
         total = 0.0
         for i in range(0, len(perm), cfg.batch_size):
             j = perm[i:i + cfg.batch_size]
-            if len(j) < 2 and len(perm) > 1:
-                continue  # BatchNorm needs two samples
+            if len(j) < 2:
+                continue  # a trailing batch of one: BatchNorm needs two samples (drawn again next epoch)
             loss = F.cross_entropy(head(tr_f[j]), tr_y[j])
             optimizer.zero_grad()
             loss.backward()
@@ -150,15 +170,10 @@ def probe(cfg: ProbeConfig, log=print) -> dict:
                    "top1": c[1] / len(va_y), "top5": c[5] / len(va_y)}
         if epoch % max(1, epochs // 100) == 0 or epoch == epochs:  # at most ~100 lines
             append_jsonl(metrics, rec)
-    evals = [json.loads(x) for x in metrics.read_text().splitlines()]
-    best = max(evals, key=lambda r: (r["top1"], r["top5"]))
-    result = {"eval": "linear_probe", "condition": condition, "label_fraction": fraction, "sampling": cfg.sampling,
-              "seed": cfg.seed, "n_train": len(train), "n_train_total": len(full), "n_val": len(val),
-              "classes": len(full.classes), **model_info(vit), **info, "top1": best["top1"], "top5": best["top5"],
-              "best_epoch": best["epoch"], "top1_last": evals[-1]["top1"], "top5_last": evals[-1]["top5"],
-              "epochs": epochs, "feature_seconds": round(t_feat, 3), "seconds": round(time.time() - t0, 3),
-              "config": to_dict(cfg)}
+    extra = {"epochs": epochs, "feature_seconds": round(t_feat, 3), "seconds": round(time.time() - t0, 3),
+             "config": to_dict(cfg)}
     if cfg.knn:
-        result.update(knn_accuracy(tr_f, tr_y, va_f, va_y, cfg.knn, len(full.classes)))
+        extra.update(knn_accuracy(tr_f, tr_y, va_f, va_y, cfg.knn, data.classes))
+    result = result_row("linear_probe", cfg, data, vit, info, read_metrics(metrics), **extra)
     write_json_atomic(out / "result.json", result)
     return result

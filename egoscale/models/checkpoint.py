@@ -29,13 +29,13 @@ from egoscale.errors import CheckpointError
 from egoscale.fileio import atomic_path
 from egoscale.models.mae import MaskedAutoencoder
 from egoscale.models.pos_embed import resample_pos_embed
-from egoscale.models.registry import RELEASED_ARCHS, ViTSpec, get_spec, list_models
+from egoscale.constants import MASK_RATIO
+from egoscale.models.registry import RELEASED_FORMAT, ViTSpec, get_spec, list_models, parse_released
 from egoscale.models.vit import VisionTransformer
 
 FORMAT_VERSION = 1
 HUB_REPO = "eminorhan/humanlike-vits"
 _DECODER_KEYS = re.compile(r"^(decoder_|mask_token)")
-RELEASED_ID = re.compile(r"^(vits14|vitb14|vitl14|vith14(?:@448|@476)?)_(\d+(?:\.\d+)?(?:e-?\d+)?)_(\d+)$")
 
 
 @dataclass
@@ -285,7 +285,7 @@ def load_mae(path: str | os.PathLike, *, obj: dict | None = None) -> MaskedAutoe
         dw = state["decoder_embed.weight"].shape[0]
         ddepth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"decoder_blocks\.(\d+)\.", k)))
         spec = replace(spec, decoder_width=dw, decoder_depth=ddepth, decoder_heads=max(1, dw // 32))
-    mae = MaskedAutoencoder(spec, mask_ratio=meta.get("mask_ratio", 0.8),
+    mae = MaskedAutoencoder(spec, mask_ratio=meta.get("mask_ratio", MASK_RATIO),
                             norm_pix_loss=meta.get("norm_pix_loss", False))
     load_into(mae, released_to_mae({k: v for k, v in state.items() if not k.startswith("head.")}),
               source, LoadReport(source))
@@ -294,7 +294,7 @@ def load_mae(path: str | os.PathLike, *, obj: dict | None = None) -> MaskedAutoe
 
 # --- released checkpoints by identifier ------------------------------------------------------
 def _released_candidates(identifier: str, finetuned: bool, roots: list[Path]) -> list[Path]:
-    arch = RELEASED_ID.match(identifier).group(1)
+    arch = parse_released(identifier).arch
     name = f"{'finetuned_' if finetuned else ''}{identifier}.pth"
     out = []
     for root in roots:
@@ -322,9 +322,9 @@ def resolve_checkpoint(identifier: str | os.PathLike, *, finetuned: bool = False
             return files[0]
         raise CheckpointError(f"{p}: folder holds {len(files)} checkpoint files; name one")
     ident = str(identifier)
-    if not RELEASED_ID.match(ident):
-        raise CheckpointError(f"{ident}: no such file, and not a released identifier "
-                              "({vits14|vitb14|vitl14|vith14|vith14@448|vith14@476}_{fraction}_{seed})")
+    released = parse_released(ident)
+    if released is None:
+        raise CheckpointError(f"{ident}: no such file, and not a released identifier ({RELEASED_FORMAT})")
     roots = [Path(d) for d in (local_dirs or [])]
     if os.environ.get("EGOSCALE_CHECKPOINTS"):
         roots += [Path(d) for d in os.environ["EGOSCALE_CHECKPOINTS"].split(os.pathsep)]
@@ -332,7 +332,7 @@ def resolve_checkpoint(identifier: str | os.PathLike, *, finetuned: bool = False
     for c in candidates:
         if c.is_file():
             return c
-    arch = RELEASED_ID.match(ident).group(1)
+    arch = released.arch
     filename = f"{'finetuned_' if finetuned else ''}{ident}.pth"
     try:
         from huggingface_hub import constants, hf_hub_download
@@ -367,9 +367,9 @@ def load_model(identifier: str | os.PathLike, *, finetuned: bool = False, img_si
     another `img_size` resamples the position table.
     """
     path = resolve_checkpoint(identifier, finetuned=finetuned, local_dirs=local_dirs)
-    m = RELEASED_ID.match(str(identifier))
-    if img_size is None and m:
-        img_size = RELEASED_ARCHS[m.group(1)][1]
+    released = parse_released(str(identifier))
+    if img_size is None and released:
+        img_size = released.img_size
     model, report = load_vit(path, img_size=img_size, num_classes=num_classes)
     model.load_report = report
     if verbose:

@@ -13,12 +13,10 @@ checkpoint.py), the same layout as the paper's released pretraining checkpoints.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 
 from egoscale.models.pos_embed import sincos_2d
 from egoscale.models.registry import ViTSpec
@@ -35,11 +33,14 @@ class MAEOutput:
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
-    """Patches kept visible: round(L * (1 - ratio)), at least one.
+    """Patches kept visible: int(L * (1 - ratio)), as the MAE reference code and transformers'
+    ViTMAE count them (truncated: 64 patches at 0.8 keep 12), at least one.
 
-    Rounding (not truncation) so that e.g. L=100, ratio 0.9 keeps 10, not 9 from float error.
+    A float product a hair below an integer (L = 100 at 0.9 gives 9.999...) is read as that
+    integer: only float error is guarded against, never a real fraction.
     """
-    return max(1, int(round(num_patches * (1.0 - mask_ratio))))
+    kept = num_patches * (1.0 - mask_ratio)
+    return max(1, int(kept + 1e-6))
 
 
 def random_masking(batch: int, num_patches: int, mask_ratio: float, device=None,
@@ -70,37 +71,69 @@ def masked_patches(mask: torch.Tensor, num_masked: int) -> torch.Tensor:
     return mask.argsort(dim=1, descending=True, stable=True)[:, :num_masked]
 
 
-class DecoderBlock(Block):
-    """timm's transformer Block that can compute the outputs of chosen tokens only.
+class DecoderAttention(nn.Module):
+    """Multi-head self-attention whose queries can be a subset of the tokens.
 
-    `forward(x, rows)` equals `Block.forward(x)` gathered at `rows` (B, M): every token is
-    still a key and value, but queries, the output projection and the MLP run on the M rows
-    alone. The MAE loss reads only the masked patches, so the last decoder block skips the
-    visible ones (a fifth of that block at mask 0.8; same arithmetic, see the tests).
+    Parameters are named as in timm's `Attention` (`qkv`, `proj`), so decoder weights load from
+    the MAE reference layout. `fused_attn` picks PyTorch's SDPA kernel or plain batched matmuls
+    (`choose_attention` sets it, as it does for the encoder's timm blocks).
     """
 
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"decoder width {dim} is not divisible by {heads} heads")
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.fused_attn = True
+
     def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, C) normed tokens -> (B, M, C): the outputs at `rows` (B, M), or at every token."""
+        b, n, c = x.shape
+        h, hd = self.heads, self.head_dim
         if rows is None:
-            return super().forward(x)
-        attn, (b, n, _), m = self.attn, x.shape, rows.shape[1]
-        d, heads, hd = attn.attn_dim, attn.num_heads, attn.head_dim
-        h = self.norm1(x)
-        h_rows = gather_rows(h, rows)
-        w, bias = attn.qkv.weight, attn.qkv.bias
-        q = F.linear(h_rows, w[:d], None if bias is None else bias[:d]).reshape(b, m, heads, hd).transpose(1, 2)
-        kv = F.linear(h, w[d:], None if bias is None else bias[d:]).reshape(b, n, 2, heads, hd).permute(2, 0, 3, 1, 4)
-        q, k, v = attn.q_norm(q), attn.k_norm(kv[0]), kv[1]
-        drop = attn.attn_drop.p if self.training else 0.0
-        if attn.fused_attn:
-            o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+            q, k, v = self.qkv(x).reshape(b, n, 3, h, hd).permute(2, 0, 3, 1, 4)
+        else:  # queries of the chosen rows only; every token stays a key and a value
+            w, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(gather_rows(x, rows), w[:c], bias[:c]).reshape(b, -1, h, hd).transpose(1, 2)
+            k, v = F.linear(x, w[c:], bias[c:]).reshape(b, n, 2, h, hd).permute(2, 0, 3, 1, 4)
+        if self.fused_attn:
+            o = F.scaled_dot_product_attention(q, k, v)
         else:
-            o = attn.attn_drop(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
-        o = attn.norm(o.transpose(1, 2).reshape(b, m, d))
-        if attn.gate is not None:
-            o = o * attn.gate(h_rows).sigmoid()
-        o = attn.proj_drop(attn.proj(o))
-        y = gather_rows(x, rows) + self.drop_path1(self.ls1(o))
-        return y + self.drop_path2(self.ls2(self.mlp(self.norm2(y))))
+            o = ((q * hd ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        return self.proj(o.transpose(1, 2).reshape(b, -1, c))
+
+
+class DecoderMlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DecoderBlock(nn.Module):
+    """A pre-norm transformer block (the MAE decoder's) that can compute chosen tokens only.
+
+    `forward(x, rows)` equals `forward(x)` gathered at `rows` (B, M): queries, the output
+    projection and the MLP run on the M rows alone. The MAE loss reads only the masked patches,
+    so the last decoder block skips the visible ones. The block is egoscale's own code, with
+    timm's parameter names (norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2), so that a timm
+    release cannot change the MAE; a test checks it against timm's `Block`.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = DecoderAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = DecoderMlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        y = (x if rows is None else gather_rows(x, rows)) + self.attn(self.norm1(x), rows)
+        return y + self.mlp(self.norm2(y))
 
 
 class MaskedAutoencoder(nn.Module):
@@ -127,9 +160,7 @@ class MaskedAutoencoder(nn.Module):
         grid = self.encoder.patch_embed.grid_size
         self.decoder_pos_embed = nn.Parameter(sincos_2d(dw, grid), requires_grad=False)
         self.decoder_blocks = nn.Sequential(*[
-            DecoderBlock(dw, spec.decoder_heads, mlp_ratio=4.0, qkv_bias=True,
-                         norm_layer=partial(nn.LayerNorm, eps=1e-6))
-            for _ in range(spec.decoder_depth)])
+            DecoderBlock(dw, spec.decoder_heads, mlp_ratio=4.0) for _ in range(spec.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(dw, eps=1e-6)
         self.decoder_pred = nn.Linear(dw, p * p * 3)
         for m in [self.decoder_embed, self.decoder_pred, *self.decoder_blocks.modules()]:

@@ -13,11 +13,13 @@ be built at any image size and, with `patch_size=`, any patch size.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import warnings
 from dataclasses import asdict, dataclass, replace
 
-from egoscale.errors import ModelNotFoundError
+from egoscale.config import opt
+from egoscale.errors import ConfigError, ModelNotFoundError
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,10 @@ register(ViTSpec("vit_mini4", 192, 6, 6, 768, 4, 32, **_TINY_DECODER, note="tiny
 register(ViTSpec("vit_small8", 256, 6, 8, 1024, 8, 64,
                  decoder_width=128, decoder_depth=2, decoder_heads=4, note="tiny, CPU"))
 
-# The released checkpoints' architecture tags -> (registry name, image size).
+# The paper's released checkpoints (and finetuning logs) are named
+# `{arch}_{fraction}_{seed}`, e.g. `vith14@476_1.0_1`; the architecture tag gives the model and
+# image size. Every reader of those names (checkpoint lookup, log import, evaluation) uses
+# `parse_released` below.
 RELEASED_ARCHS: dict[str, tuple[str, int]] = {
     "vits14": ("vit_s14", 224),
     "vitb14": ("vit_b14", 224),
@@ -91,6 +96,33 @@ RELEASED_ARCHS: dict[str, tuple[str, int]] = {
     "vith14@448": ("vit_h14", 448),
     "vith14@476": ("vit_h14", 476),
 }
+RELEASED_FORMAT = "{" + "|".join(RELEASED_ARCHS) + "}_{fraction}_{seed}"
+_RELEASED = re.compile("^(" + "|".join(re.escape(a) for a in sorted(RELEASED_ARCHS, key=len, reverse=True))
+                       + r")_(\d+(?:\.\d+)?(?:e-?\d+)?)_(\d+)(_log\.txt)?$")
+
+
+@dataclass(frozen=True)
+class ReleasedId:
+    """A parsed released name: `arch` tag, registry `model`, `img_size`, data `fraction`, `seed`."""
+
+    arch: str
+    model: str
+    img_size: int
+    fraction: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}_{self.fraction:g}_{self.seed}"
+
+
+def parse_released(text: str, log: bool = False) -> ReleasedId | None:
+    """`vith14@476_1.0_1` (or, with `log`, `vith14@476_1.0_1_log.txt`) -> ReleasedId; None otherwise."""
+    m = _RELEASED.match(str(text))
+    if not m or bool(m.group(4)) != log:
+        return None
+    model, size = RELEASED_ARCHS[m.group(1)]
+    return ReleasedId(m.group(1), model, size, float(m.group(2)), int(m.group(3)))
 
 
 def _normalise(name: str) -> str:
@@ -126,3 +158,53 @@ def get_spec(name: str, *, patch_size: int | None = None, img_size: int | None =
     if img_size is not None:
         spec = replace(spec, img_size=img_size)
     return spec
+
+
+@dataclass
+class ModelsConfig:
+    """List every registered ViT: width, depth, heads, MLP, patch, parameters (classifier form: encoder +
+BN/Linear head) and forward GFLOPs per image (2 FLOPs per multiply-add)."""
+
+    names: list[str] = opt([], "models to show (registry names like vit_h14, or ViT-H/14); default: all",
+                           positional=True, metavar="NAME")
+    img_size: int | None = opt(None, "image side in px for params/GFLOPs (default: each model's own)")
+    num_classes: int = opt(1000, "classes of the head counted in the parameters; 0 = encoder only")
+    json: bool = opt(False, "print JSON instead of a table")
+
+    def __post_init__(self):
+        if self.img_size is not None and self.img_size < 1:
+            raise ConfigError(f"--img-size must be positive, got {self.img_size}")
+        if self.num_classes < 0:
+            raise ConfigError(f"--num-classes must be at least 0, got {self.num_classes}")
+
+
+def main(cfg: ModelsConfig) -> int:
+    import torch
+
+    from egoscale.models.flops import vit_gflops
+    from egoscale.models.vit import build_vit, count_params
+
+    specs = [get_spec(n) for n in cfg.names] if cfg.names else list_models()
+    rows = []
+    for spec in specs:
+        size = cfg.img_size or spec.img_size
+        if size % spec.patch_size:
+            if cfg.names:
+                raise ConfigError(f"{spec.name}: image size {size} is not divisible by patch size {spec.patch_size}")
+            continue  # listing all: skip members that cannot take this size
+        with torch.device("meta"):  # counts without allocating billions of parameters
+            model = build_vit(spec, img_size=size, num_classes=cfg.num_classes)
+        rows.append(dict(name=spec.name, width=spec.width, depth=spec.depth, heads=spec.heads,
+                         mlp=spec.mlp_dim, patch=spec.patch_size, img_size=size,
+                         params=count_params(model), gflops=round(vit_gflops(spec, size), 3), note=spec.note))
+    if cfg.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    head = (f"{'name':<12}{'width':>6}{'depth':>6}{'heads':>6}{'mlp':>6}{'patch':>6}{'img':>5}"
+            f"{'params':>15}{'GFLOPs':>10}  note")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['name']:<12}{r['width']:>6}{r['depth']:>6}{r['heads']:>6}{r['mlp']:>6}{r['patch']:>6}"
+              f"{r['img_size']:>5}{r['params']:>15,}{r['gflops']:>10.2f}  {r['note']}")
+    return 0

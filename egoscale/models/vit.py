@@ -175,9 +175,8 @@ def choose_attention(model: nn.Module, device: torch.device, bf16: bool) -> str:
     """Pick each attention layer's kernel for where and how the model runs; returns the choice.
 
     PyTorch's fused SDPA everywhere except under bf16 autocast on a CPU, where its flash kernel
-    is slower than timm's plain path (q @ k^T, softmax, @ v as batched matmuls, which oneDNN runs
-    on the bf16 matrix units): a ViT-S/14 MAE step on 2 cores took 1.76 s with SDPA, 1.28 s
-    without. In fp32 on the CPU it is the other way round (flash 51 ms vs 132 ms per decoder layer).
+    is slower than the plain path (q @ k^T, softmax, @ v as batched matmuls, which oneDNN runs
+    on the bf16 matrix units); in fp32 on the CPU it is the other way round (benchmarks/README.md).
     """
     fused = not (device.type == "cpu" and bf16)
     for m in model.modules():

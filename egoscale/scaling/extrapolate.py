@@ -1,8 +1,5 @@
 """`egoscale extrapolate`: predictions far from the data, with intervals, per form.
 
-    egoscale extrapolate fit.json --at params=2.5e9,hours=20000,resolution=952
-    egoscale extrapolate fit.json --target human --scale-together
-
 `--scale-together` is the paper's framing: multiply N, D and the pixel count R^2 of the largest
 run by one common factor k, and find the k at which the form reaches the target. Every
 bootstrap sample gives its own k, hence an interval. A target above a form's asymptote is
@@ -13,11 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import brentq
 
+from egoscale.config import opt
+from egoscale.constants import MASK_RATIO
 from egoscale.errors import ConfigError, DataError
 from egoscale.scaling.forms import FORMS
 
@@ -28,12 +28,112 @@ TARGETS = {"human": {"value": 0.949, "metric": "top5",
 K_MAX = 1e12
 
 
+@dataclass
+class ExtrapolateConfig:
+    """Per form, with intervals: the predicted accuracy at a given scale (--at), the common factor k by
+which N, D and pixels of the largest run must grow to reach a target (--target T --scale-together),
+or the cheapest (N, D, R) that reaches it under a compute model (--target T --budget-flops C).
+Targets: a number, or 'human' (top-5 0.949, Russakovsky et al. 2015).
+
+examples:
+  egoscale extrapolate fit.json --at params=2.5e9,hours=20000,resolution=952
+  egoscale extrapolate fit.json --target human --scale-together
+  egoscale extrapolate fit.json --target human --budget-flops 1e24"""
+
+    fit: str = opt("fit.json", "the fit (from `egoscale fit`)", positional=True, metavar="FIT")
+    at: str | None = opt(None, "params=N,hours=D,resolution=R", metavar="SCALE")
+    target: str | None = opt(None, "accuracy in (0, 1) or a named target (human)")
+    scale_together: bool = opt(False, "with --target: scale N, D and pixels by one factor k")
+    budget_flops: float | None = opt(None, "with --target: the cheapest (N, D, R) reaching it under the MAE compute "
+                                     "model (6 x (N x visible tokens + decoder x all tokens) per image), whether "
+                                     "it fits this budget, and the frontier")
+    epochs: float = opt(1.0, "compute model: passes over the D hours")
+    json: bool = opt(False, "print JSON")
+
+    def __post_init__(self):
+        if self.at:
+            parse_at(self.at)
+        elif not self.target:
+            raise ConfigError("give --at params=...,hours=...,resolution=... or --target T with --scale-together "
+                              "or --budget-flops C")
+        elif not self.scale_together and self.budget_flops is None:
+            raise ConfigError("--target needs --scale-together or --budget-flops C")
+        if self.target and self.target not in TARGETS:
+            try:
+                ok = 0 < float(self.target) < 1
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"--target {self.target!r}: a number in (0, 1) or one of {', '.join(TARGETS)}")
+        if self.budget_flops is not None and self.budget_flops <= 0:
+            raise ConfigError(f"--budget-flops must be positive, got {self.budget_flops:g}")
+        if self.epochs <= 0:
+            raise ConfigError(f"--epochs must be positive, got {self.epochs:g}")
+
+
+def main(cfg: ExtrapolateConfig) -> int:
+    fit = load_fit(cfg.fit)
+    if cfg.at:
+        res = at(fit, *parse_at(cfg.at))
+        print(json.dumps(res, indent=2) if cfg.json else "\n".join(
+            f"{name:<18} {fit['metric']} {r['pred']:.3f}  90% CI [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]  "
+            f"90% PI [{r['pi'][0]:.3f}, {r['pi'][1]:.3f}]{'  <- chosen' if name == fit['chosen'] else ''}"
+            for name, r in res.items()))
+        return 0
+    value, source = resolve_target(fit, cfg.target)
+    if cfg.budget_flops is not None:
+        res = cheapest(fit, value, cfg.budget_flops, epochs=cfg.epochs)
+        print(json.dumps(res, indent=2) if cfg.json else describe_cheapest(fit, res, source))
+        return 0
+    res = scale_together(fit, value)
+    print(json.dumps(res, indent=2) if cfg.json else describe_scale_together(fit, res, source))
+    return 0
+
+
+def describe_cheapest(fit: dict, res: dict, source: str) -> str:
+    lines = [f"target {fit['metric']} {res['target']:.3f} ({source}); budget {res['budget']:.3g} FLOPs, "
+             f"{res['epochs']:g} epoch(s) over the data:"]
+    for name, r in res["forms"].items():
+        if "unreachable" in r:
+            lines.append(f"  {name:<18} unreachable: {r['unreachable']}")
+            continue
+        edge = f"; at the edge of the searched {', '.join(r['at_search_edge'])}" if r.get("at_search_edge") else ""
+        iv, ivs = r.get("flops_interval"), ""
+        if iv and iv[0] is not None:
+            upper = f"{iv[1]:.3g}" if iv[1] is not None else "unbounded"
+            ivs = (f"; {fit.get('level', 0.9):.0%} interval [{iv[0]:.3g}, {upper}], "
+                   f"P(within budget) {r['p_within_budget']:.0%}")
+        lines.append(f"  {name:<18} cheapest: {r['params']:.3g} params, {r['hours']:.3g} h, {r['resolution']:.0f} px "
+                     f"= {r['flops']:.3g} FLOPs ({'within' if r['within_budget'] else 'OVER'} budget{ivs}); "
+                     f"frontier of {len(r['frontier'])} model sizes in --json{edge}")
+    return "\n".join(lines)
+
+
+def describe_scale_together(fit: dict, res: dict, source: str) -> str:
+    b = res["base"]
+    lines = [f"target {fit['metric']} {res['target']:.3f} ({source}); from the largest run N={b['params']:.3g}, "
+             f"D={b['hours']:.3g} h, R={b['resolution']:.0f} px, scaling N, D, pixels by k:"]
+    for name, r in res["forms"].items():
+        mark = "  <- chosen" if name == fit["chosen"] else ""
+        if "unreachable" in r:
+            lines.append(f"  {name:<18} unreachable: {r['unreachable']}{mark}")
+            continue
+        iv = r.get("k_interval")
+        ivs = f"90% CI k in [{iv[0]:.3g}, {iv[1]:.3g}]" if iv else r.get("note", "")
+        lines.append(f"  {name:<18} k={r['k']:.3g}: {r['params']:.3g} params, {r['hours']:.3g} h, "
+                     f"{r['resolution']:.0f} px; {ivs}{mark}")
+    return "\n".join(lines)
+
+
 def load_fit(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such fit (run `egoscale fit` first)")
-    fit = json.loads(path.read_text())
-    if "forms" not in fit:
+    try:
+        fit = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise DataError(f"{path}: not a fit.json (not valid JSON)") from None
+    if not isinstance(fit, dict) or "forms" not in fit:
         raise DataError(f"{path}: not a fit.json")
     return fit
 
@@ -152,7 +252,7 @@ def curve(fit: dict, ks: np.ndarray) -> dict:
 
 
 # --- compute ---------------------------------------------------------------------------------
-def train_flops(N, D, R, epochs: float = 1.0, fps: float = 1.0, patch: int = 14, mask_ratio: float = 0.8,
+def train_flops(N, D, R, epochs: float = 1.0, fps: float = 1.0, patch: int = 14, mask_ratio: float = MASK_RATIO,
                 decoder_params: float = 25.6e6):
     """Compute model of one MAE pretraining run (FLOPs): 6 x (N x visible tokens + decoder params x
     all tokens) per image (forward + backward, 2 FLOPs per multiply-add, the linear layers), times

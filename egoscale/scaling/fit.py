@@ -1,120 +1,194 @@
-"""Fitting scaling laws the careful way: robust loss, many starts, convergence check,
-held-out validation, and bootstrap uncertainty.
-
-- Loss: Huber on accuracy residuals (delta = 1 point by default), so one bad run cannot drag a fit.
-- Starts: a grid (closed-form least squares on the logit for the logit forms; for the power law
-  a grid of exponents with the linear coefficients solved by non-negative least squares), each
-  refined with L-BFGS-B; the best optimum is kept and its convergence recorded.
-- Seeds are repeated measurements of one cell (model, data size, resolution): the pooled
-  within-cell standard deviation is the noise floor, used in prediction intervals.
-- Bootstrap: resample the seeds within each cell, refit, and take percentiles for parameters
-  and predictions (90 % intervals by default).
-"""
+"""`egoscale fit`: fit every scaling-law form, validate each on held-out runs, choose by
+held-out error (not in-sample fit), and write fit.json with everything later stages need.
+The fitting primitives (robust loss, starts, bootstrap, intervals) are in `estimation.py`."""
 
 from __future__ import annotations
 
-import itertools
-import warnings
+import time
+from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize, nnls
-from scipy.special import logit
 
-from egoscale.scaling.forms import FORMS, Form, features
+from egoscale.config import opt
+from egoscale.errors import ConfigError, DataError
+from egoscale.fileio import write_json_atomic
+from egoscale.scaling.estimation import FORMS, bootstrap, fit_form, predict_interval, seed_noise
+from egoscale.scaling.results import read_table
+from egoscale.scaling.trends import describe, measured_trends
 
-
-def huber(res: np.ndarray, delta: float) -> np.ndarray:
-    a = np.abs(res)
-    return np.where(a <= delta, 0.5 * res ** 2, delta * (a - 0.5 * delta))
-
-
-def _objective(form: Form, X, y, delta, ridge=1e-6):
-    N, D, R = X
-
-    def f(theta):
-        return huber(form.predict(theta, N, D, R) - y, delta).sum() + ridge * np.sum(theta ** 2)
-    return f
+SPECIAL_SPLITS = {"largest-data": "data_hours", "largest-model": "params", "largest-resolution": "img_size"}
 
 
-def _starts(form: Form, X, y) -> list[np.ndarray]:
-    n, d, r = features(*X)
-    yc = np.clip(y, 1e-3, 1 - 1e-3)
-    if form.name.startswith("logit"):
-        cols = [np.ones_like(n), n, d, r] + ([n * d, n * r, d * r] if form.name == "logit_interaction" else [])
-        A = np.stack(cols, 1)
-        base = np.linalg.lstsq(A, logit(yc), rcond=None)[0]
-        starts = [base, np.zeros_like(base)]
-        rng = np.random.default_rng(0)
-        starts += [base + rng.normal(0, 0.3, base.shape) for _ in range(6)]
-        return starts
-    starts = []
-    err = 1 - y
-    for a, b, c in itertools.product((0.1, 0.3, 0.7), repeat=3):
-        A = np.stack([np.ones_like(n), np.exp(-a * n), np.exp(-b * d), np.exp(-c * r)], 1)
-        coef, _ = nnls(A, err)
-        E = np.clip(coef[0], 1e-3, 0.95)
-        lin = np.log(np.maximum(coef[1:], 1e-4))
-        starts.append(np.array([logit(E), *lin, np.log(a), np.log(b), np.log(c)]))
-    return starts
+@dataclass
+class FitConfig:
+    """Fit accuracy as a function of parameters N, hours D and resolution R with several forms (robust
+Huber loss, many starts), validate each on held-out runs, bootstrap intervals (seeds resampled within
+cells), and choose by held-out error.
+
+example:
+  egoscale fit results.csv --metric top1 --form auto --holdout data_fraction=1.0 --out fit.json"""
+
+    table: str = opt("results.csv", "results table (CSV) from the sweep or `egoscale results`", positional=True,
+                     metavar="RESULTS")
+    out: str = opt("fit.json", "where to write the fit")
+    metric: str = opt("top1", "accuracy column to model", choices=["top1", "top5", "top1_last", "top5_last"])
+    form: str = opt("auto", "a form name, 'all', or 'auto' (choose by held-out error)",
+                    choices=["auto", "all", *FORMS])
+    holdout: list[str] = opt([], "held-out split: COLUMN=VALUE, largest-data, largest-model or largest-resolution "
+                             "(repeatable; default with auto: the three 'largest' splits that exist)",
+                             action="append", metavar="SPLIT")
+    eval: str | None = opt(None, "use only rows of this evaluation (e.g. finetune, linear_probe)")
+    condition: str | None = opt(None, "use only rows of this finetuning condition (e.g. permissive)")
+    bootstrap: int = opt(200, "bootstrap refits for intervals")
+    level: float = opt(0.9, "interval level")
+    huber_delta: float = opt(0.01, "Huber loss threshold in accuracy (0.01 = 1 point)")
+    seed: int = opt(0, "bootstrap seed")
+
+    def __post_init__(self):
+        for h in self.holdout:
+            if h not in SPECIAL_SPLITS and "=" not in h:
+                raise ConfigError(f"--holdout {h!r}: expected COLUMN=VALUE or one of {', '.join(SPECIAL_SPLITS)}")
+        if not 0 < self.level < 1:
+            raise ConfigError("--level must be in (0, 1)")
 
 
-def fit_form(form: Form, X, y, delta: float = 0.01, starts: list[np.ndarray] | None = None) -> dict:
-    """Best of many L-BFGS-B runs. Returns theta, loss, converged, rmse."""
-    obj = _objective(form, X, y, delta)
-    best = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # exp overflow far from the optimum
-        for s in starts if starts is not None else _starts(form, X, y):
-            res = minimize(obj, s, method="L-BFGS-B", options={"maxiter": 2000, "gtol": 1e-9})
-            if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
-                best = res
-    theta = best.x
-    pred = form.predict(theta, *X)
-    grad_norm = float(np.linalg.norm(best.jac)) if best.jac is not None else float("nan")
-    return {"theta": theta, "loss": float(best.fun), "converged": bool(best.success or grad_norm < 1e-5),
-            "grad_norm": grad_norm, "rmse": float(np.sqrt(np.mean((pred - y) ** 2)))}
+def _rows(cfg: FitConfig) -> tuple[list[dict], list[dict]]:
+    rows = read_table(cfg.table)
+    used, dropped = [], []
+    for r in rows:
+        why = None
+        if cfg.eval and r.get("eval") != cfg.eval:
+            why = f"eval is {r.get('eval')!r}, not {cfg.eval!r}"
+        elif cfg.condition and r.get("condition") != cfg.condition:
+            why = f"condition is {r.get('condition')!r}, not {cfg.condition!r}"
+        else:
+            for k in ("params", "data_hours", "img_size", cfg.metric):
+                if r.get(k) is None or not np.isfinite(r[k]) or (k != cfg.metric and r[k] <= 0):
+                    why = f"no usable {k}"
+                    break
+        (dropped if why else used).append({**r, "dropped_because": why} if why else r)
+    if len(used) < 3:
+        raise DataError(f"{cfg.table}: only {len(used)} usable rows for --metric {cfg.metric}; need at least 3")
+    return used, dropped
 
 
-def cells(X) -> np.ndarray:
-    """Cell id per row: rows with the same (N, D, R) are seeds of one cell."""
-    keys = list(zip(*(np.round(np.log(np.asarray(v, float)), 9) for v in X)))
-    index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-    return np.array([index[k] for k in keys])
+def _split_mask(rows: list[dict], split: str) -> np.ndarray:
+    if split in SPECIAL_SPLITS:
+        col = SPECIAL_SPLITS[split]
+        v = np.array([r[col] for r in rows], float)
+        return np.isclose(v, v.max())
+    col, _, val = split.partition("=")
+    if col not in rows[0]:
+        raise ConfigError(f"--holdout {split}: no column {col!r} in the table")
+    vals = [r.get(col) for r in rows]
+    try:
+        target = float(val)
+        return np.array([v is not None and np.isclose(float(v), target) for v in vals])
+    except ValueError:
+        return np.array([str(v) == val for v in vals])
 
 
-def seed_noise(X, y) -> float:
-    """Pooled within-cell standard deviation (the noise floor); 0 without repeated cells."""
-    c = cells(X)
-    ss, dof = 0.0, 0
-    for k in np.unique(c):
-        v = y[c == k]
-        if len(v) > 1:
-            ss += float(((v - v.mean()) ** 2).sum())
-            dof += len(v) - 1
-    return float(np.sqrt(ss / dof)) if dof else 0.0
+def _arrays(rows, metric):
+    X = tuple(np.array([r[k] for r in rows], float) for k in ("params", "data_hours", "img_size"))
+    return X, np.array([r[metric] for r in rows], float)
 
 
-def bootstrap(form: Form, X, y, theta: np.ndarray, n_boot: int = 200, delta: float = 0.01, seed: int = 0) -> np.ndarray:
-    """Parameter samples (n_boot, P) from refits on seeds resampled within each cell."""
-    rng = np.random.default_rng(seed)
-    c = cells(X)
-    groups = [np.flatnonzero(c == k) for k in np.unique(c)]
-    out = []
-    for _ in range(n_boot):
-        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-        Xb = tuple(np.asarray(v)[idx] for v in X)
-        out.append(fit_form(form, Xb, y[idx], delta, starts=[theta])["theta"])
-    return np.array(out)
+def _form_sigma(excess: list[np.ndarray]) -> float:
+    """sqrt of the mean squared held-out error left over after seed noise and bootstrap variance."""
+    if not excess:
+        return 0.0
+    return float(max(0.0, np.concatenate(excess).mean()) ** 0.5)
 
 
-def predict_interval(form: Form, samples: np.ndarray, X, noise: float = 0.0, level: float = 0.9, seed: int = 0):
-    """(median, lo, hi) of predictions; with noise > 0 a prediction interval for one new run."""
-    preds = np.array([form.predict(t, *X) for t in samples])  # (B, n)
-    if noise > 0:
-        # an accuracy stays in [0, 1] however noisy the run
-        preds = np.clip(preds + np.random.default_rng(seed).normal(0, noise, preds.shape), 0.0, 1.0)
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return np.median(preds, 0), np.percentile(preds, lo, 0), np.percentile(preds, hi, 0)
+def main(cfg: FitConfig) -> int:
+    run_fit(cfg)
+    return 0
 
 
-__all__ = ["FORMS", "fit_form", "bootstrap", "predict_interval", "seed_noise", "cells", "huber"]
+def run_fit(cfg: FitConfig, log=print) -> dict:
+    t0 = time.time()
+    rows, dropped = _rows(cfg)
+    X, y = _arrays(rows, cfg.metric)
+    noise = seed_noise(X, y)
+    names = list(FORMS) if cfg.form in ("auto", "all") else [cfg.form]
+    splits = list(cfg.holdout)
+    if not splits and cfg.form == "auto":
+        splits = [s for s, col in SPECIAL_SPLITS.items() if len({r[col] for r in rows}) > 1]
+    result = {"metric": cfg.metric, "table": cfg.table, "level": cfg.level, "noise_sigma": noise,
+              "n_rows": len(rows), "dropped": dropped, "splits": splits, "forms": {}, "data": rows,
+              "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
+    for name in names:
+        form = FORMS[name]
+        if len(rows) <= len(form.params):
+            log(f"{name}: skipped, {len(rows)} rows cannot determine {len(form.params)} parameters")
+            result["forms"][name] = {"skipped": f"{len(rows)} rows for {len(form.params)} parameters"}
+            continue
+        full = fit_form(form, X, y, cfg.huber_delta)
+        samples = bootstrap(form, X, y, full["theta"], cfg.bootstrap, cfg.huber_delta, cfg.seed)
+        lo, hi = (1 - cfg.level) / 2 * 100, (1 + cfg.level) / 2 * 100
+        readable = [form.readable(t) for t in samples]
+        ci = {k: [float(np.percentile([r[k] for r in readable], q)) for q in (lo, hi)] for k in readable[0]}
+        entry = {"formula": form.formula, "theta": full["theta"].tolist(), "params": form.readable(full["theta"]),
+                 "params_ci": ci, "rmse": full["rmse"], "converged": full["converged"],
+                 "grad_norm": full["grad_norm"], "asymptote": form.asymptote(full["theta"]),
+                 "bootstrap": samples.tolist(), "holdout": []}
+        excess = {}  # split -> per held-out row: squared error beyond what seeds and the bootstrap explain
+        for split in splits:
+            mask = _split_mask(rows, split)
+            if mask.all() or not mask.any():
+                entry["holdout"].append({"split": split, "skipped": "holds out all rows or none"})
+                continue
+            tr = tuple(v[~mask] for v in X)
+            if (~mask).sum() <= len(form.params):
+                entry["holdout"].append({"split": split, "skipped": f"{(~mask).sum()} rows left to fit"})
+                continue
+            f = fit_form(form, tr, y[~mask], cfg.huber_delta)
+            bs = bootstrap(form, tr, y[~mask], f["theta"], max(50, cfg.bootstrap // 2), cfg.huber_delta, cfg.seed)
+            te = tuple(v[mask] for v in X)
+            med, plo, phi = predict_interval(form, bs, te, noise=max(noise, 1e-9), level=cfg.level, seed=cfg.seed)
+            pred = form.predict(f["theta"], *te)
+            err = np.abs(pred - y[mask])
+            boot_var = np.array([form.predict(t, *te) for t in bs]).var(0)
+            excess[split] = (err ** 2 - boot_var - noise ** 2, bs, te, y[mask])
+            entry["holdout"].append({
+                "split": split, "n": int(mask.sum()), "mae_points": float(err.mean() * 100),
+                "coverage": float(np.mean((y[mask] >= plo) & (y[mask] <= phi))),
+                "predictions": [{"row": int(i), "true": float(t), "pred": float(p), "lo": float(a), "hi": float(b)}
+                                for i, t, p, a, b in zip(np.flatnonzero(mask), y[mask], pred, plo, phi)]})
+        # The form's own error: held-out rows miss by more than seed noise and parameter
+        # uncertainty explain when the form is wrong. Its size is estimated from the held-out
+        # errors; each split's "calibrated" coverage uses the estimate from the other splits
+        # only, so it is an honest check.
+        entry["form_sigma"] = _form_sigma([e[0] for e in excess.values()])
+        for h in entry["holdout"]:
+            if h.get("split") in excess and len(excess) > 1:
+                sig = _form_sigma([e[0] for k, e in excess.items() if k != h["split"]])
+                _, bs, te, yt = excess[h["split"]]
+                _, clo, chi = predict_interval(form, bs, te, noise=max((noise ** 2 + sig ** 2) ** 0.5, 1e-9),
+                                               level=cfg.level, seed=cfg.seed)
+                h["coverage_with_form_error"] = float(np.mean((yt >= clo) & (yt <= chi)))
+        valid = [h["mae_points"] for h in entry["holdout"] if "mae_points" in h]
+        entry["heldout_mae_points"] = float(np.mean(valid)) if valid else None
+        result["forms"][name] = entry
+        log(f"{name:<18} in-sample RMSE {full['rmse'] * 100:5.2f} pts, held-out MAE "
+            f"{'n/a' if entry['heldout_mae_points'] is None else format(entry['heldout_mae_points'], '.2f') + ' pts'}"
+            f", asymptote {entry['asymptote']:.3f}{'' if full['converged'] else ' (NOT converged)'}")
+    fitted = {k: v for k, v in result["forms"].items() if "theta" in v}
+    if not fitted:
+        raise DataError("no form could be fitted: too few rows")
+    scored = {k: v["heldout_mae_points"] for k, v in fitted.items() if v["heldout_mae_points"] is not None}
+    if scored:
+        chosen = min(scored, key=scored.get)
+        why = (f"lowest mean held-out error ({scored[chosen]:.2f} points over {len(splits)} split(s): "
+               + ", ".join(f"{k} {v:.2f}" for k, v in sorted(scored.items(), key=lambda kv: kv[1])) + ")")
+    else:
+        chosen = min(fitted, key=lambda k: fitted[k]["rmse"])
+        why = "no held-out split was possible; chosen by in-sample RMSE, which favours flexible forms"
+    result["chosen"], result["why"] = chosen, why
+    result["trends"] = measured_trends(rows, cfg.metric, cfg.level)
+    result["seconds"] = round(time.time() - t0, 2)
+    write_json_atomic(cfg.out, result)
+    log(f"chosen: {chosen} — {why}")
+    for t in result["trends"]:
+        log(f"measured: {describe(t)}")
+    return result

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from egoscale.config import opt
 from egoscale.fileio import write_text_atomic
 from egoscale.scaling.extrapolate import TARGETS, at, curve, load_fit, resolve_target, scale_together
 from egoscale.scaling.forms import FORMS
@@ -19,6 +21,21 @@ from egoscale.scaling.trends import cell_table, describe, measured_trends
 
 HEADLINE = (2.5e9, 20000.0, 952.0)  # the paper's extrapolated scale
 COLORS = {"logit_linear": "tab:blue", "power_error": "tab:red", "logit_interaction": "tab:green"}
+
+
+@dataclass
+class ReportConfig:
+    """Write report.html (self-contained) and report.md with PNG plots: accuracy vs hours/params/resolution
+with fitted curves, held-out predictions, and the extrapolation with interval bands for every form."""
+
+    fit: str = opt("fit.json", "the fit (from `egoscale fit`)", positional=True, metavar="FIT")
+    out: str = opt("report", "output folder")
+    target: str | None = opt(None, "target accuracy or 'human' (default: human for top5 fits)")
+
+
+def main(cfg: ReportConfig) -> int:
+    print(f"wrote {report(cfg.fit, cfg.out, cfg.target)}")
+    return 0
 
 
 def _plt():

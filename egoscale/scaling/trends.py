@@ -5,11 +5,10 @@ along it the cell means (mean over seeds) should rise. The axis's effect is the 
 lines that have both ends, of (largest value's mean - smallest value's mean). Its interval comes
 from seed noise: each cell mean has variance sigma^2 / n_seeds, and the lines use disjoint
 cells, so the variances add. Sigma is the within-cell s.d. pooled over the cells *of the same
-data size*, because runs spread more as they learn more (demo, --size large: s.d. ~1 point at
-1 % of the video for some cells, up to 4.4 at 100 %); where a data size has
-no repeated cell, the largest s.d. of the other sizes stands in, and the trend says so. The
-counts of lines that rise end to end and at every step say how consistent the trend is. Nothing
-here is asserted: an interval that includes 0 is reported as within seed noise.
+data size*, because runs spread more as they learn more; where a data size has no repeated
+cell, the largest s.d. of the other sizes stands in, and the trend says so. The counts of lines
+that rise end to end and at every step say how consistent the trend is. Nothing here is asserted: an interval that
+includes 0 is reported as within seed noise.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-from egoscale.scaling.fit import seed_noise
+from egoscale.scaling.estimation import seed_noise
 
 AXES = {"data": "data_hours", "model": "model", "resolution": "img_size"}
 _KEYS = ("model", "data_hours", "img_size")

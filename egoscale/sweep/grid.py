@@ -105,7 +105,11 @@ def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
         for k in ev:
             if k in _PATH_KEYS:
                 ev[k] = _resolve(ev[k], base)
-        build(EVAL_KINDS[kind], ev, source=f"{src}: evals[{i}] ({name})")
+        for key in set(ev) & {"checkpoint", "out", "progress"}:
+            raise ConfigError(f"{src}: evals[{i}].{key} is set by the sweep itself; remove it")
+        # the checkpoint is the cell's pretraining run; any path stands in for it here
+        build(EVAL_KINDS[kind], {**ev, "checkpoint": "pretrain/CELL/checkpoint.pt"},
+              source=f"{src}: evals[{i}] ({name})")
         grid.evals[i] = {"kind": kind, "name": name, **ev}
     if grid.full_seeds is not None and (not grid.full_seeds or len(set(grid.full_seeds)) != len(grid.full_seeds)):
         raise ConfigError(f"{src}: full_seeds must be a non-empty list of distinct seeds")

@@ -16,6 +16,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
+from egoscale.models.mae import DecoderBlock
+
 
 @dataclass
 class Dist:
@@ -35,10 +37,8 @@ class Dist:
 
 # glibc's malloc returns blocks above its mmap threshold (adaptive, at most 32 MiB) to the OS
 # on free, so a CPU training step's large activations arrive as fresh pages the kernel must
-# fault in and zero, every step: a ViT-S/14 MAE step (batch 16) on 2 cores took 175-385 k page
-# faults and 0.3-0.7 s of system time (0-4 k and 0.03-0.06 s with this). Kept in the heap,
-# freed blocks are reused; peak memory stays what the step needs (measured: 2.9-3.0 GB either
-# way), it is just not handed back.
+# fault in and zero, every step. Kept in the heap, freed blocks are reused; peak memory stays
+# what the step needs, it is just not handed back (benchmarks/README.md has the figures).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
@@ -60,24 +60,40 @@ def keep_freed_memory() -> bool:
                 and mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
+def resolve_device(device: str | None = "auto", local_rank: int = 0) -> torch.device:
+    """auto -> this process's GPU if there is one, else the CPU; makes it the current device.
+
+    On the CPU, malloc keeps freed memory for reuse (`keep_freed_memory`).
+    """
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        from egoscale.errors import ConfigError
+
+        raise ConfigError("--device cuda: no CUDA device is visible here (use --device auto or cpu)")
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
+    return dev
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain process: the one that prints summaries."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def init_distributed(device: str | None = None) -> Dist:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); start the process group.
 
-    CUDA with NCCL when GPUs are present, else CPU with gloo (so tests run here); on the CPU,
-    malloc keeps freed memory for reuse (`keep_freed_memory`).
+    CUDA with NCCL when GPUs are present, else CPU with gloo (so tests run here).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device(device)
-    if dev.type == "cpu":
-        keep_freed_memory()
+    dev = resolve_device(device, local)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30),
@@ -105,7 +121,7 @@ def parallelize(model: nn.Module, d: Dist, fsdp: bool = False, grad_checkpointin
         from torch.distributed.fsdp import fully_shard
 
         for m in model.modules():
-            if isinstance(m, nn.Sequential) and any(isinstance(c, Block) for c in m.children()):
+            if isinstance(m, nn.Sequential) and any(isinstance(c, (Block, DecoderBlock)) for c in m.children()):
                 for blk in m.children():
                     fully_shard(blk)
         fully_shard(model)
@@ -127,8 +143,3 @@ def all_reduce_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
         if x.device.type != "cuda":  # gloo has no AVG
             x /= d.world_size
     return x
-
-
-def barrier(d: Dist) -> None:
-    if d.enabled:
-        dist.barrier()

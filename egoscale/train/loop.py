@@ -21,14 +21,13 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from egoscale.errors import ConfigError, EgoscaleError
+from egoscale.constants import PEAK_BF16_TFLOPS
+from egoscale.errors import CheckpointError, ConfigError, EgoscaleError
 from egoscale.fileio import append_jsonl, remove_stale_temps, write_json_atomic, write_text_atomic
 from egoscale.models.checkpoint import read_checkpoint, save_checkpoint
 from egoscale.train.distributed import Dist, all_reduce_mean
 
 CHECKPOINT = "checkpoint.pt"
-# Dense bf16 peak TFLOP/s by device name, for MFU (vendor datasheets; SXM parts).
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "V100": 125.0}
 
 
 class TrainingDiverged(EgoscaleError):
@@ -68,8 +67,8 @@ def lr_schedule(kind: str, base: float, warmup: int, total: int) -> Callable[[in
 
 PRECISIONS = ("auto", "bf16", "fp32")
 PRECISION_HELP = ("auto (bf16 autocast on CUDA, fp32 on CPU), bf16 (autocast; also on CPUs with bf16 "
-                  "matrix units, e.g. AMX: a ViT-S/14 MAE step 1.9x faster than fp32 on 2 cores; slower for "
-                  "the tiny CPU models) or fp32")
+                  "matrix units such as AMX, where it pays for the paper's model sizes but not for the tiny "
+                  "CPU models) or fp32")
 
 
 def check_precision(precision: str) -> None:
@@ -85,8 +84,7 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 def adamw(params, lr: float, device: torch.device, sharded: bool = False, **kwargs) -> torch.optim.AdamW:
     """AdamW with the fused kernel wherever it runs (CPU and CUDA): one pass over all parameters
-    instead of a dozen per tensor (a ViT-S MAE's update: 117 -> 31 ms on 2 CPU cores). FSDP's
-    sharded parameters keep PyTorch's default implementation."""
+    instead of a dozen kernels per tensor. FSDP's sharded parameters keep PyTorch's default."""
     fused = not sharded and device.type in ("cpu", "cuda")
     return torch.optim.AdamW(params, lr=lr, fused=fused or None, **kwargs)
 
@@ -97,7 +95,7 @@ def device_peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
 def _rng_state() -> dict:
@@ -129,7 +127,7 @@ class Trainer:
     def __init__(self, settings: LoopSettings, d: Dist, model, module, optimizer, lr_fn, loss_fn,
                  to_file: Callable[[dict], dict], from_file: Callable[[dict], dict], config: dict,
                  evaluate: Callable[[int], dict | None] | None = None, eval_every: int = 0, fsdp: bool = False):
-        self.s, self.d, self.model, self.module, self.opt = settings, d, model, module, optimizer
+        self.settings, self.dist, self.model, self.module, self.opt = settings, d, model, module, optimizer
         self.lr_fn, self.loss_fn, self.to_file, self.from_file = lr_fn, loss_fn, to_file, from_file
         self.config, self.evaluate, self.eval_every, self.fsdp = config, evaluate, eval_every, fsdp
         self.step, self.samples, self.elapsed_before = 0, 0, 0.0
@@ -148,26 +146,32 @@ class Trainer:
 
     def save(self) -> None:
         model_state, opt_state = self._full_states()
-        rngs = [None] * self.d.world_size
-        if self.d.enabled:
+        rngs = [None] * self.dist.world_size
+        if self.dist.enabled:
             tdist.all_gather_object(rngs, _rng_state())
         else:
             rngs = [_rng_state()]
-        if self.d.is_main:
-            obj = {**self.to_file(model_state), "optimizer": opt_state, "step": self.step, "samples": self.samples,
+        if self.dist.is_main:
+            obj = self.to_file(model_state)
+            # what the weights have been through travels with them (evaluations read it)
+            trained = {"steps": self.step, "images": self.samples}
+            if self.settings.flops_per_sample:
+                trained["flops"] = self.samples * self.settings.flops_per_sample
+            obj["egoscale"] = {**obj.get("egoscale", {}), "trained": trained}
+            obj = {**obj, "optimizer": opt_state, "step": self.step, "samples": self.samples,
                    "elapsed": self.elapsed(), "rng": rngs, "config": self.config}
-            save_checkpoint(self.s.out / CHECKPOINT, obj)
-        if self.d.enabled:
+            save_checkpoint(self.settings.out / CHECKPOINT, obj)
+        if self.dist.enabled:
             tdist.barrier()
 
     def resume(self) -> bool:
-        if self.d.is_main:  # a run killed while saving left temporary files; only rank 0 writes here
+        if self.dist.is_main:  # a run killed while saving left temporary files; only rank 0 writes here
             for name in (CHECKPOINT, self.metrics_path.name):
-                remove_stale_temps(self.s.out / name)
-        path = None if self.s.resume == "none" else (
-            self.s.out / CHECKPOINT if self.s.resume == "auto" else Path(self.s.resume))
+                remove_stale_temps(self.settings.out / name)
+        path = None if self.settings.resume == "none" else (
+            self.settings.out / CHECKPOINT if self.settings.resume == "auto" else Path(self.settings.resume))
         if path is None or not path.is_file():
-            if self.s.resume not in ("auto", "none"):
+            if self.settings.resume not in ("auto", "none"):
                 raise EgoscaleError(f"--resume {path}: no such checkpoint")
             return False
         obj = read_checkpoint(path)
@@ -179,15 +183,20 @@ class Trainer:
             set_model_state_dict(self.model, state, options=opts)
             set_optimizer_state_dict(self.model, self.opt, obj["optimizer"], options=opts)
         else:
-            self.model.load_state_dict(state)
-            self.opt.load_state_dict(obj["optimizer"])
+            try:
+                self.model.load_state_dict(state)
+                self.opt.load_state_dict(obj["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as e:  # a checkpoint of another model or run
+                first = str(e).strip().splitlines()
+                raise CheckpointError(f"{path}: does not fit this run's model ({first[-1][:160] if first else e}); "
+                                      "start over in another folder (--out NEW) or with --resume none") from None
         self.step, self.samples, self.elapsed_before = obj["step"], obj["samples"], obj.get("elapsed", 0.0)
         rngs = obj.get("rng") or []
-        if len(rngs) == self.d.world_size:
-            _set_rng_state(rngs[self.d.rank])
+        if len(rngs) == self.dist.world_size:
+            _set_rng_state(rngs[self.dist.rank])
         else:  # another world size: fresh but deterministic streams
-            torch.manual_seed(self.s.seed * 7919 + self.d.rank * 104729 + self.step)
-        if self.d.is_main and self.metrics_path.exists():  # drop lines past the checkpoint
+            torch.manual_seed(self.settings.seed * 7919 + self.dist.rank * 104729 + self.step)
+        if self.dist.is_main and self.metrics_path.exists():  # drop lines past the checkpoint
             keep = [ln for ln in self.metrics_path.read_text().splitlines()
                     if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
             write_text_atomic(self.metrics_path, "".join(k + "\n" for k in keep))
@@ -198,7 +207,7 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------
     def fit(self, batches: Iterator) -> dict:
-        s, d = self.s, self.d
+        s, d = self.settings, self.dist
         self._t0 = time.time()
         bar = None
         if s.progress and d.is_main:
@@ -289,13 +298,20 @@ class Trainer:
     def _check(self, bad: torch.Tensor) -> None:
         if bool(bad):
             raise TrainingDiverged(f"non-finite loss by step {self.step}; stopped without saving. The last good "
-                                   f"checkpoint ({self.s.out / CHECKPOINT}, if any) is kept")
+                                   f"checkpoint ({self.settings.out / CHECKPOINT}, if any) is kept")
 
     def _evaluate(self) -> dict | None:
         res = self.evaluate(self.step)
-        if res is not None and self.d.is_main:
+        if res is not None and self.dist.is_main:
             append_jsonl(self.metrics_path, {"step": self.step, **res})
         return res
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl file, in order."""
+    if not Path(path).is_file():
+        return []
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
 
 
 def _batch_len(batch) -> int:

@@ -1,16 +1,9 @@
-"""`egoscale pretrain`: MAE pretraining on frame shards (or a subset of them).
-
-The same command runs on a CPU, one GPU, or all GPUs of many nodes under torchrun:
-
-    egoscale pretrain --model vit_h14 --img-size 476 --data /data/frames \\
-        --subset /data/frames/subsets/0.01_s2.json --out runs/vith14@476_0.01_2 \\
-        --batch-size 34 --lr 1e-4 --budget-hours 48
-    torchrun --nproc-per-node 8 -m egoscale pretrain ...          # DDP over a node
-    torchrun --nnodes 4 ... -m egoscale pretrain ... --fsdp       # sharded, for the billion-scale members
-"""
+"""`egoscale pretrain`: MAE pretraining on frame shards (or a subset of them), on a CPU, one GPU,
+or all GPUs of many nodes under torchrun (examples in `PretrainConfig`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, replace
@@ -18,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from egoscale.config import to_dict
-from egoscale.data.loader import FrameStream, make_loader, normalize_batch, resolve_pieces
-from egoscale.config import opt
+from egoscale.config import opt, to_dict
+from egoscale.constants import MASK_RATIO
+from egoscale.data.loader import FrameStream, describe_data, make_loader, normalize_batch, resolve_pieces
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
 from egoscale.models.checkpoint import mae_meta, mae_to_released, released_to_mae
@@ -28,14 +21,24 @@ from egoscale.models.flops import mae_train_flops
 from egoscale.models.mae import MaskedAutoencoder
 from egoscale.models.registry import get_spec
 from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import cleanup, init_distributed, parallelize
-from egoscale.train.loop import (PRECISION_HELP, PRECISIONS, LoopSettings, Trainer, adamw, check_precision,
+from egoscale.train.distributed import cleanup, init_distributed, is_main_process, parallelize
+from egoscale.runfolder import FolderLock, check_identity, record_config
+from egoscale.train.loop import (CHECKPOINT, PRECISION_HELP, PRECISIONS, LoopSettings, Trainer, adamw, check_precision,
                                  lr_schedule, use_bf16)
 
 
 @dataclass
 class PretrainConfig:
-    """MAE pretraining settings; defaults follow the paper (Orhan 2023)."""
+    """Pretrain a masked autoencoder on frames from `egoscale ingest` (optionally a subset). Runs on a CPU,
+one GPU (bf16), or many under torchrun. Re-running the same command resumes from OUT/checkpoint.pt.
+Defaults follow the paper (Orhan 2023).
+
+examples:
+  egoscale pretrain --model vit_h14 --img-size 476 --data /data/frames \\
+      --subset /data/frames/subsets/0.01_s2.json --out runs/vith14@476_0.01_2 \\
+      --batch-size 34 --lr 1e-4 --budget-hours 48
+  torchrun --nproc-per-node 8 -m egoscale pretrain ...      (DDP over one node)
+  torchrun --nnodes 4 ... -m egoscale pretrain ... --fsdp   (sharded, big models)"""
 
     data: str = opt("frames", "ingest folder (manifest.json + shards) or a folder of .tar shards")
     out: str = opt("runs/pretrain", "run folder: checkpoint.pt, metrics.jsonl, summary.json")
@@ -49,7 +52,7 @@ class PretrainConfig:
     lr_schedule: str = opt("constant", "constant (paper) or cosine", choices=["constant", "cosine"])
     warmup_steps: int = opt(0, "linear warmup steps")
     weight_decay: float = opt(0.0, "AdamW weight decay (paper: 0)")
-    mask_ratio: float = opt(0.8, "fraction of patches masked (paper: 0.8)")
+    mask_ratio: float = opt(MASK_RATIO, "fraction of patches masked (paper: 0.8)")
     norm_pix_loss: bool = opt(False, "per-patch normalised pixel targets (paper: off)")
     decoder_width: int | None = opt(None, "override decoder width (paper: 512)")
     decoder_depth: int | None = opt(None, "override decoder blocks (paper: 8)")
@@ -73,10 +76,24 @@ class PretrainConfig:
         if not 0 <= self.mask_ratio < 1:
             raise ConfigError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
         check_precision(self.precision)
-        if self.batch_size < 1 or self.accum_steps < 1:
-            raise ConfigError("--batch-size and --accum-steps must be at least 1")
+        for name in ("batch_size", "accum_steps", "save_every", "log_every", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.workers < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ConfigError("--workers, --warmup-steps and --weight-decay must be at least 0")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
+        for name in ("epochs", "budget_hours", "lr"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.img_size is not None and self.img_size < 1 or self.patch_size is not None and self.patch_size < 1:
+            raise ConfigError("--img-size and --patch-size must be positive")
+        for name in ("decoder_width", "decoder_depth"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.steps is None and self.epochs is None and self.budget_hours is None:
             raise ConfigError("say how long to train: --steps, --epochs or --budget-hours (whichever comes first)")
+        self.spec()  # the model name, sizes and decoder fit together
 
     def spec(self):
         spec = get_spec(self.model, patch_size=self.patch_size, img_size=self.img_size)
@@ -85,6 +102,9 @@ class PretrainConfig:
                               f"of {spec.name}")
         if self.decoder_width:
             spec = replace(spec, decoder_width=self.decoder_width)
+            if self.decoder_width % spec.decoder_heads:
+                raise ConfigError(f"--decoder-width {self.decoder_width} is not divisible by the decoder's "
+                                  f"{spec.decoder_heads} heads")
         if self.decoder_depth:
             spec = replace(spec, decoder_depth=self.decoder_depth)
         return spec
@@ -93,67 +113,100 @@ class PretrainConfig:
         return self.lr if self.lr is not None else (1e-4 if self.spec().width >= 1280 else 3e-4)
 
 
+def main(cfg: PretrainConfig) -> int:
+    s = pretrain(cfg)
+    if s and "samples" in s and is_main_process():
+        print(f"{s['steps']} steps, {s['samples']} images, final loss {s.get('final_loss', float('nan')):.4f}, "
+              f"{s['seconds']:.0f} s -> {cfg.out}")
+    return 0
+
+
+# Settings that make a run folder's weights what they are: a resumed run must not change them.
+IDENTITY = ("model", "img_size", "patch_size", "decoder_width", "decoder_depth", "mask_ratio", "norm_pix_loss",
+            "data_fraction", "data_frames", "data_subset")
+
+
+def run_record(cfg: PretrainConfig, data: dict | None = None) -> dict:
+    """What a run folder's config.json records: the flags, with the model and the data as resolved
+    (so that a moved data folder or a default spelled out is not a change)."""
+    spec = cfg.spec()
+    data = data if data is not None else describe_data(cfg.data, cfg.subset)
+    return {**to_dict(cfg), "model": spec.name, "img_size": spec.img_size, "patch_size": spec.patch_size,
+            "decoder_width": spec.decoder_width, "decoder_depth": spec.decoder_depth,
+            "data_fraction": data["fraction"], "data_frames": data["frames"], "data_subset": data["subset"]}
+
+
 def pretrain(cfg: PretrainConfig, log=print) -> dict:
     """Run (or resume) MAE pretraining; returns the summary."""
     spec = cfg.spec()
     pieces, frames = resolve_pieces(cfg.data, cfg.subset)
+    data = describe_data(cfg.data, cfg.subset)
+    out = Path(cfg.out)
+    record = run_record(cfg, data)
     d = init_distributed(cfg.device)
     try:
-        out = Path(cfg.out)
-        if d.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-        global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
-        steps = [cfg.steps] if cfg.steps else []
-        if cfg.epochs is not None:
-            if frames is None:
-                raise ConfigError("--epochs needs a frame count: pass an ingest folder or a --subset")
-            steps.append(max(1, math.ceil(cfg.epochs * frames / global_batch)))
-        max_steps = min(steps) if steps else 2**62
-        torch.manual_seed(cfg.seed)
-        mae = MaskedAutoencoder(spec, mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss).to(d.device)
-        torch.manual_seed(cfg.seed * 7919 + d.rank)  # different masks on every rank
-        lr = cfg.default_lr()
-        bf16 = use_bf16(cfg.precision, d.device)
-        attention = choose_attention(mae, d.device, bf16)
-        if d.is_main:
-            log(f"pretrain {spec.name} at {spec.img_size}px on {d.device} x{d.world_size}: "
-                f"global batch {global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} "
-                f"devices, lr {lr:g} ({cfg.lr_schedule}), mask {cfg.mask_ratio}, {'bf16' if bf16 else 'fp32'} "
-                f"({attention} attention), "
-                f"{'?' if frames is None else frames} frames, "
-                f"{'budget ' + str(cfg.budget_hours) + ' h' if cfg.budget_hours else str(max_steps) + ' steps'}")
-            write_json_atomic(out / "config.json", to_dict(cfg))
-        module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
-        params = [p for p in mae.parameters() if p.requires_grad]
-        optimizer = adamw(params, lr, d.device, sharded=cfg.fsdp, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-        settings = LoopSettings(out=out, max_steps=max_steps,
-                                budget_seconds=cfg.budget_hours * 3600 if cfg.budget_hours else None,
-                                accum_steps=cfg.accum_steps, log_every=cfg.log_every, save_every=cfg.save_every,
-                                resume=cfg.resume, seed=cfg.seed, progress=cfg.progress, desc=f"pretrain {spec.name}",
-                                flops_per_sample=mae_train_flops(spec, spec.img_size, cfg.mask_ratio),
-                                tokens_per_sample=(spec.img_size // spec.patch_size) ** 2, precision=cfg.precision)
-        schedule = lr_schedule(cfg.lr_schedule, lr, cfg.warmup_steps, max_steps)
-        trainer = Trainer(settings, d, mae, module, optimizer, schedule, _loss_fn(d.device),
-                          to_file=lambda st: {"model": mae_to_released(st), "egoscale": mae_meta(mae)},
-                          from_file=lambda obj: released_to_mae(obj["model"]), config=to_dict(cfg), fsdp=cfg.fsdp)
-        if trainer.resume() and d.is_main:
-            log(f"resumed from step {trainer.step} ({trainer.samples} images seen)")
-        if trainer.step >= max_steps:
-            if d.is_main:
-                log(f"{out}: already trained for {trainer.step} steps; nothing to do")
-            done = out / "summary.json"
-            return json.loads(done.read_text()) if done.is_file() else {"steps": trainer.step}
-        # A resumed run draws a fresh, deterministic stream (the shuffle position is not restorable).
-        stream = FrameStream(pieces, spec.img_size, seed=cfg.seed * 1_000_003 + trainer.step, rank=d.rank,
-                             world_size=d.world_size, shuffle_buffer=cfg.shuffle_buffer)
-        loader = make_loader(stream, cfg.batch_size, cfg.workers, pin_memory=d.device.type == "cuda")
-        summary = trainer.fit(iter(loader))
-        summary.update(model=spec.name, img_size=spec.img_size, frames=frames, global_batch=global_batch)
-        if d.is_main:
-            write_json_atomic(out / "summary.json", summary)
-        return summary
+        with FolderLock(out, "pretrain") if d.is_main else contextlib.nullcontext():
+            has_state = cfg.resume not in ("auto", "none") or (out / CHECKPOINT).is_file()
+            changed = check_identity(out, record, IDENTITY, "pretraining run", cfg.resume, has_state)
+            return _pretrain(cfg, spec, pieces, frames, data, d, out, record, changed, log)
     finally:
         cleanup()
+
+
+def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Path, record: dict,
+              changed: dict, log) -> dict:
+    global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
+    steps = [cfg.steps] if cfg.steps else []
+    if cfg.epochs is not None:
+        if frames is None:
+            raise ConfigError("--epochs needs a frame count: pass an ingest folder or a --subset")
+        steps.append(max(1, math.ceil(cfg.epochs * frames / global_batch)))
+    max_steps = min(steps) if steps else 2**62
+    torch.manual_seed(cfg.seed)
+    mae = MaskedAutoencoder(spec, mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss).to(d.device)
+    torch.manual_seed(cfg.seed * 7919 + d.rank)  # different masks on every rank
+    lr = cfg.default_lr()
+    bf16 = use_bf16(cfg.precision, d.device)
+    attention = choose_attention(mae, d.device, bf16)
+    if d.is_main:
+        log(f"pretrain {spec.name} at {spec.img_size}px on {d.device} x{d.world_size}: "
+            f"global batch {global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} "
+            f"devices, lr {lr:g} ({cfg.lr_schedule}), mask {cfg.mask_ratio}, {'bf16' if bf16 else 'fp32'} "
+            f"({attention} attention), "
+            f"{'?' if frames is None else frames} frames, "
+            f"{'budget ' + str(cfg.budget_hours) + ' h' if cfg.budget_hours else str(max_steps) + ' steps'}")
+    module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
+    params = [p for p in mae.parameters() if p.requires_grad]
+    optimizer = adamw(params, lr, d.device, sharded=cfg.fsdp, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    settings = LoopSettings(out=out, max_steps=max_steps,
+                            budget_seconds=cfg.budget_hours * 3600 if cfg.budget_hours else None,
+                            accum_steps=cfg.accum_steps, log_every=cfg.log_every, save_every=cfg.save_every,
+                            resume=cfg.resume, seed=cfg.seed, progress=cfg.progress, desc=f"pretrain {spec.name}",
+                            flops_per_sample=mae_train_flops(spec, spec.img_size, cfg.mask_ratio),
+                            tokens_per_sample=(spec.img_size // spec.patch_size) ** 2, precision=cfg.precision)
+    schedule = lr_schedule(cfg.lr_schedule, lr, cfg.warmup_steps, max_steps)
+    trainer = Trainer(settings, d, mae, module, optimizer, schedule, _loss_fn(d.device),
+                      to_file=lambda st: {"model": mae_to_released(st),
+                                          "egoscale": {**mae_meta(mae), "data": data, "seed": cfg.seed}},
+                      from_file=lambda obj: released_to_mae(obj["model"]), config=to_dict(cfg), fsdp=cfg.fsdp)
+    if trainer.resume() and d.is_main:
+        log(f"resumed from step {trainer.step} ({trainer.samples} images seen)")
+    if d.is_main:  # written once the folder's checkpoint (if any) has loaded
+        record_config(out, record, changed)
+    if trainer.step >= max_steps:
+        if d.is_main:
+            log(f"{out}: already trained for {trainer.step} steps; nothing to do")
+        done = out / "summary.json"
+        return json.loads(done.read_text()) if done.is_file() else {"steps": trainer.step}
+    # A resumed run draws a fresh, deterministic stream (the shuffle position is not restorable).
+    stream = FrameStream(pieces, spec.img_size, seed=cfg.seed * 1_000_003 + trainer.step, rank=d.rank,
+                         world_size=d.world_size, shuffle_buffer=cfg.shuffle_buffer)
+    loader = make_loader(stream, cfg.batch_size, cfg.workers, pin_memory=d.device.type == "cuda")
+    summary = trainer.fit(iter(loader))
+    summary.update(model=spec.name, img_size=spec.img_size, frames=frames, global_batch=global_batch)
+    if d.is_main:
+        write_json_atomic(out / "summary.json", summary)
+    return summary
 
 
 def _loss_fn(device):

@@ -7,6 +7,7 @@ layout and colours; with a broken one it is grey mush.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,34 @@ import torch
 from PIL import Image
 
 from egoscale.data.loader import IMAGE_EXTS, IMAGENET_MEAN, IMAGENET_STD, resolve_pieces, read_piece
-from egoscale.errors import DataError
+from egoscale.config import opt
+from egoscale.errors import ConfigError, DataError
 from egoscale.models.checkpoint import load_mae, resolve_checkpoint
+
+
+@dataclass
+class VisualizeConfig:
+    """For N images: original | masked input | reconstruction (visible patches from the input, masked
+ones predicted), one row each, as a PNG."""
+
+    checkpoint: str = opt("checkpoint.pt", "MAE checkpoint (file or run folder)", positional=True, required=True,
+                          metavar="CHECKPOINT")
+    images: str = opt("frames", "folder of images, ingest folder, or folder of shards")
+    out: str = opt("reconstructions.png", "PNG to write")
+    n: int = opt(8, "images", short="-n")
+    mask_ratio: float | None = opt(None, "default: the checkpoint's")
+    seed: int = opt(0, "mask seed")
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ConfigError(f"--n must be at least 1, got {self.n}")
+        if self.mask_ratio is not None and not 0 <= self.mask_ratio < 1:
+            raise ConfigError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
+
+
+def main(cfg: VisualizeConfig) -> int:
+    print(f"wrote {visualize(cfg.checkpoint, cfg.images, cfg.out, cfg.n, cfg.seed, cfg.mask_ratio)}")
+    return 0
 
 
 def _load_images(source: str | Path, n: int) -> list[Image.Image]:

@@ -34,6 +34,10 @@ ROOM_H, ROOM_LEN = 128, 1600  # room strip in px; the camera sees a 20-110 px wi
 
 @dataclass
 class WorldConfig:
+    """Render a procedural first-person world: a camera wandering through rooms of objects of K
+categories, written as mp4 files, plus a labelled train/val set of the same categories (new
+instances). Deterministic by --seed."""
+
     out: str = opt("world", "output folder (videos/, labelled/train, labelled/val, world.json)")
     hours: float = opt(1.0, "hours of video")
     categories: int = opt(8, "object categories (the first 8 differ in shape, later ones in pattern only)")
@@ -51,8 +55,15 @@ class WorldConfig:
             raise ConfigError("--hours must be positive and --categories at least 2")
         if self.categories > max_categories():
             raise ConfigError(f"--categories at most {max_categories()}")
-        if self.frame_size % 2:
-            raise ConfigError("--frame-size must be even (H.264 with 4:2:0 colour)")
+        if self.frame_size % 2 or not 16 <= self.frame_size <= 1024:
+            raise ConfigError(f"--frame-size must be even and in 16..1024 (H.264 with 4:2:0 colour), "
+                              f"got {self.frame_size}")
+        if not 16 <= self.label_size <= 1024:
+            raise ConfigError(f"--label-size must be in 16..1024, got {self.label_size}")
+        if self.video_fps <= 0 or self.minutes_per_video <= 0:
+            raise ConfigError("--video-fps and --minutes-per-video must be positive")
+        if self.train_per_class < 1 or self.val_per_class < 1:
+            raise ConfigError("--train-per-class and --val-per-class must be at least 1")
 
 
 class Camera:
@@ -145,8 +156,9 @@ def _write_videos(cfg: WorldConfig, out: Path, bar) -> list[str]:
 def _labelled_image(rng: np.random.Generator, c: int, categories: int, size: int) -> np.ndarray:
     """A close view of one object of category c (as when one picks a thing up to look at it): the
     object fills most of the image, its edge and the room behind may show; random light, occluder."""
-    room = make_room(rng, categories, ROOM_H, 400, density=0.3)
-    y, x = int(rng.integers(0, ROOM_H - size)), int(rng.integers(0, 400 - size))
+    h, w = max(ROOM_H, size + 1), max(400, size + 1)  # a stretch of room larger than the view
+    room = make_room(rng, categories, h, w, density=0.3)
+    y, x = int(rng.integers(0, h - size)), int(rng.integers(0, w - size))
     canvas = room[y:y + size, x:x + size].copy()
     s = int(rng.integers(int(size * 1.1), int(size * 1.6)))
     rgb, a = draw_instance(random_instance(rng, c), s)
@@ -172,6 +184,11 @@ def _write_labelled(cfg: WorldConfig, out: Path) -> dict:
                     d / f"{i:04d}.png")
         counts[split] = n * cfg.categories
     return counts
+
+
+def main(cfg: WorldConfig) -> int:
+    make_world(cfg)
+    return 0
 
 
 def make_world(cfg: WorldConfig, log=print) -> dict:

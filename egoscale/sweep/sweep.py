@@ -12,17 +12,70 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
-from egoscale.config import to_dict
+from egoscale.config import opt
+from egoscale.constants import ASSUMED_GPU_TFLOPS, ASSUMED_MFU, MASK_RATIO
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
 from egoscale.models.flops import mae_train_flops
 from egoscale.models.registry import get_spec
-from egoscale.sweep.grid import Cell, Grid, cells, eval_config, pretrain_config
+from egoscale.sweep.grid import Cell, Grid, cells, eval_config, load_grid, pretrain_config
+
+
+@dataclass
+class SweepConfig:
+    """Run every cell of a grid file (see egoscale/sweep/grid.py and configs/paper_grid.yaml): finished
+cells are skipped, failed ones recorded and the rest go on; OUT/results.csv is updated as
+evaluations finish. `egoscale sweep status OUT` shows each cell's state.
+
+examples:
+  egoscale sweep grid.yaml --out runs/ --dry-run
+  egoscale sweep grid.yaml --out runs/ --gpus 8
+  egoscale sweep grid.yaml --out runs/ --backend slurm
+  egoscale sweep status runs/"""
+
+    grid: str = opt("grid.yaml", "grid YAML file, or 'status'", positional=True, required=True, metavar="GRID")
+    folder: str | None = opt(None, "with 'status': the sweep's output folder", positional=True, metavar="FOLDER")
+    out: str = opt("runs", "output folder")
+    backend: str = opt("local", "local or slurm", choices=["local", "slurm"])
+    gpus: int = opt(0, "local: run this many cells at once, one per GPU")
+    parallel: int = opt(1, "local, CPU: run this many cells at once, splitting the cores between them")
+    dry_run: bool = opt(False, "print the cells and the estimated compute; run nothing")
+    print_jobs: bool = opt(False, "slurm: print the job specifications, submit nothing")
+
+    def __post_init__(self):
+        if self.gpus < 0 or self.parallel < 1:
+            raise ConfigError("--gpus must be at least 0 and --parallel at least 1")
+
+
+def main(cfg: SweepConfig) -> int:
+    if cfg.grid == "status":
+        groups = status(cfg.folder or cfg.out)
+        for k in ("done", "running", "failed", "pending"):
+            print(f"{k:<8} {len(groups.get(k, []))}")
+            if k in ("failed", "running"):
+                for c in groups.get(k, []):
+                    print(f"         {c}")
+        return 0
+    grid = load_grid(cfg.grid)
+    if cfg.dry_run:
+        dry_run(grid)
+        return 0
+    if cfg.backend == "slurm":
+        from egoscale.sweep.slurm import slurm_jobs, submit_slurm
+
+        jobs = slurm_jobs(grid, cfg.out)
+        if cfg.print_jobs:
+            print(json.dumps(jobs, indent=2))
+            return 0
+        submit_slurm(jobs, cfg.out)
+        return 0
+    counts = run_local(grid, cfg.out, parallel=cfg.parallel, gpus=cfg.gpus)
+    return 1 if counts["failed"] else 0
 
 
 # New worker pools after a worker dies, before the unfinished cells are recorded as failed.
@@ -74,14 +127,19 @@ def status(out: str | Path, grid: Grid | None = None) -> dict[str, list[str]]:
     return groups
 
 
+def compute_assumptions(grid: Grid) -> dict:
+    """The grid's `compute:` section over the defaults a dry run assumes."""
+    return {"gpu_tflops": ASSUMED_GPU_TFLOPS, "mfu": ASSUMED_MFU, "gpus_per_run": 1, **grid.compute}
+
+
 def estimate(grid: Grid) -> list[dict]:
     """Per pretraining cell: training FLOPs (when the length is in steps) and GPU-hours at the assumed MFU."""
-    comp = {"gpu_tflops": 989.0, "mfu": 0.4, "gpus_per_run": 1, **grid.compute}
+    comp = compute_assumptions(grid)
     rows = []
     for c in cells(grid):
         cfg = {**grid.pretrain, **grid.model_overrides.get(c.model, {})}
         spec = get_spec(c.model, img_size=c.img_size)
-        per_img = mae_train_flops(spec, c.img_size, cfg.get("mask_ratio", 0.8))
+        per_img = mae_train_flops(spec, c.img_size, cfg.get("mask_ratio", MASK_RATIO))
         batch = cfg.get("batch_size", 256) * cfg.get("accum_steps", 1) * comp["gpus_per_run"]
         flops = per_img * batch * cfg["steps"] if cfg.get("steps") else None
         hours = flops / (comp["gpu_tflops"] * 1e12 * comp["mfu"]) / 3600 * comp["gpus_per_run"] if flops else None
@@ -93,11 +151,49 @@ def estimate(grid: Grid) -> list[dict]:
     return rows
 
 
-def _update_results(out: Path) -> None:
-    from egoscale.scaling.table import collect, write_table
+def _update_results(out: Path, grid: Grid) -> None:
+    """results.csv from the evaluations of this grid's cells (a folder's other results stay out)."""
+    from egoscale.scaling.results import collect, write_table
 
-    if any(out.glob("eval/*/result.json")):
-        write_table(collect(out / "eval"), out / "results.csv")
+    files = [eval_dir(out, c, e) / "result.json" for c in cells(grid) for e in grid.evals]
+    if any(f.is_file() for f in files):
+        write_table(collect(out / "eval", [f for f in files if f.is_file()]), out / "results.csv")
+
+
+def _listed(diff: dict) -> str:
+    return ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in diff.items())
+
+
+def check_grid(grid: Grid, out: Path) -> None:
+    """Refuse to run a grid over a sweep folder whose cells were made with other settings.
+
+    Cells that exist in the folder are compared, setting by setting, with what this grid asks
+    of them (the same identity settings a resumed run is held to); new cells are welcome.
+    """
+    from egoscale.evaluate.common import IDENTITY as EVAL_IDENTITY
+    from egoscale.evaluate.common import eval_record
+    from egoscale.runfolder import CONFIG, differences
+    from egoscale.train.pretrain import IDENTITY, run_record
+
+    changed = []
+    for c in cells(grid):
+        pdir = pretrain_dir(out, c)
+        if (pdir / CONFIG).is_file():
+            diff = differences(json.loads((pdir / CONFIG).read_text()), run_record(pretrain_config(grid, c, pdir)),
+                               IDENTITY)
+            if diff:
+                changed.append(f"{c.id} ({_listed(diff)})")
+        for ev in grid.evals:
+            edir = eval_dir(out, c, ev)
+            if (edir / CONFIG).is_file():
+                rec = eval_record(eval_config(grid, ev, pdir / "checkpoint.pt", edir))
+                diff = differences(json.loads((edir / CONFIG).read_text()), rec, EVAL_IDENTITY)
+                if diff:
+                    changed.append(f"{c.id} {ev['name']} ({_listed(diff)})")
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ConfigError(f"{out}: made by another grid: {len(changed)} cells would change: {'; '.join(changed[:3])}"
+                          f"{more}. Run this grid into another --out, or restore the grid the folder was made with")
 
 
 def run_local(grid: Grid, out: str | Path, log=print, progress: bool = False, parallel: int = 1,
@@ -108,8 +204,15 @@ def run_local(grid: Grid, out: str | Path, log=print, progress: bool = False, pa
     share of the cores (tiny models use many threads poorly, so two one-thread runs beat one
     two-thread run); gpus = N runs N cells at once, one per GPU (CUDA_VISIBLE_DEVICES).
     """
+    from egoscale.runfolder import FolderLock
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, "sweep"):
+        check_grid(grid, out)
+        return _run_local(grid, out, log, progress, parallel, gpus)
+
+
+def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: int) -> dict:
     todo = cells(grid)
     counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
 
@@ -148,7 +251,7 @@ def run_local(grid: Grid, out: str | Path, log=print, progress: bool = False, pa
                         log(line)
                     add(c)
                     del left[futures[f]]
-                    _update_results(out)
+                    _update_results(out, grid)
             if not left:
                 break
             again = attempt < WORKER_RESTARTS
@@ -226,7 +329,7 @@ def _run_whole_cell(grid: Grid, out: Path, cell: Cell, label: str, progress: boo
         ok = _run_cell(edir, run_eval, f"{label} {ev['name']} {cell.id}", log)
         counts["done" if ok else "failed"] += 1
         if ok and update:
-            _update_results(out)
+            _update_results(out, grid)
     return counts
 
 
@@ -246,83 +349,6 @@ def _run_cell(folder: Path, fn, label: str, log) -> bool:
     return True
 
 
-# --- SLURM ---------------------------------------------------------------------------------
-def _flags(cfg) -> list[str]:
-    args = []
-    for k, v in to_dict(cfg).items():
-        if v is None or k == "progress":
-            continue
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            args.append(flag if v else "--no-" + k.replace("_", "-"))
-        elif isinstance(v, list):
-            args += [flag, ",".join(str(x) for x in v)]
-        else:
-            args += [flag, str(v)]
-    return args + ["--no-progress"]
-
-
-def slurm_jobs(grid: Grid, out: str | Path) -> list[dict]:
-    """The SLURM job specifications for a sweep: one multi-GPU job per pretraining cell (torchrun
-    over the node's GPUs), and one single-GPU job per evaluation, which waits for its
-    pretraining job. Every job re-runs the same command on requeue, and the stages resume."""
-    out = Path(out)
-    sl = {"partition": None, "gpus_per_node": 8, "nodes": 1, "timeout_min": 2880, "cpus_per_task": 32,
-          "eval_timeout_min": 720, "mem_gb": 0, "account": None, **grid.slurm}
-    unknown = set(sl) - {"partition", "gpus_per_node", "nodes", "timeout_min", "cpus_per_task", "eval_timeout_min",
-                         "mem_gb", "account", "constraint"}
-    if unknown:
-        raise ConfigError(f"slurm: unknown keys {sorted(unknown)}")
-    jobs = []
-    for cell in cells(grid):
-        pdir = pretrain_dir(out, cell)
-        cfg = pretrain_config(grid, cell, pdir)
-        g, n = sl["gpus_per_node"], sl["nodes"]
-        rdzv = ["--rdzv-backend", "c10d", "--rdzv-endpoint", "$MASTER_ADDR:29500"] if n > 1 else ["--standalone"]
-        cmd = ["torchrun", "--nnodes", str(n), "--nproc-per-node", str(g), *rdzv, "-m", "egoscale", "pretrain",
-               *_flags(cfg)]
-        jobs.append({"name": f"pt_{cell.id}", "kind": "pretrain", "cell": cell.id, "command": cmd,
-                     "shell": shlex.join(cmd), "nodes": n, "gpus_per_node": g, "tasks_per_node": 1,
-                     "cpus_per_task": sl["cpus_per_task"], "timeout_min": sl["timeout_min"],
-                     "partition": sl["partition"], "account": sl["account"], "requeue": True,
-                     "output": str(pdir / "slurm-%j.out"), "depends_on": None})
-        for ev in grid.evals:
-            edir = eval_dir(out, cell, ev)
-            ecfg = eval_config(grid, ev, pdir / "checkpoint.pt", edir)
-            ecmd = ["python", "-m", "egoscale", ev["kind"], *_flags(ecfg)]
-            jobs.append({"name": f"{ev['name']}_{cell.id}", "kind": ev["kind"], "cell": cell.id, "command": ecmd,
-                         "shell": shlex.join(ecmd), "nodes": 1, "gpus_per_node": 1, "tasks_per_node": 1,
-                         "cpus_per_task": max(1, sl["cpus_per_task"] // max(1, g)),
-                         "timeout_min": sl["eval_timeout_min"], "partition": sl["partition"], "account": sl["account"],
-                         "requeue": True, "output": str(edir / "slurm-%j.out"), "depends_on": f"pt_{cell.id}"})
-    return jobs
-
-
-def submit_slurm(jobs: list[dict], out: str | Path, log=print) -> list[str]:
-    """Submit the jobs through submitit (pip install egoscale[slurm]); returns job ids."""
-    try:
-        import submitit
-    except ImportError:
-        raise ConfigError("the slurm backend needs submitit: pip install 'egoscale[slurm]'") from None
-    out = Path(out)
-    ids: dict[str, str] = {}
-    for job in jobs:
-        ex = submitit.AutoExecutor(folder=str(out / "slurm" / job["name"]))
-        extra = {"requeue": True}
-        if job["depends_on"] and job["depends_on"] in ids:
-            extra["dependency"] = f"afterok:{ids[job['depends_on']]}"
-        if job.get("account"):
-            extra["account"] = job["account"]
-        ex.update_parameters(name=job["name"], nodes=job["nodes"], gpus_per_node=job["gpus_per_node"],
-                             tasks_per_node=job["tasks_per_node"], cpus_per_task=job["cpus_per_task"],
-                             timeout_min=job["timeout_min"], slurm_partition=job["partition"],
-                             slurm_additional_parameters=extra)
-        j = ex.submit(submitit.helpers.CommandFunction(["bash", "-lc", job["shell"]]))
-        ids[job["name"]] = j.job_id
-        log(f"submitted {job['name']} as {j.job_id}")
-    return list(ids.values())
-
-
 def dry_run(grid: Grid, log=print) -> list[dict]:
     rows = estimate(grid)
     log(f"{'cell':<32}{'train FLOPs':>14}{'GPU-hours':>11}")
@@ -332,9 +358,9 @@ def dry_run(grid: Grid, log=print) -> list[dict]:
     tot_f = sum(r["flops"] or 0 for r in rows)
     tot_h = sum(r["gpu_hours"] or 0 for r in rows)
     log(f"{len(rows)} pretraining cells x {len(grid.evals)} evaluations; total {tot_f:.3g} FLOPs, "
-        f"{tot_h:.1f} GPU-hours at {grid.compute.get('mfu', 0.4):.0%} MFU of "
-        f"{grid.compute.get('gpu_tflops', 989.0):g} TFLOP/s (evaluations not counted)")
+        f"{tot_h:.1f} GPU-hours at {compute_assumptions(grid)['mfu']:.0%} MFU of "
+        f"{compute_assumptions(grid)['gpu_tflops']:g} TFLOP/s (evaluations not counted)")
     return rows
 
 
-__all__ = ["run_local", "status", "slurm_jobs", "submit_slurm", "dry_run", "estimate"]
+__all__ = ["run_local", "status", "dry_run", "estimate", "SweepConfig", "main"]

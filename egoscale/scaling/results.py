@@ -1,4 +1,4 @@
-"""The results table: one row per evaluated run, as CSV.
+"""`egoscale results`: the results table, one row per evaluated run, as CSV.
 
 Produced by the sweep, by `collect` (result.json files under a folder) and by `import_logs`
 (the finetuning logs the paper's authors published).
@@ -9,11 +9,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from egoscale.errors import DataError
+from egoscale.config import opt
+from egoscale.errors import ConfigError, DataError
 from egoscale.fileio import write_text_atomic
+from egoscale.models.registry import RELEASED_FORMAT, get_spec, parse_released
 
 COLUMNS = ["model", "params", "img_size", "patch_size", "data_fraction", "data_hours", "data_frames", "seed",
            "pretrain_seed", "pretrain_steps", "pretrain_images", "pretrain_flops", "eval", "condition",
@@ -21,7 +23,36 @@ COLUMNS = ["model", "params", "img_size", "patch_size", "data_fraction", "data_h
 NUMERIC = {"params", "img_size", "patch_size", "data_fraction", "data_hours", "data_frames", "seed", "pretrain_seed",
            "pretrain_steps", "pretrain_images", "pretrain_flops", "label_fraction", "top1", "top5", "top1_last",
            "top5_last"}
-LOG_NAME = re.compile(r"^(vits14|vitb14|vitl14|vith14(?:@(\d+))?)_(\d+(?:\.\d+)?(?:e-?\d+)?)_(\d+)_log\.txt$")
+
+
+@dataclass
+class ResultsConfig:
+    """Build the results table (CSV), one row per evaluated run.
+
+examples:
+  egoscale results collect runs/eval --out results.csv
+  egoscale results import-logs humanlike-vits/logs/finetuning_logs --total-hours 5000 --out results.csv
+
+`import-logs` reads {arch}_{fraction}_{seed}_log.txt files (one JSON object per line with test_acc1,
+test_acc5, epoch, n_parameters); hours = fraction x --total-hours."""
+
+    action: str = opt("collect", "collect (result.json files under SOURCE) or import-logs (the paper's logs "
+                      "in SOURCE)", positional=True, required=True, metavar="ACTION",
+                      choices=["collect", "import-logs"])
+    source: str = opt(".", "folder to read", positional=True, required=True, metavar="SOURCE")
+    total_hours: float | None = opt(None, "import-logs: hours of the full data set (paper: ~5000)")
+    out: str = opt("results.csv", "table to write")
+
+    def __post_init__(self):
+        if self.action == "import-logs" and (self.total_hours is None or self.total_hours <= 0):
+            raise ConfigError("import-logs needs --total-hours H > 0 (hours of the whole data set; paper: ~5000)")
+
+
+def main(cfg: ResultsConfig) -> int:
+    rows = collect(cfg.source) if cfg.action == "collect" else import_logs(cfg.source, cfg.total_hours)
+    write_table(rows, cfg.out)
+    print(f"wrote {len(rows)} rows to {cfg.out}")
+    return 0
 
 
 def write_table(rows: list[dict], path: str | Path) -> Path:
@@ -73,10 +104,10 @@ def row_from_result(result: dict, source: str) -> dict:
             "top1_last": result.get("top1_last"), "top5_last": result.get("top5_last"), "source": source}
 
 
-def collect(runs_dir: str | Path) -> list[dict]:
-    """Rows from every result.json under `runs_dir` (sorted by path)."""
+def collect(runs_dir: str | Path, files: list[Path] | None = None) -> list[dict]:
+    """Rows from every result.json under `runs_dir` (sorted by path), or from `files` under it."""
     runs_dir = Path(runs_dir)
-    files = sorted(runs_dir.rglob("result.json"))
+    files = sorted(runs_dir.rglob("result.json")) if files is None else sorted(files)
     if not files:
         raise DataError(f"{runs_dir}: no result.json files found")
     rows = []
@@ -92,17 +123,15 @@ def import_logs(log_dir: str | Path, total_hours: float, frames_per_hour: float 
     """Rows from the paper's published finetuning logs: `{arch}_{fraction}_{seed}_log.txt`, one JSON
     object per line with test_acc1/test_acc5 (percent), epoch and n_parameters (head included).
     """
-    from egoscale.models.registry import RELEASED_ARCHS, get_spec
-
     log_dir = Path(log_dir)
-    files = sorted(p for p in log_dir.rglob("*_log.txt") if LOG_NAME.match(p.name))
+    files = sorted(p for p in log_dir.rglob("*_log.txt") if parse_released(p.name, log=True))
     if not files:
-        raise DataError(f"{log_dir}: no logs named {{arch}}_{{fraction}}_{{seed}}_log.txt")
+        raise DataError(f"{log_dir}: no logs named {RELEASED_FORMAT}_log.txt")
     rows = []
     for f in files:
-        m = LOG_NAME.match(f.name)
-        arch, size, fraction, seed = m.group(1), int(m.group(2) or 224), float(m.group(3)), int(m.group(4))
-        spec = get_spec(RELEASED_ARCHS[arch][0])
+        rid = parse_released(f.name, log=True)
+        size, fraction, seed = rid.img_size, rid.fraction, rid.seed
+        spec = get_spec(rid.model)
         epochs = []
         for n, line in enumerate(f.read_text().splitlines(), 1):
             if not line.strip():

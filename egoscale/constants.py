@@ -1,0 +1,17 @@
+"""Facts that several stages use, each stated once here.
+
+Stage-specific defaults live on the stage's config dataclass; what is here is shared by
+more than one stage (or by a stage and the analysis that models it).
+"""
+
+# The paper's MAE mask ratio (He et al. 2022's default too): pretraining's default, the mask
+# assumed for files that do not record theirs, and the compute model of the scaling analysis.
+MASK_RATIO = 0.8
+
+# Dense bf16 peak TFLOP/s by device name (vendor datasheets; SXM parts), the denominator of MFU.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "V100": 125.0}
+
+# What a sweep's --dry-run assumes when its grid's `compute:` section says nothing: an H100-class
+# GPU at 40 % model-FLOP utilisation.
+ASSUMED_GPU_TFLOPS = PEAK_BF16_TFLOPS["H100"]
+ASSUMED_MFU = 0.4
