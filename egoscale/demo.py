@@ -22,16 +22,17 @@ DEMO_TARGET = 0.9
 FIT_EVAL = "linear_probe"
 
 SIZES = {
-    # world hours, categories, labelled per class, models, image sizes, fractions, seeds, pretrain steps, ft epochs
+    # world hours, categories, labelled per class, models, image sizes, fractions, seeds, pretrain steps (the
+    # design length; a time budget may choose fewer), finetuning epochs, batch, time budget in minutes
     "quick": dict(hours=0.2, categories=6, train_per_class=8, val_per_class=8, models=["vit_pico4", "vit_nano4",
                   "vit_micro4"], img_sizes=[24, 32], fractions=[1.0, 0.1, 0.01], seeds=[1, 2], steps=20, epochs=1,
-                  batch=32),
+                  batch=32, minutes=2),
     "default": dict(hours=1.0, categories=8, train_per_class=20, val_per_class=40, models=["vit_pico4",
                     "vit_nano4", "vit_micro4"], img_sizes=[24, 32], fractions=[1.0, 0.1, 0.01], seeds=[1, 2],
-                    steps=400, epochs=4, batch=32),
+                    steps=400, epochs=4, batch=32, minutes=10),
     "large": dict(hours=2.0, categories=8, train_per_class=20, val_per_class=50, models=["vit_pico4", "vit_nano4",
                   "vit_micro4"], img_sizes=[32, 48], fractions=[1.0, 0.1, 0.01], seeds=[1, 2],
-                  steps=2000, epochs=10, batch=32, full_seeds=[1, 2]),
+                  steps=2000, epochs=10, batch=32, full_seeds=[1, 2], minutes=None),
 }
 
 
@@ -42,8 +43,10 @@ class DemoConfig:
 finished stages and ends by printing the path of report.html."""
 
     out: str = opt("egoscale-demo", "folder for everything the demo writes")
-    size: str = opt("default", "quick (~1.5 min), default (6-9 min) or large (~1.5 h), on 2 cores",
-                    choices=list(SIZES))
+    size: str = opt("default", "quick (every stage once, 2-minute budget), default (the whole study, 10-minute "
+                    "budget) or large (where scale shows; no budget: about 1.5 h on 2 cores)", choices=list(SIZES))
+    minutes: float | None = opt(None, "time budget: the demo times this machine and runs as many pretraining steps "
+                                "as fit, up to the size's design length (default: the size's budget)")
     quick: bool = opt(False, "same as --size quick")
     seed: int = opt(0, "world seed")
     parallel: int | None = opt(None, "pretraining runs at once, each on its share of the cores (default: one per "
@@ -55,6 +58,10 @@ finished stages and ends by printing the path of report.html."""
             self.size = "quick"
         if self.size not in SIZES:
             raise ConfigError(f"--size {self.size!r}: one of {', '.join(SIZES)}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ConfigError(f"--minutes must be positive, got {self.minutes:g}")
+        if self.parallel is not None and self.parallel < 1:
+            raise ConfigError(f"--parallel must be at least 1, got {self.parallel}")
 
 
 def demo_grid(out: Path, s: dict) -> dict:
@@ -83,9 +90,10 @@ def main(cfg: DemoConfig) -> int:
 
 def demo(cfg: DemoConfig, log=print) -> dict:
     from egoscale.data.ingest import IngestConfig, ingest
+    from egoscale.demo_budget import describe_plan, plan
     from egoscale.data.subset import SubsetConfig, make_subsets
     from egoscale.scaling.fit import FitConfig, run_fit
-    from egoscale.scaling.extrapolate import scale_together
+    from egoscale.scaling.extrapolate import scale_together, verdict
     from egoscale.scaling.report import report
     from egoscale.scaling.trends import describe
     from egoscale.sweep.grid import cells, load_grid
@@ -111,11 +119,18 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     log(f"  {man['total']['frames']} frames, {man['total']['hours']:.2f} h, {len(man['shards'])} shards")
     stage(3, "subsets: contiguous stretches of experience")
     make_subsets(SubsetConfig(frames=str(out / "frames"), fractions=s["fractions"], seeds=s["seeds"]), log=quiet)
-    grid = load_grid(demo_grid(out, s))
-    n_cells = len(cells(grid))
     parallel = cfg.parallel or min(8, os.cpu_count() or 1)
-    stage(4, f"sweep: {n_cells} pretraining runs, each finetuned and probed, {parallel} at a time")
+    grid = load_grid(demo_grid(out, s))
+    budget = cfg.minutes if cfg.minutes is not None else s["minutes"]
+    p = plan(out, s, [(c.model, c.img_size) for c in cells(grid)], parallel,
+             max(1, (os.cpu_count() or 1) // parallel), budget, time.time() - t0, log)
+    grid = load_grid(demo_grid(out, {**s, "steps": p["steps"]}))
+    n_cells = len(cells(grid))
+    stage(4, f"sweep: {n_cells} pretraining runs of {p['steps']} steps, each finetuned and probed, "
+             f"{parallel} at a time")
+    t_sweep = time.time()
     run_local(grid, out / "runs", log=lambda m: log("  " + m), parallel=parallel)
+    t_sweep = time.time() - t_sweep
     # The fit uses the linear probe: it reacts to representation quality sooner than few-shot
     # finetuning of these tiny models (README, the demo's tables). Both are in results.csv.
     stage(5, f"fit: scaling-law forms on the {FIT_EVAL.replace('_', ' ')}, validated on held-out runs")
@@ -124,23 +139,11 @@ def demo(cfg: DemoConfig, log=print) -> dict:
                             eval=FIT_EVAL, form="auto", bootstrap=100), log=lambda m: log("  " + m))
     stage(6, f"extrapolate: what reaches the world's 'human level' ({DEMO_TARGET:.0%} top-1)")
     st = scale_together(fit, DEMO_TARGET)
-    chosen = st["forms"][fit["chosen"]]
-    if "unreachable" in chosen:
-        headline = f"reaching {DEMO_TARGET:.0%} top-1: unreachable by {fit['chosen']}: {chosen['unreachable']}"
-    else:
-        iv = chosen.get("params_interval")
-        headline = (f"reaching {DEMO_TARGET:.0%} top-1 needs ≈ {chosen['params']:.3g} params, {chosen['hours']:.3g} h, "
-                    f"{chosen['resolution']:.0f} px (k = {chosen['k']:.3g} x the largest run; "
-                    + (f"90% interval k in [{chosen['k_interval'][0]:.3g}, {chosen['k_interval'][1]:.3g}])" if iv
-                       else "interval open-ended)") + f" by {fit['chosen']}")
-    # the chosen form's interval is parameter uncertainty only; far beyond the data the forms
-    # themselves disagree, so the summary says what the others answer
-    others = "; ".join(f"{name} " + ("unreachable" if "unreachable" in r else f"k = {r['k']:.3g}")
-                       for name, r in st["forms"].items() if name != fit["chosen"])
-    if others:
-        headline += f" (other forms: {others})"
+    # far beyond the data the forms disagree: the summary says whether they agree, and what each answers
+    headline = verdict(fit, st, f"{DEMO_TARGET:.0%} top-1")
     stage(7, "report")
-    html = report(str(fit_path), str(out / "report"), target=str(DEMO_TARGET))
+    html = report(str(fit_path), str(out / "report"), target=str(DEMO_TARGET),
+                  notes=[("How this demo was sized", describe_plan(p, t_sweep, time.time() - t0))])
     try:
         from egoscale.train.visualize import visualize
         big = f"{s['models'][-1]}@{s['img_sizes'][-1]}_1_s{s['seeds'][0]}"
@@ -152,5 +155,5 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     for t in fit["trends"]:
         log(f"  measured {describe(t)}")
     log(f"report: {html.resolve()}")
-    return {"headline": headline, "report": str(html), "fit": fit["chosen"], "trends": fit["trends"],
-            "seconds": time.time() - t0}
+    return {"headline": headline, "steps": p["steps"], "report": str(html), "fit": fit["chosen"],
+            "trends": fit["trends"], "seconds": time.time() - t0}

@@ -237,3 +237,11 @@ def test_attention_kernel_choice_does_not_change_the_function():
         plain = model.forward_features(x)
     torch.testing.assert_close(plain, fused, rtol=1e-4, atol=1e-5)
     assert choose_attention(model, torch.device("cuda"), bf16=True) == "sdpa"  # GPUs keep the fused kernel
+
+
+@pytest.mark.parametrize("name,size", [("vit_s14", 224), ("vit_h14", 476), ("vit_pico4", 32), ("vit_small8", 48)])
+def test_encoder_parameter_count_from_the_shape_matches_the_built_model(name, size):
+    spec = get_spec(name)
+    with torch.device("meta"):
+        model = build_vit(spec, img_size=size, num_classes=0)
+    assert spec.encoder_params(size) == count_params(model)

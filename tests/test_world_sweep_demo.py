@@ -196,7 +196,9 @@ def test_quick_demo_end_to_end(tmp_path):
     # 3 models x 2 image sizes x (1 + 2 fractions x 2 seeds) cells, each finetuned and probed
     assert len(rows) == 3 * 2 * 5 * 2
     html = (out / "report" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5
+    assert html.count("data:image/png;base64,") == 6
+    assert "How this demo was sized" in html and "Pretraining steps per run: 20." in html
+    assert json.loads((out / "plan.json").read_text())["steps"] == 20  # the quick design length fits 2 minutes
     assert "Measured trends" in html and "<li>data (" in html and "vit_micro4 @32 px" in html
     assert (out / "report" / "reconstructions.png").is_file()
     fit = json.loads((out / "fit.json").read_text())

@@ -50,6 +50,15 @@ class ViTSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def encoder_params(self, img_size: int | None = None) -> int:
+        """Encoder parameters (no head) at `img_size` (default: the member's own), counted from the
+        shape: patch projection, class token, position table, blocks, final norm. Only the position
+        table depends on the image size."""
+        w, m, p = self.width, self.mlp_dim, self.patch_size
+        tokens = 1 + ((img_size or self.img_size) // p) ** 2
+        block = 4 * w * w + 2 * w * m + 9 * w + m  # qkv, proj, fc1, fc2 (with biases), two norms
+        return (3 * p * p * w + w) + w + tokens * w + self.depth * block + 2 * w
+
 
 _REGISTRY: dict[str, ViTSpec] = {}
 

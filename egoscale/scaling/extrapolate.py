@@ -26,6 +26,10 @@ from egoscale.scaling.forms import FORMS
 TARGETS = {"human": {"value": 0.949, "metric": "top5",
                      "source": "trained human annotator, 5.1% ImageNet top-5 error (Russakovsky et al. 2015)"}}
 K_MAX = 1e12
+# The paper's claim: human-level recognition at about 2.5B parameters, 20,000 h of video and 952 px.
+CLAIMS = {"paper": {"params": 2.5e9, "hours": 20000.0, "resolution": 952.0, "target": "human",
+                    "text": "human-level accuracy at about 2.5B parameters, 20,000 h of video and 952 px (Orhan 2023)"}}
+K_PATH = 1e6  # how far along the scale-together path a form must keep rising to count as physical
 
 
 @dataclass
@@ -48,11 +52,17 @@ examples:
                                      "model (6 x (N x visible tokens + decoder x all tokens) per image), whether "
                                      "it fits this budget, and the frontier")
     epochs: float = opt(1.0, "compute model: passes over the D hours")
+    claim: str | None = opt(None, "check a claim: 'paper' (human level at 2.5B parameters, 20,000 h, 952 px): "
+                            "every form's prediction there with intervals, and the k each needs to reach the target",
+                            choices=list(CLAIMS))
+    other_fit: str | None = opt(None, "with --claim: a second fit of the other metric (e.g. top-1 next to top-5)")
     json: bool = opt(False, "print JSON")
 
     def __post_init__(self):
         if self.at:
             parse_at(self.at)
+        elif self.claim:
+            pass
         elif not self.target:
             raise ConfigError("give --at params=...,hours=...,resolution=... or --target T with --scale-together "
                               "or --budget-flops C")
@@ -73,6 +83,11 @@ examples:
 
 def main(cfg: ExtrapolateConfig) -> int:
     fit = load_fit(cfg.fit)
+    if cfg.claim:
+        fits = [fit] + ([load_fit(cfg.other_fit)] if cfg.other_fit else [])
+        res = [check_claim(f, cfg.claim, cfg.target) for f in fits]
+        print(json.dumps(res, indent=2) if cfg.json else "\n\n".join(describe_claim(f, r) for f, r in zip(fits, res)))
+        return 0
     if cfg.at:
         res = at(fit, *parse_at(cfg.at))
         print(json.dumps(res, indent=2) if cfg.json else "\n".join(
@@ -88,6 +103,70 @@ def main(cfg: ExtrapolateConfig) -> int:
     res = scale_together(fit, value)
     print(json.dumps(res, indent=2) if cfg.json else describe_scale_together(fit, res, source))
     return 0
+
+
+def check_claim(fit: dict, name: str = "paper", target: str | None = None) -> dict:
+    """Every form's prediction at a claim's scale (with intervals), the target, the scale-together k
+    each form needs to reach it, and whether the claim lies inside each form's 90 % interval."""
+    c = CLAIMS[name]
+    tname = target or c["target"]
+    try:
+        value, source = resolve_target(fit, tname)
+    except ConfigError:  # the named target is defined on another metric: show the predictions anyway
+        value, source = None, f"{tname} is defined on {TARGETS[tname]['metric']}, not {fit['metric']}"
+    preds = at(fit, c["params"], c["hours"], c["resolution"])
+    st = scale_together(fit, value) if value is not None else None
+    forms = {}
+    for form, p in preds.items():
+        rec = {**p, "non_physical": bool(fit["forms"][form].get("non_physical"))}
+        if value is not None:
+            r = st["forms"][form]
+            rec["k_to_target"] = None if "unreachable" in r else r["k"]
+            lo, hi = p["pi"]
+            rec["claim"] = ("inside: the form's interval reaches the target" if hi >= value > lo else
+                            "the form predicts the target is passed there" if lo >= value else
+                            "outside: the form's interval stays below the target")
+        forms[form] = rec
+    return {"claim": c["text"], "metric": fit["metric"], "target": value, "target_source": source,
+            "scale": {k: c[k] for k in ("params", "hours", "resolution")}, "forms": forms,
+            "verdict": None if st is None else verdict(fit, st, f"{fit['metric']} {value:.3f}")}
+
+
+def describe_claim(fit: dict, r: dict) -> str:
+    sc = r["scale"]
+    lines = [f"claim: {r['claim']}", f"{r['metric']} at {sc['params']:.3g} params, {sc['hours']:.3g} h, "
+             f"{sc['resolution']:.0f} px; target "
+             + (f"{r['target']:.3f} ({r['target_source']})" if r["target"] is not None else r["target_source"])]
+    for name, p in r["forms"].items():
+        k = p.get("k_to_target")
+        need = "" if "k_to_target" not in p else (f"; reaches the target at k={k:.3g}" if k else "; never reaches it")
+        lines.append(f"  {name:<18} {p['pred']:.3f}  90% CI [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]  90% PI "
+                     f"[{p['pi'][0]:.3f}, {p['pi'][1]:.3f}]{need}" + (f"; {p['claim']}" if "claim" in p else "")
+                     + ("  (NON-PHYSICAL)" if p["non_physical"] else ""))
+    if r.get("verdict"):
+        lines.append(r["verdict"])
+    return "\n".join(lines)
+
+
+def verdict(fit: dict, res: dict, target_text: str) -> str:
+    """One sentence on what the forms together say about reaching a target (`scale_together`'s
+    result): a scale when the physical forms agree within a factor of 10, else that the runs
+    cannot decide, with every form's answer."""
+    def answer(name, r):
+        bad = " (non-physical)" if fit["forms"][name].get("non_physical") else ""
+        return f"{name} {'unreachable' if 'unreachable' in r else format(r['k'], '.3g') + 'x'}{bad}"
+
+    forms = res["forms"]
+    physical = {k: r for k, r in forms.items() if not fit["forms"][k].get("non_physical")}
+    ks = [r.get("k") for r in physical.values()]
+    everyone = "; ".join(answer(k, r) for k, r in forms.items())
+    if physical and all(k is not None for k in ks) and max(ks) / min(ks) <= 10:
+        r = physical[fit["chosen"]] if fit["chosen"] in physical else next(iter(physical.values()))
+        return (f"{target_text} needs about {r['params']:.3g} params, {r['hours']:.3g} h, {r['resolution']:.0f} px "
+                f"(k = {min(ks):.3g}-{max(ks):.3g} x the largest run, the physical forms agree within 10x: "
+                f"{everyone})")
+    return (f"the runs cannot decide where {target_text} is: the forms disagree (k = how many times the largest "
+            f"run's model, data and pixels: {everyone})")
 
 
 def describe_cheapest(fit: dict, res: dict, source: str) -> str:
@@ -115,6 +194,8 @@ def describe_scale_together(fit: dict, res: dict, source: str) -> str:
              f"D={b['hours']:.3g} h, R={b['resolution']:.0f} px, scaling N, D, pixels by k:"]
     for name, r in res["forms"].items():
         mark = "  <- chosen" if name == fit["chosen"] else ""
+        if fit["forms"][name].get("non_physical"):
+            mark += f"  (NON-PHYSICAL: {fit['forms'][name]['non_physical']['note']})"
         if "unreachable" in r:
             lines.append(f"  {name:<18} unreachable: {r['unreachable']}{mark}")
             continue
@@ -122,6 +203,7 @@ def describe_scale_together(fit: dict, res: dict, source: str) -> str:
         ivs = f"90% CI k in [{iv[0]:.3g}, {iv[1]:.3g}]" if iv else r.get("note", "")
         lines.append(f"  {name:<18} k={r['k']:.3g}: {r['params']:.3g} params, {r['hours']:.3g} h, "
                      f"{r['resolution']:.0f} px; {ivs}{mark}")
+    lines.append(verdict(fit, res, f"{fit['metric']} {res['target']:.3f}"))
     return "\n".join(lines)
 
 
@@ -192,6 +274,43 @@ def base_run(fit: dict) -> tuple[float, float, float]:
     """The largest run: the maximum N, D and R among the fitted rows."""
     rows = fit["data"]
     return max(r["params"] for r in rows), max(r["data_hours"] for r in rows), max(r["img_size"] for r in rows)
+
+
+def path_range(rows: list[dict]) -> tuple[float, float]:
+    """The scale-together path's range checked for physical behaviour: from the smallest run's
+    scale (the smallest of N, D and pixels relative to the largest run) to k = K_PATH."""
+    N0, D0, R0 = base_run({"data": rows})
+    lo = min(min(r["params"] / N0, r["data_hours"] / D0, (r["img_size"] / R0) ** 2) for r in rows)
+    return max(lo, 1e-9), K_PATH
+
+
+def turning_point(form, theta, rows: list[dict], points: int = 600, tol: float = 1e-4) -> dict | None:
+    """Where a form stops rising along the scale-together path, or None if it never does.
+
+    More model, data and pixels together should never lower accuracy, and less of all three
+    should never raise it. A form whose prediction falls anywhere as k grows past the data (up to
+    K_PATH), or rises as k shrinks below it (down to the smallest run), is non-physical there:
+    its extrapolation says more about the form than about the runs. `tol` (accuracy) ignores
+    flat stretches.
+    """
+    base = base_run({"data": rows})
+    lo, hi = path_range(rows)
+    ks = np.geomspace(lo, hi, points)
+    pred = np.asarray(form.predict(theta, base[0] * ks, base[1] * ks, base[2] * np.sqrt(ks)), float)
+    peak = np.maximum.accumulate(pred)
+    falls = np.flatnonzero(peak - pred > tol)
+    if not len(falls):
+        return None
+    i = int(np.argmax(pred[: falls[0] + 1]))  # the highest point before the first fall
+    j = i + int(np.argmin(pred[i:]))  # the lowest point after it
+    if ks[j] < 1:  # a valley below the data: shrinking every axis raises the prediction
+        note = (f"below the data it rises as scale shrinks: {pred[j]:.3f} at k={ks[j]:.3g}, "
+                f"{pred[0]:.3f} at k={ks[0]:.3g}")
+    else:
+        note = f"turns down at k={ks[i]:.3g}: {pred[i]:.3f} there, {pred[j]:.3f} at k={ks[j]:.3g}"
+    k = float(ks[i] if ks[j] >= 1 else ks[j])  # where it turns: the peak beyond, or the valley below
+    return {"k": k, "params": float(base[0] * k), "hours": float(base[1] * k), "resolution": float(base[2] * k ** 0.5),
+            "accuracy": float(pred[i]), "lowest_after": float(pred[j]), "note": note}
 
 
 def _k_for(form, theta, base, target) -> float | None:

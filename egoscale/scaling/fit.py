@@ -12,6 +12,7 @@ import numpy as np
 from egoscale.config import opt
 from egoscale.errors import ConfigError, DataError
 from egoscale.fileio import write_json_atomic
+from egoscale.scaling.extrapolate import turning_point
 from egoscale.scaling.estimation import FORMS, bootstrap, fit_form, predict_interval, seed_noise
 from egoscale.scaling.results import read_table
 from egoscale.scaling.trends import describe, measured_trends
@@ -69,7 +70,43 @@ def _rows(cfg: FitConfig) -> tuple[list[dict], list[dict]]:
         (dropped if why else used).append({**r, "dropped_because": why} if why else r)
     if len(used) < 3:
         raise DataError(f"{cfg.table}: only {len(used)} usable rows for --metric {cfg.metric}; need at least 3")
-    return used, dropped
+    return reference_params(used), dropped
+
+
+def reference_params(rows: list[dict]) -> list[dict]:
+    """One N per architecture: the scaling law's N is the encoder's parameter count at the
+    architecture's reference resolution (its registered image size: 224 px for the paper's ViTs),
+    not the table's count, which grows with the position table at higher resolutions (ViT-H/14:
+    632.0M at 224 px, 633.2M at 476). So resolution stays the R axis alone, and the largest-model
+    split holds out an architecture at every resolution. The table's count is kept as
+    `params_at_resolution`. Architectures outside the registry keep the count of their smallest
+    image size."""
+    from egoscale.errors import ModelNotFoundError
+    from egoscale.models.registry import get_spec
+
+    ref: dict[str, float] = {}
+    for r in sorted(rows, key=lambda r: r["img_size"]):
+        name = str(r.get("model") or f"N={r['params']:g}")
+        if name in ref:
+            continue
+        try:
+            spec = get_spec(name)
+            if r.get("patch_size"):
+                spec = get_spec(name, patch_size=int(r["patch_size"]))
+            ref[name] = float(spec.encoder_params())
+        except ModelNotFoundError:
+            ref[name] = float(r["params"])
+    return [{**r, "params_at_resolution": r["params"], "params": ref[str(r.get("model") or f"N={r['params']:g}")]}
+            for r in rows]
+
+
+def common_resolution(rows: list[dict]) -> float:
+    """The image size most architectures were run at (the smallest on a tie): where model-size
+    extrapolation is scored."""
+    models_at: dict[float, set] = {}
+    for r in rows:
+        models_at.setdefault(r["img_size"], set()).add(r["params"])
+    return min(models_at, key=lambda s: (-len(models_at[s]), s))
 
 
 def _split_mask(rows: list[dict], split: str) -> np.ndarray:
@@ -150,8 +187,19 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
             err = np.abs(pred - y[mask])
             boot_var = np.array([form.predict(t, *te) for t in bs]).var(0)
             excess[split] = (err ** 2 - boot_var - noise ** 2, bs, te, y[mask])
+            scored = np.ones(len(err), bool)
+            extra = {}
+            if split == "largest-model":  # scored at the common resolution; other resolutions apart
+                sizes = te[2]
+                scored = np.isclose(sizes, common_resolution(rows))
+                if scored.any() and not scored.all():
+                    extra["other_resolutions"] = {f"{s:g}": float(err[np.isclose(sizes, s)].mean() * 100)
+                                                  for s in np.unique(sizes[~scored])}
+                    extra["scored_at_resolution"] = float(common_resolution(rows))
+                else:
+                    scored = np.ones(len(err), bool)
             entry["holdout"].append({
-                "split": split, "n": int(mask.sum()), "mae_points": float(err.mean() * 100),
+                "split": split, "n": int(mask.sum()), "mae_points": float(err[scored].mean() * 100), **extra,
                 "coverage": float(np.mean((y[mask] >= plo) & (y[mask] <= phi))),
                 "predictions": [{"row": int(i), "true": float(t), "pred": float(p), "lo": float(a), "hi": float(b)}
                                 for i, t, p, a, b in zip(np.flatnonzero(mask), y[mask], pred, plo, phi)]})
@@ -170,17 +218,27 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
         valid = [h["mae_points"] for h in entry["holdout"] if "mae_points" in h]
         entry["heldout_mae_points"] = float(np.mean(valid)) if valid else None
         result["forms"][name] = entry
+        entry["non_physical"] = turning_point(form, full["theta"], rows)
         log(f"{name:<18} in-sample RMSE {full['rmse'] * 100:5.2f} pts, held-out MAE "
             f"{'n/a' if entry['heldout_mae_points'] is None else format(entry['heldout_mae_points'], '.2f') + ' pts'}"
-            f", asymptote {entry['asymptote']:.3f}{'' if full['converged'] else ' (NOT converged)'}")
+            f", asymptote {entry['asymptote']:.3f}{'' if full['converged'] else ' (NOT converged)'}"
+            + (f"; NON-PHYSICAL: {entry['non_physical']['note']}" if entry["non_physical"] else ""))
     fitted = {k: v for k, v in result["forms"].items() if "theta" in v}
     if not fitted:
         raise DataError("no form could be fitted: too few rows")
     scored = {k: v["heldout_mae_points"] for k, v in fitted.items() if v["heldout_mae_points"] is not None}
+    # a form that turns down along the scale-together path is not chosen for extrapolation
+    physical = {k: v for k, v in scored.items() if not fitted[k]["non_physical"]}
     if scored:
-        chosen = min(scored, key=scored.get)
+        pool = physical or scored
+        chosen = min(pool, key=pool.get)
         why = (f"lowest mean held-out error ({scored[chosen]:.2f} points over {len(splits)} split(s): "
                + ", ".join(f"{k} {v:.2f}" for k, v in sorted(scored.items(), key=lambda kv: kv[1])) + ")")
+        skipped = sorted(set(scored) - set(physical))
+        if skipped and physical:
+            why += f"; {', '.join(skipped)} not considered: non-physical along the scale-together path"
+        elif skipped:
+            why += "; every form is non-physical along the scale-together path: its extrapolation is not to be trusted"
     else:
         chosen = min(fitted, key=lambda k: fitted[k]["rmse"])
         why = "no held-out split was possible; chosen by in-sample RMSE, which favours flexible forms"

@@ -15,11 +15,11 @@ import numpy as np
 
 from egoscale.config import opt
 from egoscale.fileio import write_text_atomic
-from egoscale.scaling.extrapolate import TARGETS, at, curve, load_fit, resolve_target, scale_together
+from egoscale.scaling.extrapolate import (TARGETS, cheapest, check_claim, curve, load_fit, resolve_target,
+                                         scale_together, verdict)
 from egoscale.scaling.forms import FORMS
 from egoscale.scaling.trends import cell_table, describe, measured_trends
 
-HEADLINE = (2.5e9, 20000.0, 952.0)  # the paper's extrapolated scale
 COLORS = {"logit_linear": "tab:blue", "power_error": "tab:red", "logit_interaction": "tab:green"}
 
 
@@ -141,6 +141,39 @@ def plot_heldout(fit, out: Path) -> Path:
     return out
 
 
+def plot_frontier(fit, out: Path, target: float) -> Path:
+    """Per form: the cheapest training compute that reaches `target` for each model size (the
+    frontier of `extrapolate --budget-flops`), the cheapest point, and its bootstrap interval."""
+    plt = _plt()
+    res = cheapest(fit, target)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in res["forms"].items():
+        col = COLORS.get(name)
+        if "unreachable" in r:
+            ax.plot([], [], color=col, label=f"{name}: unreachable")
+            continue
+        front = r["frontier"]
+        bad = " (non-physical)" if fit["forms"][name].get("non_physical") else ""
+        ax.plot([f["params"] for f in front], [f["flops"] for f in front], color=col, label=name + bad,
+                ls="--" if bad else "-")
+        iv = r.get("flops_interval") or [None, None]
+        lo = iv[0] if iv[0] is not None else r["flops"]
+        hi = iv[1] if iv[1] is not None else r["flops"] * 1e3  # unbounded above: drawn as a long bar
+        ax.errorbar([r["params"]], [r["flops"]], yerr=[[r["flops"] - lo], [hi - r["flops"]]], fmt="o", color=col,
+                    capsize=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("encoder parameters (N)")
+    ax.set_ylabel("training FLOPs (compute model)")
+    ax.set_title(f"cheapest compute reaching {fit['metric']} {target:.3f} per model size\n"
+                 "(dot: the cheapest of all, with its 90% bootstrap interval)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_extrapolation(fit, out: Path, target: float | None) -> Path:
     plt = _plt()
     ks = np.geomspace(1e-3, 1e4, 120)
@@ -165,6 +198,10 @@ def plot_extrapolation(fit, out: Path, target: float | None) -> Path:
     return out
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
 def _md_table(header, rows):
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                      + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
@@ -183,7 +220,9 @@ def _trends_section(fit) -> list[str]:
                _md_table(header, rows), ""])
 
 
-def report(fit_path: str, out: str, target: str | None = None) -> Path:
+def report(fit_path: str, out: str, target: str | None = None,
+           notes: list[tuple[str, list[str]]] | None = None) -> Path:
+    """Plots, report.md and report.html from a fit; `notes` adds (heading, paragraphs) sections."""
     fit = load_fit(fit_path)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +234,8 @@ def report(fit_path: str, out: str, target: str | None = None) -> Path:
              plot_vs(fit, out_dir / "accuracy_vs_resolution.png", "img_size", "image side (R, px)"),
              plot_heldout(fit, out_dir / "heldout.png"),
              plot_extrapolation(fit, out_dir / "extrapolation.png", tval)]
+    if tval is not None:
+        plots.append(plot_frontier(fit, out_dir / "compute_frontier.png", tval))
     fitted = {k: v for k, v in fit["forms"].items() if "theta" in v}
     md = [f"# Scaling report: {fit['metric']}", "",
           f"{fit['n_rows']} runs from `{fit['table']}`"
@@ -213,23 +254,35 @@ def report(fit_path: str, out: str, target: str | None = None) -> Path:
                      "n/a" if e["heldout_mae_points"] is None else f"{e['heldout_mae_points']:.2f}",
                      "n/a" if not cov else f"{np.mean(cov):.0%}", "n/a" if not cal else f"{np.mean(cal):.0%}",
                      f"{e.get('form_sigma', 0.0) * 100:.2f}", f"{e['asymptote']:.3f}",
-                     "yes" if e["converged"] else "**no**", ps])
+                     "yes" if e["converged"] else "**no**",
+                     f"**non-physical**: {e['non_physical']['note']}" if e.get("non_physical") else "rises", ps])
     md += [_md_table(["form", "formula", "RMSE (pts)", "held-out MAE (pts)", "PI coverage", "+ form error",
-                      "form error (pts)", "asymptote", "converged", "parameters [90% CI]"], rows), "",
+                      "form error (pts)", "asymptote", "converged", "along the path", "parameters [90% CI]"], rows),
+           "",
+           "Along the path: whether the form keeps rising as model, data and pixels grow together (from the "
+           "smallest run's scale to a million times the largest). A form that turns down is non-physical there "
+           "and is not chosen for extrapolation.", "",
            "PI coverage: the share of held-out runs inside their 90 % prediction interval from parameter "
            "uncertainty and seed noise alone; \"+ form error\" adds the form's own error as estimated from the "
            "other held-out splits (so each split is checked on an estimate it did not inform). The "
            "prediction intervals below include that error, measured one step beyond the data; far beyond, it "
            "grows, as the spread between the forms shows.", ""]
-    N, D, R = HEADLINE
-    pred = at(fit, N, D, R)
-    preds = [v["pred"] for v in pred.values()]
-    md += ["## At the paper's headline scale (2.5B parameters, 20,000 h, 952 px)", "",
-           _md_table(["form", f"predicted {fit['metric']}", "90% CI", "90% PI"],
-                     [[k, _pct(v["pred"]), f"{_pct(v['ci'][0])} – {_pct(v['ci'][1])}",
-                       f"{_pct(v['pi'][0])} – {_pct(v['pi'][1])}"] for k, v in pred.items()]),
+    claim = check_claim(fit, "paper", None if fit["metric"] == TARGETS["human"]["metric"] else target)
+    preds = [v["pred"] for v in claim["forms"].values()]
+    has_target = claim["target"] is not None
+    md += ["## The paper's claim: 2.5B parameters, 20,000 h, 952 px", "",
+           f"Claim: {claim['claim']}. Target: "
+           + (f"{claim['target']:.3f} {fit['metric']} ({claim['target_source']})." if has_target
+              else f"{claim['target_source']}."), "",
+           _md_table(["form", f"predicted {fit['metric']}", "90% CI", "90% PI"]
+                     + (["k to reach the target", "the claim"] if has_target else []),
+                     [[k + (" (non-physical)" if v["non_physical"] else ""), _pct(v["pred"]),
+                       f"{_pct(v['ci'][0])} – {_pct(v['ci'][1])}", f"{_pct(v['pi'][0])} – {_pct(v['pi'][1])}"]
+                      + ([("never" if v["k_to_target"] is None else f"{v['k_to_target']:.3g}"), v["claim"]]
+                         if has_target else []) for k, v in claim["forms"].items()]),
            "", f"The forms disagree by {100 * (max(preds) - min(preds)):.1f} points here: far from the data, "
-           "the choice of form dominates the answer.", ""]
+           "the choice of form dominates the answer." + (f" {_sentence(claim['verdict'])}" if claim["verdict"] else ""),
+           ""]
     if tval is not None:
         st = scale_together(fit, tval)
         b = st["base"]
@@ -244,7 +297,10 @@ def report(fit_path: str, out: str, target: str | None = None) -> Path:
             iv = r.get("k_interval")
             trows.append([name, f"{r['k']:.3g}" + (f" [{iv[0]:.3g}, {iv[1]:.3g}]" if iv else " [open-ended]"),
                           f"{r['params']:.3g}", f"{r['hours']:.3g}", f"{r['resolution']:.0f}"])
-        md += [_md_table(["form", "k [90% CI]", "params", "hours", "resolution (px)"], trows), ""]
+        md += [_md_table(["form", "k [90% CI]", "params", "hours", "resolution (px)"], trows), "",
+               _sentence(verdict(fit, st, f"{tval:.3f} {fit['metric']}")), ""]
+    for heading, paragraphs in notes or []:
+        md += [f"## {heading}", ""] + [x for para in paragraphs for x in (para, "")]
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     text = "\n".join(md)
     write_text_atomic(out_dir / "report.md", text)

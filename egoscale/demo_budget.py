@@ -1,0 +1,158 @@
+"""Sizing the demo's sweep to a time budget on whatever machine runs it.
+
+After the world, ingest and subsets (their time is known by then), the demo times this machine:
+a few pretraining, finetuning and feature-extraction steps of every model at every image size,
+each on the threads one sweep worker gets. From those it predicts the sweep's time for a given
+number of pretraining steps (cells run `parallel` at a time, longest first) and picks the most
+steps, up to the size's design value, that fit what is left of the budget after a reserve for
+the fit and the report. The plan is saved in OUT/plan.json and reused when the demo is re-run,
+so one study never mixes runs of different lengths; the report shows it next to the sweep's
+actual time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from egoscale.fileio import write_json_atomic
+
+PLAN = "plan.json"
+MIN_STEPS = 50  # fewer pretraining steps teach the tiny models nothing a probe can read
+CELL_OVERHEAD_S = 2.0  # per cell: worker start-up, model build, checkpoint and result writes
+REPORT_RESERVE = 0.08  # share of the budget kept for the fit, extrapolation and report
+
+
+def _timed(fn, warm: int = 1, reps: int = 2) -> float:
+    for _ in range(warm):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+def _time_one(spec, batch: int) -> dict:
+    import torch
+
+    from egoscale.models import build_mae, build_vit
+    from egoscale.train.loop import adamw
+
+    x = torch.randn(batch, 3, spec.img_size, spec.img_size)
+    mae = build_mae(spec, mask_ratio=0.75)
+    opt = adamw(mae.parameters(), 1e-4, torch.device("cpu"))
+    vit = build_vit(spec, num_classes=8, global_pool="avg")
+    vopt = adamw(vit.parameters(), 1e-4, torch.device("cpu"))
+    y = torch.randint(0, 8, (batch,))
+
+    def pretrain_step():
+        mae(x).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def finetune_step():
+        torch.nn.functional.cross_entropy(vit(x), y).backward()
+        vopt.step()
+        vopt.zero_grad(set_to_none=True)
+
+    def extract():
+        with torch.no_grad():
+            vit.forward_features(x)
+
+    return {"pretrain_step": _timed(pretrain_step), "finetune_step": _timed(finetune_step),
+            "extract_image": _timed(extract) / batch}
+
+
+def time_machine(models: list[str], sizes: list[int], batch: int, threads: int) -> dict[str, dict]:
+    """Seconds per pretraining step, per finetuning step and per extracted image, for each
+    model@size, measured here on `threads` threads (what one sweep worker gets)."""
+    import torch
+
+    from egoscale.models import get_spec
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return {f"{name}@{size}": _time_one(get_spec(name, img_size=size), batch) for name in models for size in sizes}
+    finally:
+        torch.set_num_threads(before)
+
+
+def predict_sweep_seconds(cells: list[tuple[str, int]], steps: int, timing: dict[str, dict], s: dict,
+                          parallel: int) -> float:
+    """The sweep's wall time: each cell's pretraining, finetuning and probe, `parallel` at a time
+    (longest first, so the last round is the shortest cells)."""
+    n_train = s["categories"] * s["train_per_class"]
+    n_val = s["categories"] * s["val_per_class"]
+    per = []
+    for model, size in cells:
+        t = timing[f"{model}@{size}"]
+        ft_steps = s["epochs"] * math.ceil(n_train / 32)
+        # finetuning evaluates the val set after every epoch; the probe extracts train and val once
+        extract = (s["epochs"] * n_val + n_train + n_val) * t["extract_image"]
+        per.append(steps * t["pretrain_step"] + ft_steps * t["finetune_step"] + extract + CELL_OVERHEAD_S)
+    workers = [0.0] * max(1, parallel)
+    for p in sorted(per, reverse=True):  # longest first, each to the worker that frees up first
+        workers[workers.index(min(workers))] += p
+    return max(workers)
+
+
+def plan(out: Path, s: dict, cells: list[tuple[str, int]], parallel: int, threads: int, budget_min: float | None,
+         elapsed_s: float, log, timing: dict | None = None) -> dict:
+    """The demo's pretraining steps for this machine and budget (reused from OUT/plan.json).
+
+    `timing` (from `time_machine`) is measured here unless given."""
+    path = Path(out) / PLAN
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        log(f"  plan: {saved['steps']} pretraining steps per run, as chosen when this demo folder was started")
+        return saved
+    if budget_min is None:
+        p = {"steps": s["steps"], "budget_minutes": None, "why": "no time budget: the size's design length"}
+        write_json_atomic(path, p)
+        return p
+    t0 = time.time()
+    models = sorted({m for m, _ in cells})
+    sizes = sorted({z for _, z in cells})
+    timing = timing or time_machine(models, sizes, s["batch"], threads)
+    elapsed_s += time.time() - t0
+    budget = budget_min * 60
+    left = budget * (1 - REPORT_RESERVE) - elapsed_s
+    design = s["steps"]
+    fewest = min(MIN_STEPS, design)
+    fits = [n for n in range(design, fewest - 1, -10) if predict_sweep_seconds(cells, n, timing, s, parallel) <= left]
+    steps = fits[0] if fits else fewest
+    predicted = predict_sweep_seconds(cells, steps, timing, s, parallel)
+    if steps >= design:
+        why = f"the size's design length ({design} steps) fits the {budget_min:g}-minute budget on this machine"
+    elif fits:
+        why = (f"{design} steps would take about {predict_sweep_seconds(cells, design, timing, s, parallel) / 60:.1f} "
+               f"min of sweep here; {steps} steps fit the {budget_min:g}-minute budget")
+    else:
+        why = (f"even {fewest} steps (the fewest that teach these models anything) take about "
+               f"{predicted / 60:.1f} min of sweep here, beyond the {budget_min:g}-minute budget: the demo will "
+               "run over it")
+    p = {"steps": steps, "design_steps": design, "budget_minutes": budget_min, "parallel": parallel,
+         "threads_per_run": threads, "seconds_before_sweep": round(elapsed_s, 1),
+         "predicted_sweep_seconds": round(predicted, 1), "timing": timing, "why": why}
+    write_json_atomic(path, p)
+    log(f"  plan: {steps} pretraining steps per run: {why}")
+    return p
+
+
+def describe_plan(p: dict, sweep_seconds: float | None, total_seconds: float | None) -> list[str]:
+    """Report lines: what the demo chose and why, and how the prediction held up."""
+    lines = [f"Pretraining steps per run: {p['steps']}. {p['why'][:1].upper() + p['why'][1:]}."]
+    if p.get("timing"):
+        slow = max(p["timing"].items(), key=lambda kv: kv[1]["pretrain_step"])
+        lines.append(f"This machine, one run's {p['threads_per_run']} thread(s): {slow[0]} takes "
+                     f"{slow[1]['pretrain_step'] * 1000:.0f} ms per pretraining step (the slowest of the grid); "
+                     f"{p['parallel']} runs at a time.")
+    if sweep_seconds is not None and p.get("predicted_sweep_seconds"):
+        lines.append(f"Sweep: predicted {p['predicted_sweep_seconds'] / 60:.1f} min, "
+                     f"took {sweep_seconds / 60:.1f} min.")
+    if total_seconds is not None and p.get("budget_minutes"):
+        lines.append(f"The whole demo took {total_seconds / 60:.1f} min of a {p['budget_minutes']:g}-minute budget.")
+    return lines

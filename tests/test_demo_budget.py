@@ -1,0 +1,45 @@
+"""The demo sizes its sweep to a time budget from timings taken on the machine that runs it."""
+
+import json
+
+from egoscale.demo_budget import PLAN, plan, predict_sweep_seconds
+
+SIZE = dict(categories=4, train_per_class=4, val_per_class=4, models=["vit_pico4"], img_sizes=[24], steps=400,
+            epochs=1, batch=16)
+CELLS = [("vit_pico4", 24)] * 4
+quiet = lambda *a, **k: None  # noqa: E731
+
+
+def test_the_plan_fits_the_budget_and_is_kept_for_the_folder(tmp_path):
+    roomy = plan(tmp_path / "a", SIZE, CELLS, parallel=2, threads=1, budget_min=60, elapsed_s=0, log=quiet)
+    assert roomy["steps"] == 400 and "design length" in roomy["why"]  # never more than the design length
+
+    timing = roomy["timing"]
+    # a budget that the design length overruns: fewer steps, whose predicted sweep fits what is left
+    need = predict_sweep_seconds(CELLS, 400, timing, SIZE, 2)
+    budget_min = (need * 0.6 + 5) / 60 / (1 - 0.08)
+    tight = plan(tmp_path / "b", SIZE, CELLS, parallel=2, threads=1, budget_min=budget_min, elapsed_s=5, log=quiet,
+                 timing=timing)  # the same timings: the choice itself is exact
+    left = budget_min * 60 * (1 - 0.08) - tight["seconds_before_sweep"]  # after the reserve
+    assert 50 <= tight["steps"] < 400
+    assert tight["predicted_sweep_seconds"] <= left  # the most steps that fit (10-step granularity)
+    assert predict_sweep_seconds(CELLS, tight["steps"] + 10, tight["timing"], SIZE, 2) > left
+
+    # no budget can be met: the fewest useful steps, and the plan says it will run over
+    hopeless = plan(tmp_path / "c", SIZE, CELLS, parallel=2, threads=1, budget_min=0.01, elapsed_s=5, log=quiet,
+                    timing=timing)
+    assert hopeless["steps"] == 50 and "run over" in hopeless["why"]
+
+    # re-running the demo in a folder reuses its plan, whatever the budget now: one study, one length
+    again = plan(tmp_path / "c", SIZE, CELLS, parallel=2, threads=1, budget_min=60, elapsed_s=0, log=quiet)
+    assert again["steps"] == 50 and json.loads((tmp_path / "c" / PLAN).read_text())["steps"] == 50
+
+
+def test_the_sweep_prediction_runs_cells_longest_first_on_each_free_worker():
+    timing = {"a@8": {"pretrain_step": 1.0, "finetune_step": 0.0, "extract_image": 0.0},
+              "b@8": {"pretrain_step": 3.0, "finetune_step": 0.0, "extract_image": 0.0}}
+    size = dict(SIZE, epochs=0)
+    cells = [("a", 8), ("a", 8), ("b", 8)]
+    # 10 steps: cells of 10+2, 10+2 and 30+2 s; two workers: 32 on one, 24 on the other
+    assert predict_sweep_seconds(cells, 10, timing, size, 2) == 32
+    assert predict_sweep_seconds(cells, 10, timing, size, 1) == 56
