@@ -34,7 +34,8 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset()) -> None:
     """Add one --flag per field of `cls` (a dataclass) to `parser`; defaults are shown in help."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    # fields marked `last` (shared option groups inherited from a base class) after the stage's own
+    for f in sorted(dataclasses.fields(cls), key=lambda f: bool(f.metadata.get("last"))):
         if f.name in skip or f.metadata.get("cli") is False:
             continue
         tp, is_list = _base_type(hints[f.name])

@@ -144,13 +144,6 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     stage(7, "report")
     html = report(str(fit_path), str(out / "report"), target=str(DEMO_TARGET),
                   notes=[("How this demo was sized", describe_plan(p, t_sweep, time.time() - t0))])
-    try:
-        from egoscale.train.visualize import visualize
-        big = f"{s['models'][-1]}@{s['img_sizes'][-1]}_1_s{s['seeds'][0]}"
-        visualize(str(out / "runs" / "pretrain" / big), str(out / "frames"),
-                  str(out / "report" / "reconstructions.png"), n=6)
-    except Exception as e:  # noqa: BLE001 - pictures are a bonus; say why they are missing
-        log(f"  (no reconstruction picture: {e})")
     log(f"done in {time.time() - t0:.0f} s: {headline}")
     for t in fit["trends"]:
         log(f"  measured {describe(t)}")

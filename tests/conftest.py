@@ -14,3 +14,11 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """A world, its frames and subsets: the inputs of a sweep (tests/study.py)."""
+    from tests.study import make_study
+
+    return make_study(tmp_path_factory.mktemp("study"))

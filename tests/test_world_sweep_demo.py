@@ -17,6 +17,7 @@ from egoscale.sweep.grid import cells, load_grid
 from egoscale.sweep.slurm import slurm_jobs
 from egoscale.sweep.sweep import run_local, status
 from egoscale.world.world import WorldConfig, make_world
+from tests.study import grid_dict as _grid
 
 quiet = lambda *a, **k: None  # noqa: E731
 
@@ -43,32 +44,6 @@ def test_world_is_deterministic_and_writes_valid_video(tmp_path):
     assert _frames(tmp_path / "c" / "videos" / "walk-0000.mp4") != _frames(vid)  # another seed, another world
     with pytest.raises(ConfigError, match="other settings"):
         make_world(WorldConfig(out=str(tmp_path / "a"), hours=0.03, progress=False), log=quiet)
-
-
-@pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory):
-    """A world, its frames and subsets: the inputs of a sweep."""
-    from egoscale.data.ingest import IngestConfig, ingest
-    from egoscale.data.subset import SubsetConfig, make_subsets
-
-    root = tmp_path_factory.mktemp("study")
-    make_world(WorldConfig(out=str(root / "world"), hours=0.05, categories=3, train_per_class=4, val_per_class=4,
-                           progress=False), log=quiet)
-    ingest(IngestConfig(source=[f"w={root / 'world' / 'videos'}"], out=str(root / "frames"), short_side=0,
-                        progress=False), log=quiet)
-    make_subsets(SubsetConfig(frames=str(root / "frames"), fractions=[1.0, 0.5], seeds=[1, 2]), log=quiet)
-    return root
-
-
-def _grid(root, **over):
-    lab = root / "world" / "labelled"
-    g = {"data": str(root / "frames"), "subsets": str(root / "frames" / "subsets"), "models": ["vit_pico4"],
-         "img_sizes": [32], "fractions": [1.0, 0.5], "seeds": [1, 2],
-         "pretrain": {"steps": 3, "batch_size": 8, "workers": 0, "log_every": 1},
-         "evals": [{"name": "probe", "kind": "probe", "train": str(lab / "train"), "val": str(lab / "val"),
-                    "condition": "full", "workers": 0, "min_steps": 10, "epochs": 1}]}
-    g.update(over)
-    return g
 
 
 def test_sweep_skips_finished_cells_records_failures_and_resumes(tiny_study, tmp_path):
@@ -171,18 +146,41 @@ def test_grid_unknown_keys_are_errors(tiny_study):
         load_grid(bad)
 
 
-def test_slurm_job_specifications(tiny_study, tmp_path):
-    g = _grid(tiny_study, slurm={"partition": "gpu", "gpus_per_node": 4, "nodes": 2, "timeout_min": 600})
-    jobs = slurm_jobs(load_grid(g), tmp_path / "runs")
-    pre = [j for j in jobs if j["kind"] == "pretrain"]
-    ev = [j for j in jobs if j["kind"] == "probe"]
+def test_slurm_job_specifications(tiny_study, tmp_path, monkeypatch):
+    g = _grid(tiny_study, slurm={"partition": "gpu", "gpus_per_node": 4, "nodes": 2, "timeout_min": 600,
+                                 "account": "lab", "python": "/opt/py/bin/python"})
+    out = tmp_path / "runs"
+    jobs = slurm_jobs(load_grid(g), out)
+    pre = [j for j in jobs if j["stage"] == "pretrain"]
+    ev = [j for j in jobs if j["stage"] == "probe"]
     assert len(pre) == 3 and len(ev) == 3
     j = pre[1]
-    assert j["command"][:6] == ["torchrun", "--nnodes", "2", "--nproc-per-node", "4", "--rdzv-backend"]
-    assert "--subset" in j["command"] and j["command"][j["command"].index("--subset") + 1].endswith("0.5_s1.json")
-    assert (j["nodes"], j["gpus_per_node"], j["timeout_min"], j["partition"], j["requeue"]) == (2, 4, 600, "gpu", True)
-    assert ev[1]["depends_on"] == j["name"] and ev[1]["gpus_per_node"] == 1
-    assert ev[1]["command"][:4] == ["python", "-m", "egoscale", "probe"]
+    assert j["command"] == ["/opt/py/bin/python", "-m", "egoscale.sweep.job", str(out.resolve()), "pretrain",
+                            "vit_pico4@32_0.5_s1"]
+    assert (j["nodes"], j["gpus_per_node"], j["timeout_min"], j["partition"], j["account"], j["requeue"]) == (
+        2, 4, 600, "gpu", "lab", True)
+    assert ev[1]["depends_on"] == j["name"] and ev[1]["gpus_per_node"] == 1 and ev[1]["nodes"] == 1
+    with pytest.raises(ConfigError, match="unknown keys"):
+        slurm_jobs(load_grid(_grid(tiny_study, slurm={"gpu": 1})), out)
+
+    # a multi-GPU pretraining job starts torchrun over the job's nodes, rendezvous on its first node
+    import dataclasses
+    import subprocess as sp
+
+    from egoscale.sweep import job
+
+    out.mkdir()
+    (out / "grid.json").write_text(json.dumps(dataclasses.asdict(load_grid(g))))
+    seen = []
+    monkeypatch.setattr(job, "_first_node", lambda: "node07")
+    monkeypatch.setattr(sp, "run", lambda cmd, **kw: seen.append(cmd) or sp.CompletedProcess(cmd, 0))
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert job.main([str(out), "pretrain", "vit_pico4@32_0.5_s1"]) == 0
+    cmd = seen[0]
+    assert cmd[1:3] == ["-m", "torch.distributed.run"] and cmd[cmd.index("--nnodes") + 1] == "2"
+    assert cmd[cmd.index("--nproc-per-node") + 1] == "4" and cmd[cmd.index("--rdzv-endpoint") + 1] == "node07:29500"
+    assert cmd[-4:] == ["egoscale.sweep.job", str(out), "pretrain", "vit_pico4@32_0.5_s1"]
 
 
 def test_quick_demo_end_to_end(tmp_path):
@@ -196,7 +194,8 @@ def test_quick_demo_end_to_end(tmp_path):
     # 3 models x 2 image sizes x (1 + 2 fractions x 2 seeds) cells, each finetuned and probed
     assert len(rows) == 3 * 2 * 5 * 2
     html = (out / "report" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 6
+    # 6 plots of the fit, and the sweep's frames, labelled images, loss curves and reconstructions
+    assert html.count("data:image/png;base64,") == 10 and "not drawn" not in html
     assert "How this demo was sized" in html and "Pretraining steps per run: 20." in html
     assert json.loads((out / "plan.json").read_text())["steps"] == 20  # the quick design length fits 2 minutes
     assert "Measured trends" in html and "<li>data (" in html and "vit_micro4 @32 px" in html

@@ -28,11 +28,12 @@ from egoscale.models.checkpoint import vit_meta
 from egoscale.models.vit import choose_attention
 from egoscale.train.distributed import Dist, cleanup, init_distributed, is_main_process, parallelize
 from egoscale.runfolder import FolderLock, check_identity
+from egoscale.train.tracking import TrackingConfig
 from egoscale.train.loop import CHECKPOINT, LoopSettings, Trainer, adamw, lr_schedule, read_metrics, use_bf16
 
 
 @dataclass
-class FinetuneConfig(EvalData):
+class FinetuneConfig(EvalData, TrackingConfig):
     """Finetune the whole encoder with a BatchNorm+Linear head on a random fraction of a labelled folder
 (ImageNet layout) and report top-1/top-5 on the whole val folder after every epoch. Defaults are the
 paper's recipe. Resumable; runs under torchrun like pretraining.
@@ -152,7 +153,7 @@ def _finetune(cfg: FinetuneConfig, d: Dist, out: Path, record: dict, changed: di
                       lambda m, b: F.cross_entropy(m(b[0]), b[1]),
                       to_file=lambda st: {"model": st, "egoscale": vit_meta(vit)},
                       from_file=lambda obj: obj["model"], config=to_dict(cfg), evaluate=evaluate,
-                      eval_every=steps_per_epoch)
+                      eval_every=steps_per_epoch, tracking=cfg)
     if trainer.resume() and d.is_main:
         log(f"resumed at epoch {trainer.step // steps_per_epoch}")
     if d.is_main:  # written once the folder's checkpoint (if any) has loaded

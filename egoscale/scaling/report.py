@@ -31,10 +31,12 @@ with fitted curves, held-out predictions, and the extrapolation with interval ba
     fit: str = opt("fit.json", "the fit (from `egoscale fit`)", positional=True, metavar="FIT")
     out: str = opt("report", "output folder")
     target: str | None = opt(None, "target accuracy or 'human' (default: human for top5 fits)")
+    runs: str | None = opt(None, "the sweep folder of the runs, for pictures of the data and the runs (default: "
+                           "the results table's folder when it is a sweep's)")
 
 
 def main(cfg: ReportConfig) -> int:
-    print(f"wrote {report(cfg.fit, cfg.out, cfg.target)}")
+    print(f"wrote {report(cfg.fit, cfg.out, cfg.target, runs=cfg.runs)}")
     return 0
 
 
@@ -221,8 +223,11 @@ def _trends_section(fit) -> list[str]:
 
 
 def report(fit_path: str, out: str, target: str | None = None,
-           notes: list[tuple[str, list[str]]] | None = None) -> Path:
-    """Plots, report.md and report.html from a fit; `notes` adds (heading, paragraphs) sections."""
+           notes: list[tuple[str, list[str]]] | None = None, runs: str | None = None) -> Path:
+    """Plots, report.md and report.html from a fit; `notes` adds (heading, paragraphs) sections.
+
+    `runs`: the sweep folder the results came from (default: the results table's folder, when it
+    is a sweep's), for pictures of the data and the runs (`figures.py`)."""
     fit = load_fit(fit_path)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -302,6 +307,13 @@ def report(fit_path: str, out: str, target: str | None = None,
     for heading, paragraphs in notes or []:
         md += [f"## {heading}", ""] + [x for para in paragraphs for x in (para, "")]
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    sweep = Path(runs) if runs else Path(fit["table"]).parent
+    if (sweep / "grid.json").is_file():
+        from egoscale.scaling.figures import sweep_figures
+
+        md += ["## What the data and the runs look like", "", f"From the sweep in `{sweep}`.", ""]
+        for heading, fig in sweep_figures(sweep, out_dir):
+            md += [f"### {heading}", "", f"![{fig.stem}]({fig.name})" if isinstance(fig, Path) else fig, ""]
     text = "\n".join(md)
     write_text_atomic(out_dir / "report.md", text)
     write_text_atomic(out_dir / "report.html", _html(text, out_dir))

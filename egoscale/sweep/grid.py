@@ -148,10 +148,16 @@ def pretrain_config(grid: Grid, cell: Cell, run_dir: Path) -> PretrainConfig:
     # the cell's seed seeds its run too (unless the grid fixes one), so repeats are independent draws
     values = {"seed": cell.seed, **grid.pretrain, **grid.model_overrides.get(cell.model, {}), "data": grid.data,
               "subset": str(sub), "model": cell.model, "img_size": cell.img_size, "out": str(run_dir)}
-    return build(PretrainConfig, values, source=f"cell {cell.id}")
+    return build(PretrainConfig, _grouped(grid, values), source=f"cell {cell.id}")
+
+
+def _grouped(grid: Grid, values: dict) -> dict:
+    """A sweep's runs logged to W&B form one group, named after the grid (unless it names one)."""
+    return {"wandb_group": grid.name, **values} if values.get("wandb") else values
 
 
 def eval_config(grid: Grid, ev: dict, checkpoint: Path, out: Path):
     values = {k: v for k, v in ev.items() if k not in ("kind", "name")}
-    return build(EVAL_KINDS[ev["kind"]], {**values, "checkpoint": str(checkpoint), "out": str(out)},
+    values = {**values, "checkpoint": str(checkpoint), "out": str(out)}
+    return build(EVAL_KINDS[ev["kind"]], _grouped(grid, values) if ev["kind"] == "finetune" else values,
                  source=f"eval {ev['name']}")

@@ -1,92 +1,163 @@
-"""SLURM backend of `egoscale sweep`: one multi-GPU job per pretraining cell (torchrun over a
-node's GPUs), one single-GPU job per evaluation that waits for its pretraining job; every job
-re-runs the same command on requeue, and the stages resume from their checkpoints."""
+"""SLURM backend of `egoscale sweep`.
+
+One job per pretraining cell (over `gpus_per_node` GPUs of `nodes` nodes, torchrun started by
+the job itself) and one single-GPU job per evaluation, which waits for its pretraining job
+(`afterok`). Every job runs `python -m egoscale.sweep.job OUT STAGE CELL`: the stage with its
+state in the cell's folder, as a local sweep runs it; a requeued job (preemption, `scontrol
+requeue`) runs the same command again and the stage resumes from its checkpoint.
+
+Submitting is idempotent: stages that are done are skipped, and a stage whose recorded job is
+still queued or running (as `squeue` says) is not submitted again; its evaluations then wait
+for that job. The job ids are kept in OUT/slurm/jobs.json; `sweep status` reads SLURM's view of
+them (queued, running) and the cells' own state (done, failed with the log to read).
+"""
 
 from __future__ import annotations
 
-import shlex
+import dataclasses
+import json
+import subprocess
+import sys
 from pathlib import Path
 
-from egoscale.config import to_dict
 from egoscale.errors import ConfigError
-from egoscale.sweep.grid import Grid, cells, eval_config, pretrain_config
-from egoscale.sweep.sweep import eval_dir, pretrain_dir
+from egoscale.fileio import write_json_atomic
+from egoscale.sweep.grid import Grid, cells
+from egoscale.sweep.sweep import _state, stage_dir, update_results
+
+SLURM_DEFAULTS = {"partition": None, "gpus_per_node": 8, "nodes": 1, "timeout_min": 2880, "cpus_per_task": 32,
+                  "eval_timeout_min": 720, "mem_gb": 0, "account": None, "constraint": None, "python": None}
+# squeue states of a job that will still run (or is running): never submit its stage again
+ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+          "SUSPENDED", "STAGE_OUT", "SIGNALING"}
 
 
-def _flags(cfg) -> list[str]:
-    args = []
-    for k, v in to_dict(cfg).items():
-        if v is None or k == "progress":
-            continue
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            args.append(flag if v else "--no-" + k.replace("_", "-"))
-        elif isinstance(v, list):
-            args += [flag, ",".join(str(x) for x in v)]
-        else:
-            args += [flag, str(v)]
-    return args + ["--no-progress"]
+def slurm_settings(grid: Grid) -> dict:
+    sl = {**SLURM_DEFAULTS, **grid.slurm}
+    unknown = set(sl) - set(SLURM_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"slurm: unknown keys {sorted(unknown)} (known: {', '.join(SLURM_DEFAULTS)})")
+    return sl
 
 
 def slurm_jobs(grid: Grid, out: str | Path) -> list[dict]:
-    """The SLURM job specifications for a sweep: one multi-GPU job per pretraining cell (torchrun
-    over the node's GPUs), and one single-GPU job per evaluation, which waits for its
-    pretraining job. Every job re-runs the same command on requeue, and the stages resume."""
-    out = Path(out)
-    sl = {"partition": None, "gpus_per_node": 8, "nodes": 1, "timeout_min": 2880, "cpus_per_task": 32,
-          "eval_timeout_min": 720, "mem_gb": 0, "account": None, **grid.slurm}
-    unknown = set(sl) - {"partition", "gpus_per_node", "nodes", "timeout_min", "cpus_per_task", "eval_timeout_min",
-                         "mem_gb", "account", "constraint"}
-    if unknown:
-        raise ConfigError(f"slurm: unknown keys {sorted(unknown)}")
+    """The job specifications of a sweep, pretraining jobs before the evaluations that wait for them."""
+    out = Path(out).resolve()
+    sl = slurm_settings(grid)
+    python = sl["python"] or sys.executable
+    g, n = sl["gpus_per_node"], sl["nodes"]
     jobs = []
     for cell in cells(grid):
-        pdir = pretrain_dir(out, cell)
-        cfg = pretrain_config(grid, cell, pdir)
-        g, n = sl["gpus_per_node"], sl["nodes"]
-        rdzv = ["--rdzv-backend", "c10d", "--rdzv-endpoint", "$MASTER_ADDR:29500"] if n > 1 else ["--standalone"]
-        cmd = ["torchrun", "--nnodes", str(n), "--nproc-per-node", str(g), *rdzv, "-m", "egoscale", "pretrain",
-               *_flags(cfg)]
-        jobs.append({"name": f"pt_{cell.id}", "kind": "pretrain", "cell": cell.id, "command": cmd,
-                     "shell": shlex.join(cmd), "nodes": n, "gpus_per_node": g, "tasks_per_node": 1,
-                     "cpus_per_task": sl["cpus_per_task"], "timeout_min": sl["timeout_min"],
-                     "partition": sl["partition"], "account": sl["account"], "requeue": True,
-                     "output": str(pdir / "slurm-%j.out"), "depends_on": None})
-        for ev in grid.evals:
-            edir = eval_dir(out, cell, ev)
-            ecfg = eval_config(grid, ev, pdir / "checkpoint.pt", edir)
-            ecmd = ["python", "-m", "egoscale", ev["kind"], *_flags(ecfg)]
-            jobs.append({"name": f"{ev['name']}_{cell.id}", "kind": ev["kind"], "cell": cell.id, "command": ecmd,
-                         "shell": shlex.join(ecmd), "nodes": 1, "gpus_per_node": 1, "tasks_per_node": 1,
-                         "cpus_per_task": max(1, sl["cpus_per_task"] // max(1, g)),
-                         "timeout_min": sl["eval_timeout_min"], "partition": sl["partition"], "account": sl["account"],
-                         "requeue": True, "output": str(edir / "slurm-%j.out"), "depends_on": f"pt_{cell.id}"})
+        for stage in ["pretrain", *(e["name"] for e in grid.evals)]:
+            pre = stage == "pretrain"
+            cmd = [python, "-m", "egoscale.sweep.job", str(out), stage, cell.id]
+            jobs.append({"name": f"{'pt' if pre else stage}_{cell.id}", "stage": stage, "cell": cell.id,
+                         "folder": str(stage_dir(grid, out, cell, stage)), "command": cmd,
+                         "nodes": n if pre else 1, "gpus_per_node": g if pre else min(g, 1), "tasks_per_node": 1,
+                         "cpus_per_task": sl["cpus_per_task"] if pre else max(1, sl["cpus_per_task"] // max(1, g)),
+                         "timeout_min": sl["timeout_min"] if pre else sl["eval_timeout_min"],
+                         "partition": sl["partition"], "account": sl["account"], "constraint": sl["constraint"],
+                         "mem_gb": sl["mem_gb"], "requeue": True,
+                         "depends_on": None if pre else f"pt_{cell.id}"})
     return jobs
 
 
-def submit_slurm(jobs: list[dict], out: str | Path, log=print) -> list[str]:
-    """Submit the jobs through submitit (pip install egoscale[slurm]); returns job ids."""
+def _records(out: Path) -> dict[str, str]:
+    f = out / "slurm" / "jobs.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def job_states(ids: list[str]) -> dict[str, str]:
+    """SLURM's state of each job id it still knows (squeue), e.g. PENDING, RUNNING."""
+    if not ids:
+        return {}
+    try:
+        r = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T"], capture_output=True, text=True,
+                           timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ConfigError(f"cannot ask SLURM about the sweep's jobs (squeue: {e})") from None
+    states = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+def submit_slurm(grid: Grid, jobs: list[dict], out: str | Path, log=print) -> dict[str, str]:
+    """Submit what is neither done nor already queued or running, through submitit
+    (pip install 'egoscale[slurm]'); returns {job name: job id} of everything submitted."""
     try:
         import submitit
     except ImportError:
         raise ConfigError("the slurm backend needs submitit: pip install 'egoscale[slurm]'") from None
-    out = Path(out)
-    ids: dict[str, str] = {}
+    out = Path(out).resolve()
+    (out / "slurm").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "grid.json", dataclasses.asdict(grid))  # what the jobs run
+    records = _records(out)
+    live = job_states(list(records.values()))
+    ids: dict[str, str] = {}  # jobs of this sweep that are queued or running after this call
+    submitted, skipped_done, skipped_live = {}, 0, 0
     for job in jobs:
+        if _state(Path(job["folder"]))["state"] == "done":
+            skipped_done += 1
+            continue
+        old = records.get(job["name"])
+        if old and live.get(old) in ACTIVE:
+            ids[job["name"]] = old
+            skipped_live += 1
+            continue
         ex = submitit.AutoExecutor(folder=str(out / "slurm" / job["name"]))
         extra = {"requeue": True}
-        if job["depends_on"] and job["depends_on"] in ids:
-            extra["dependency"] = f"afterok:{ids[job['depends_on']]}"
-        if job.get("account"):
-            extra["account"] = job["account"]
-        ex.update_parameters(name=job["name"], nodes=job["nodes"], gpus_per_node=job["gpus_per_node"],
-                             tasks_per_node=job["tasks_per_node"], cpus_per_task=job["cpus_per_task"],
-                             timeout_min=job["timeout_min"], slurm_partition=job["partition"],
-                             slurm_additional_parameters=extra)
-        j = ex.submit(submitit.helpers.CommandFunction(["bash", "-lc", job["shell"]]))
-        ids[job["name"]] = j.job_id
-        log(f"submitted {job['name']} as {j.job_id}")
-    return list(ids.values())
+        dep = ids.get(job["depends_on"]) if job["depends_on"] else None
+        if dep:
+            extra["dependency"] = f"afterok:{dep}"
+        for key in ("account", "constraint"):
+            if job.get(key):
+                extra[key] = job[key]
+        params = dict(name=job["name"], nodes=job["nodes"], tasks_per_node=job["tasks_per_node"],
+                      cpus_per_task=job["cpus_per_task"], timeout_min=job["timeout_min"],
+                      slurm_partition=job["partition"], slurm_additional_parameters=extra)
+        if job["gpus_per_node"]:
+            params["gpus_per_node"] = job["gpus_per_node"]
+        if job.get("mem_gb"):
+            params["mem_gb"] = job["mem_gb"]
+        ex.update_parameters(**params)
+        j = ex.submit(submitit.helpers.CommandFunction(job["command"]))
+        ids[job["name"]] = submitted[job["name"]] = str(j.job_id)
+        records[job["name"]] = str(j.job_id)
+        write_json_atomic(out / "slurm" / "jobs.json", records)
+        log(f"submitted {job['name']} as {j.job_id}" + (f" (after {dep})" if dep else ""))
+    log(f"sweep: {len(submitted)} jobs submitted, {skipped_done} stages already done, {skipped_live} already "
+        "queued or running")
+    return submitted
 
 
-__all__ = ["slurm_jobs", "submit_slurm"]
+def slurm_status(grid: Grid, out: str | Path) -> dict[str, list[str]]:
+    """Each stage of the sweep by state: queued and running as SLURM reports its job; done and
+    failed from the stage's own record (failed with the log to read); pending otherwise."""
+    out = Path(out).resolve()
+    records = _records(out)
+    live = job_states(list(records.values()))
+    groups: dict[str, list[str]] = {"done": [], "running": [], "queued": [], "failed": [], "pending": []}
+    for job in slurm_jobs(grid, out):
+        jid = records.get(job["name"])
+        st = _state(Path(job["folder"]))
+        label = f"{job['stage']} {job['cell']}" + (f" (job {jid})" if jid else "")
+        slurm = live.get(jid) if jid else None
+        if st["state"] == "done":
+            groups["done"].append(label)
+        elif slurm in ACTIVE:
+            groups["running" if slurm in ("RUNNING", "COMPLETING", "CONFIGURING") else "queued"].append(label)
+        elif st["state"] == "failed" or (jid and st["state"] == "running"):
+            logs = sorted((out / "slurm" / job["name"]).glob(f"{jid}_*_log.err")) if jid else []
+            where = st.get("log") or (str(logs[-1]) if logs else str(out / "slurm" / job["name"]))
+            why = st.get("error") or "the job ended without finishing its stage"
+            groups["failed"].append(f"{label}: {why}; log: {where}")
+        else:
+            groups["pending"].append(label)
+    update_results(out, grid)  # results.csv as of now, whichever jobs wrote theirs last
+    return groups
+
+
+__all__ = ["slurm_jobs", "submit_slurm", "slurm_status", "job_states", "slurm_settings"]

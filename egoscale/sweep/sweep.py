@@ -10,8 +10,10 @@ Layout under OUT:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -54,10 +56,17 @@ examples:
 
 def main(cfg: SweepConfig) -> int:
     if cfg.grid == "status":
-        groups = status(cfg.folder or cfg.out)
-        for k in ("done", "running", "failed", "pending"):
-            print(f"{k:<8} {len(groups.get(k, []))}")
-            if k in ("failed", "running"):
+        folder = Path(cfg.folder or cfg.out)
+        if (folder / "slurm" / "jobs.json").is_file() and (folder / "grid.json").is_file():
+            from egoscale.sweep.slurm import slurm_status
+
+            groups = slurm_status(load_grid(json.loads((folder / "grid.json").read_text())), folder)
+        else:
+            groups = status(folder)
+        for k in ("done", "running", "queued", "failed", "pending"):
+            if k in groups:
+                print(f"{k:<8} {len(groups[k])}")
+            if k in ("failed", "running", "queued"):
                 for c in groups.get(k, []):
                     print(f"         {c}")
         return 0
@@ -68,11 +77,15 @@ def main(cfg: SweepConfig) -> int:
     if cfg.backend == "slurm":
         from egoscale.sweep.slurm import slurm_jobs, submit_slurm
 
+        from egoscale.runfolder import FolderLock
+
         jobs = slurm_jobs(grid, cfg.out)
         if cfg.print_jobs:
             print(json.dumps(jobs, indent=2))
             return 0
-        submit_slurm(jobs, cfg.out)
+        with FolderLock(cfg.out, "sweep"):
+            check_grid(grid, Path(cfg.out))
+            submit_slurm(grid, jobs, cfg.out)
         return 0
     counts = run_local(grid, cfg.out, parallel=cfg.parallel, gpus=cfg.gpus)
     return 1 if counts["failed"] else 0
@@ -151,7 +164,7 @@ def estimate(grid: Grid) -> list[dict]:
     return rows
 
 
-def _update_results(out: Path, grid: Grid) -> None:
+def update_results(out: Path, grid: Grid) -> None:
     """results.csv from the evaluations of this grid's cells (a folder's other results stay out)."""
     from egoscale.scaling.results import collect, write_table
 
@@ -209,6 +222,7 @@ def run_local(grid: Grid, out: str | Path, log=print, progress: bool = False, pa
     out = Path(out)
     with FolderLock(out, "sweep"):
         check_grid(grid, out)
+        write_json_atomic(out / "grid.json", dataclasses.asdict(grid))
         return _run_local(grid, out, log, progress, parallel, gpus)
 
 
@@ -251,7 +265,7 @@ def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: 
                         log(line)
                     add(c)
                     del left[futures[f]]
-                    _update_results(out, grid)
+                    update_results(out, grid)
             if not left:
                 break
             again = attempt < WORKER_RESTARTS
@@ -296,46 +310,62 @@ def _run_cell_in_worker(grid: Grid, out: Path, cell: Cell, label: str) -> tuple[
 def _run_whole_cell(grid: Grid, out: Path, cell: Cell, label: str, progress: bool, log,
                     update: bool = True) -> dict:
     """One cell's pretraining (unless done) and each of its evaluations (unless done)."""
-    from egoscale.evaluate.finetune import finetune
-    from egoscale.evaluate.probe import probe
-    from egoscale.train.pretrain import pretrain
-
     counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
-    pdir = pretrain_dir(out, cell)
-    if _state(pdir)["state"] == "done":
-        counts["skipped"] += 1
-    else:
-        def run_pretrain():
-            cfg = pretrain_config(grid, cell, pdir)
-            cfg.progress = progress
-            return pretrain(cfg, log=lambda *a: None)
-
-        ok = _run_cell(pdir, run_pretrain, f"{label} pretrain {cell.id}", log)
-        counts["done" if ok else "failed"] += 1
-        if not ok:
-            counts["blocked"] += len(grid.evals)
-            return counts
-    for ev in grid.evals:
-        edir = eval_dir(out, cell, ev)
-        if _state(edir)["state"] == "done":
+    for stage in ["pretrain", *(ev["name"] for ev in grid.evals)]:
+        if stage != "pretrain" and _state(pretrain_dir(out, cell))["state"] != "done":
+            counts["blocked"] += 1  # its pretraining failed
+            continue
+        if _state(stage_dir(grid, out, cell, stage))["state"] == "done":
             counts["skipped"] += 1
             continue
-
-        def run_eval(ev=ev, edir=edir):
-            ecfg = eval_config(grid, ev, pdir / "checkpoint.pt", edir)
-            ecfg.progress = progress
-            return (finetune if ev["kind"] == "finetune" else probe)(ecfg, log=lambda *a: None)
-
-        ok = _run_cell(edir, run_eval, f"{label} {ev['name']} {cell.id}", log)
+        ok = run_stage(grid, out, cell, stage, f"{label} {stage} {cell.id}", progress, log, update=update)
         counts["done" if ok else "failed"] += 1
-        if ok and update:
-            _update_results(out, grid)
     return counts
+
+
+def stage_dir(grid: Grid, out: Path, cell: Cell, stage: str) -> Path:
+    """A cell's folder for `stage`: "pretrain" or the name of one of the grid's evaluations."""
+    if stage == "pretrain":
+        return pretrain_dir(out, cell)
+    ev = next((e for e in grid.evals if e["name"] == stage), None)
+    if ev is None:
+        raise ConfigError(f"no stage {stage!r} in the grid (pretrain, {', '.join(e['name'] for e in grid.evals)})")
+    return eval_dir(out, cell, ev)
+
+
+def run_stage(grid: Grid, out: Path, cell: Cell, stage: str, label: str, progress: bool = False, log=print,
+              stage_log=None, update: bool = True) -> bool:
+    """Run one stage of one cell (pretraining, or an evaluation of its checkpoint) with the cell's
+    state kept in its folder's cell.json; the same for local workers and SLURM jobs. Under
+    torchrun only rank 0 keeps the state; every rank runs the stage."""
+    from egoscale.evaluate.finetune import finetune
+    from egoscale.evaluate.probe import probe
+    from egoscale.train.distributed import is_main_process
+    from egoscale.train.pretrain import pretrain
+
+    folder = stage_dir(grid, out, cell, stage)
+    if stage == "pretrain":
+        cfg = pretrain_config(grid, cell, folder)
+        fn = pretrain
+    else:
+        ev = next(e for e in grid.evals if e["name"] == stage)
+        cfg = eval_config(grid, ev, pretrain_dir(out, cell) / "checkpoint.pt", folder)
+        fn = finetune if ev["kind"] == "finetune" else probe
+    cfg.progress = progress
+    run = lambda: fn(cfg, log=stage_log or (lambda *a: None))  # noqa: E731
+    if not is_main_process():
+        run()
+        return True
+    ok = _run_cell(folder, run, label, log)
+    if ok and update and stage != "pretrain":  # (worker processes leave it to the sweep's own process)
+        update_results(out, grid)
+    return ok
 
 
 def _run_cell(folder: Path, fn, label: str, log) -> bool:
     t0 = time.time()
-    _set_state(folder, state="running", pid=os.getpid(), started=t0, error=None)
+    _set_state(folder, state="running", pid=os.getpid(), host=socket.gethostname(), started=t0, error=None,
+               slurm_job=os.environ.get("SLURM_JOB_ID"))
     try:
         res = fn()
     except Exception as e:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on

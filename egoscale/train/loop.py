@@ -49,6 +49,7 @@ class LoopSettings:
     flops_per_sample: float | None = None  # training FLOPs per sample, for TFLOP/s and MFU
     tokens_per_sample: int | None = None
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
+    image_every: int = 0  # pictures (`Trainer.images`) for the trackers every N steps and at the end; 0: none
 
 
 def lr_schedule(kind: str, base: float, warmup: int, total: int) -> Callable[[int], float]:
@@ -126,12 +127,15 @@ class Trainer:
 
     def __init__(self, settings: LoopSettings, d: Dist, model, module, optimizer, lr_fn, loss_fn,
                  to_file: Callable[[dict], dict], from_file: Callable[[dict], dict], config: dict,
-                 evaluate: Callable[[int], dict | None] | None = None, eval_every: int = 0, fsdp: bool = False):
+                 evaluate: Callable[[int], dict | None] | None = None, eval_every: int = 0, fsdp: bool = False,
+                 tracking=None, images: Callable[[], dict] | None = None):
         self.settings, self.dist, self.model, self.module, self.opt = settings, d, model, module, optimizer
         self.lr_fn, self.loss_fn, self.to_file, self.from_file = lr_fn, loss_fn, to_file, from_file
         self.config, self.evaluate, self.eval_every, self.fsdp = config, evaluate, eval_every, fsdp
         self.step, self.samples, self.elapsed_before = 0, 0, 0.0
         self.metrics_path = settings.out / "metrics.jsonl"
+        # live views of metrics.jsonl (TensorBoard, W&B: `tracking.TrackingConfig`), opened by `fit`
+        self.tracking, self.images, self.trackers = tracking, images, None
         self.autocast = use_bf16(settings.precision, d.device)
 
     # --- checkpoints ----------------------------------------------------------------------
@@ -218,6 +222,10 @@ class Trainer:
         window_n, window_steps, window_t0, last_loss, last_eval = 0, 0, time.time(), float("nan"), None
         peak = device_peak_tflops(d.device)
         stop_reason = "steps"
+        from egoscale.train.tracking import Trackers
+
+        self.trackers = Trackers(s.out, f"{s.desc} {s.out.name}", self.config, self.tracking, step=self.step,
+                                 enabled=d.is_main)
         try:
             while self.step < s.max_steps:
                 if s.budget_seconds is not None and self.elapsed() >= s.budget_seconds:
@@ -262,6 +270,7 @@ class Trainer:
                         rec["peak_memory_gb"] = torch.cuda.max_memory_allocated(d.device) / 2**30
                     if d.is_main:
                         append_jsonl(self.metrics_path, rec)
+                        self.trackers.scalars(rec)
                     last_loss = mean_loss
                     window_loss.zero_()
                     window_n, window_steps, window_t0 = 0, 0, time.time()
@@ -274,10 +283,14 @@ class Trainer:
                 if self.step % s.save_every == 0 and not last_step:
                     self._check(bad)
                     self.save()
+                if s.image_every and self.step % s.image_every == 0 and not last_step and d.is_main:
+                    self._pictures()
             self._check(bad)
             if self.evaluate:
                 last_eval = self._evaluate()
             self.save()
+            if s.image_every and d.is_main:
+                self._pictures()
         except torch.OutOfMemoryError:
             raise EgoscaleError(
                 f"out of memory on {d.device}: the batch does not fit; lower --batch-size (use "
@@ -285,6 +298,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            self.trackers.close()
         summary = {"steps": self.step, "samples": self.samples, "seconds": round(self.elapsed(), 3),
                    "stopped_by": stop_reason, "final_loss": last_loss}
         if s.flops_per_sample:
@@ -300,10 +314,16 @@ class Trainer:
             raise TrainingDiverged(f"non-finite loss by step {self.step}; stopped without saving. The last good "
                                    f"checkpoint ({self.settings.out / CHECKPOINT}, if any) is kept")
 
+    def _pictures(self) -> None:
+        if self.images is not None and self.trackers.active:
+            for tag, img in self.images().items():
+                self.trackers.image(tag, img, self.step)
+
     def _evaluate(self) -> dict | None:
         res = self.evaluate(self.step)
         if res is not None and self.dist.is_main:
             append_jsonl(self.metrics_path, {"step": self.step, **res})
+            self.trackers.scalars({"step": self.step, **res})
         return res
 
 

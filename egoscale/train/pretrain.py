@@ -4,6 +4,7 @@ or all GPUs of many nodes under torchrun (examples in `PretrainConfig`)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 from dataclasses import dataclass, replace
@@ -23,12 +24,14 @@ from egoscale.models.registry import get_spec
 from egoscale.models.vit import choose_attention
 from egoscale.train.distributed import cleanup, init_distributed, is_main_process, parallelize
 from egoscale.runfolder import FolderLock, check_identity, record_config
+from egoscale.train.tracking import TrackingConfig
+from egoscale.train.visualize import reconstruction_grid
 from egoscale.train.loop import (CHECKPOINT, PRECISION_HELP, PRECISIONS, LoopSettings, Trainer, adamw, check_precision,
                                  lr_schedule, use_bf16)
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(TrackingConfig):
     """Pretrain a masked autoencoder on frames from `egoscale ingest` (optionally a subset). Runs on a CPU,
 one GPU (bf16), or many under torchrun. Re-running the same command resumes from OUT/checkpoint.pt.
 Defaults follow the paper (Orhan 2023).
@@ -71,8 +74,11 @@ examples:
     fsdp: bool = opt(False, "fully sharded data parallel (multi-GPU, big models)")
     resume: str = opt("auto", "auto (continue from OUT/checkpoint.pt), none, or a path")
     progress: bool = opt(True, "show a progress bar")
+    image_every: int = opt(1000, "a reconstruction picture for TensorBoard/W&B every N steps and at the end (0: none)")
 
     def __post_init__(self):
+        if self.image_every < 0:
+            raise ConfigError(f"--image-every must be at least 0, got {self.image_every}")
         if not 0 <= self.mask_ratio < 1:
             raise ConfigError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
         check_precision(self.precision)
@@ -183,12 +189,15 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
                             accum_steps=cfg.accum_steps, log_every=cfg.log_every, save_every=cfg.save_every,
                             resume=cfg.resume, seed=cfg.seed, progress=cfg.progress, desc=f"pretrain {spec.name}",
                             flops_per_sample=mae_train_flops(spec, spec.img_size, cfg.mask_ratio),
-                            tokens_per_sample=(spec.img_size // spec.patch_size) ** 2, precision=cfg.precision)
+                            tokens_per_sample=(spec.img_size // spec.patch_size) ** 2, precision=cfg.precision,
+                            image_every=0 if cfg.fsdp else cfg.image_every)  # (FSDP: the weights are sharded)
     schedule = lr_schedule(cfg.lr_schedule, lr, cfg.warmup_steps, max_steps)
+    sample: list = []  # (4, 3, H, W) frames in [0, 1], taken from the first batch
     trainer = Trainer(settings, d, mae, module, optimizer, schedule, _loss_fn(d.device),
                       to_file=lambda st: {"model": mae_to_released(st),
                                           "egoscale": {**mae_meta(mae), "data": data, "seed": cfg.seed}},
-                      from_file=lambda obj: released_to_mae(obj["model"]), config=to_dict(cfg), fsdp=cfg.fsdp)
+                      from_file=lambda obj: released_to_mae(obj["model"]), config=to_dict(cfg), fsdp=cfg.fsdp,
+                      tracking=cfg, images=lambda: {"reconstructions": reconstruction_grid(mae, sample[0])})
     if trainer.resume() and d.is_main:
         log(f"resumed from step {trainer.step} ({trainer.samples} images seen)")
     if d.is_main:  # written once the folder's checkpoint (if any) has loaded
@@ -202,7 +211,10 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
     stream = FrameStream(pieces, spec.img_size, seed=cfg.seed * 1_000_003 + trainer.step, rank=d.rank,
                          world_size=d.world_size, shuffle_buffer=cfg.shuffle_buffer)
     loader = make_loader(stream, cfg.batch_size, cfg.workers, pin_memory=d.device.type == "cuda")
-    summary = trainer.fit(iter(loader))
+    batches = iter(loader)
+    first = next(batches)
+    sample.append(first[:4].to(d.device).float() / 255)  # the same frames in every reconstruction picture
+    summary = trainer.fit(itertools.chain([first], batches))
     summary.update(model=spec.name, img_size=spec.img_size, frames=frames, global_batch=global_batch)
     if d.is_main:
         write_json_atomic(out / "summary.json", summary)

@@ -72,20 +72,32 @@ def _center(img: Image.Image, size: int) -> Image.Image:
                                                                                             Image.BICUBIC)
 
 
+def reconstruction_grid(mae, x: torch.Tensor, mask_ratio: float | None = None, seed: int = 0) -> np.ndarray:
+    """Rows of original | masked input | reconstruction for images x (B, 3, H, W) in [0, 1], as an
+    (B*H, 3*W, 3) uint8 picture. Runs the MAE in eval mode on x's device without gradients."""
+    was_training = mae.training
+    mae.eval()
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    try:
+        masked, _, pasted = mae.reconstruct((x - mean) / std, mask_ratio, gen)
+    finally:
+        mae.train(was_training)
+    vis = (masked != 0).any(1, keepdim=True)  # masked patches are exactly zero after normalising
+    to_img = lambda t: (t * std + mean).clamp(0, 1)  # noqa: E731
+    masked_img = torch.where(vis, to_img(masked), torch.full_like(x, 0.5))
+    rows = torch.cat([x, masked_img, to_img(pasted)], dim=3)  # (B, 3, H, 3W)
+    return (rows.permute(0, 2, 3, 1).reshape(-1, 3 * x.shape[-1], 3).float().cpu().numpy() * 255).astype(np.uint8)
+
+
 def visualize(checkpoint: str, images: str, out: str = "reconstructions.png", n: int = 8, seed: int = 0,
               mask_ratio: float | None = None, scale: int = 0) -> Path:
     mae = load_mae(resolve_checkpoint(checkpoint)).eval()
     size = mae.spec.img_size
     imgs = [_center(im, size) for im in _load_images(images, n)]
     x = torch.from_numpy(np.stack([np.asarray(i) for i in imgs])).permute(0, 3, 1, 2).float() / 255
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    masked, _, pasted = mae.reconstruct((x - mean) / std, mask_ratio, torch.Generator().manual_seed(seed))
-    vis = (masked != 0).any(1, keepdim=True)  # masked patches are exactly zero after normalising
-    to_img = lambda t: (t * std + mean).clamp(0, 1)  # noqa: E731
-    masked_img = torch.where(vis, to_img(masked), torch.full_like(x, 0.5))
-    rows = torch.cat([x, masked_img, to_img(pasted)], dim=3)  # (B, 3, H, 3W)
-    grid = (rows.permute(0, 2, 3, 1).reshape(-1, 3 * size, 3).numpy() * 255).astype(np.uint8)
-    img = Image.fromarray(grid)
+    img = Image.fromarray(reconstruction_grid(mae, x, mask_ratio, seed))
     scale = scale or max(1, 256 // size)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
