@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,11 @@ def job_states(ids: list[str]) -> dict[str, str]:
         parts = line.split()
         if len(parts) == 2:
             states[parts[0]] = parts[1]
+    for jid in set(ids) - set(states):  # not listed (e.g. in the middle of a requeue): ask the controller
+        r = subprocess.run(["scontrol", "-o", "show", "job", jid], capture_output=True, text=True, timeout=60)
+        m = re.search(r"JobState=(\S+)", r.stdout)
+        if m:
+            states[jid] = m.group(1)
     return states
 
 
