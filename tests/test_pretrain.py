@@ -204,3 +204,31 @@ def test_visualize_writes_a_grid(frames, tmp_path):
     from PIL import Image
     img = Image.open(tmp_path / "v.png")
     assert img.size == (3 * 32 * 8, 3 * 32 * 8)  # 3 columns x 3 rows of 32 px, scaled x8
+
+
+def test_compiled_blocks_match_eager_and_compile_once():
+    # --compile compiles each transformer block in place: identical blocks share a graph (3 in all:
+    # encoder block, decoder block, the last decoder block that computes the masked rows only),
+    # no step after the first compiles anything, the loss is eager's, and parameter names stay
+    from torch._dynamo.utils import counters
+
+    from egoscale.models import build_mae, get_spec
+    from egoscale.train.distributed import compile_blocks
+
+    torch._dynamo.reset()
+    counters.clear()
+    ref = build_mae(get_spec("vit_nano4"), mask_ratio=0.75)
+    mae = build_mae(get_spec("vit_nano4"), mask_ratio=0.75)
+    mae.load_state_dict(ref.state_dict())
+    assert compile_blocks(mae, backend="aot_eager") == 4 + 2
+    x = torch.randn(4, 3, 32, 32)
+    want = ref(x, generator=torch.Generator().manual_seed(1)).loss
+    got = mae(x, generator=torch.Generator().manual_seed(1)).loss
+    torch.testing.assert_close(got, want)
+    got.backward()
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs == 3
+    for _ in range(3):
+        mae(torch.randn(4, 3, 32, 32)).loss.backward()
+    assert counters["stats"]["unique_graphs"] == graphs and not counters["recompiles"]
+    assert list(mae.state_dict()) == list(ref.state_dict())

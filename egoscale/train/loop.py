@@ -220,6 +220,7 @@ class Trainer:
         window_loss = torch.zeros((), device=d.device)
         bad = torch.zeros((), dtype=torch.bool, device=d.device)
         window_n, window_steps, window_t0, last_loss, last_eval = 0, 0, time.time(), float("nan"), None
+        first_step, first_logged = None, False
         peak = device_peak_tflops(d.device)
         stop_reason = "steps"
         from egoscale.train.tracking import Trackers
@@ -247,6 +248,8 @@ class Trainer:
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
                 self.step += 1
+                if first_step is None:  # includes torch.compile's compilation and the loader's start
+                    first_step = time.time() - self._t0
                 self.samples += n_step * d.world_size
                 window_n += n_step * d.world_size
                 window_steps += 1
@@ -260,6 +263,9 @@ class Trainer:
                     mean_loss = float(all_reduce_mean(window_loss, d)) / window_steps
                     rec = {"step": self.step, "loss": mean_loss, "lr": lr, "images_per_s": window_n / dt,
                            "samples": self.samples, "seconds": round(self.elapsed(), 3)}
+                    if first_step is not None and not first_logged:
+                        rec["first_step_seconds"] = round(first_step, 3)
+                        first_logged = True
                     if s.tokens_per_sample:
                         rec["tokens_per_s"] = window_n * s.tokens_per_sample / dt
                     if s.flops_per_sample and d.device.type == "cuda":
@@ -301,6 +307,12 @@ class Trainer:
             self.trackers.close()
         summary = {"steps": self.step, "samples": self.samples, "seconds": round(self.elapsed(), 3),
                    "stopped_by": stop_reason, "final_loss": last_loss}
+        if first_step is not None:
+            summary["first_step_seconds"] = round(first_step, 3)
+        if any(getattr(m, "_compiled_call_impl", None) for m in self.model.modules()):
+            from torch._dynamo.utils import counters
+
+            summary["compiled_graphs"] = counters["stats"]["unique_graphs"]  # constant after the first step
         if s.flops_per_sample:
             summary["estimated_flops"] = self.samples * s.flops_per_sample
         if last_eval:

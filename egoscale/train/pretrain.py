@@ -202,6 +202,9 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
         log(f"resumed from step {trainer.step} ({trainer.samples} images seen)")
     if d.is_main:  # written once the folder's checkpoint (if any) has loaded
         record_config(out, record, changed)
+    if cfg.compile and d.is_main:
+        log("--compile: the first step compiles every distinct block (a minute or more for the big models); "
+            "its time is reported as first_step_seconds")
     if trainer.step >= max_steps:
         if d.is_main:
             log(f"{out}: already trained for {trainer.step} steps; nothing to do")
