@@ -44,6 +44,10 @@ example:
     level: float = opt(0.9, "interval level")
     huber_delta: float = opt(0.01, "Huber loss threshold in accuracy (0.01 = 1 point)")
     seed: int = opt(0, "bootstrap seed")
+    max_heldout_points: float = opt(1.0, "validation bar: a form's held-out error on every split at most this "
+                                    "many points of the metric")
+    min_coverage: float = opt(0.85, "validation bar: its 90%% prediction intervals cover at least this share of "
+                              "held-out runs on every split")
 
     def __post_init__(self):
         for h in self.holdout:
@@ -128,6 +132,23 @@ def _split_mask(rows: list[dict], split: str) -> np.ndarray:
 def _arrays(rows, metric):
     X = tuple(np.array([r[k] for r in rows], float) for k in ("params", "data_hours", "img_size"))
     return X, np.array([r[metric] for r in rows], float)
+
+
+def _validation(holdout: list[dict], cfg: FitConfig) -> dict:
+    """Whether a form meets the validation bar on every held-out split: error and coverage (with
+    the form's own error, where the other splits could estimate it)."""
+    done = [h for h in holdout if "mae_points" in h]
+    worst_err = max((h["mae_points"] for h in done), default=None)
+    cov = [h.get("coverage_with_form_error", h["coverage"]) for h in done]
+    worst_cov = min(cov, default=None)
+    ok = bool(done) and worst_err <= cfg.max_heldout_points and worst_cov >= cfg.min_coverage
+    fails = []
+    if done and worst_err > cfg.max_heldout_points:
+        fails.append(f"held-out error {worst_err:.2f} > {cfg.max_heldout_points:g} points on a split")
+    if done and worst_cov < cfg.min_coverage:
+        fails.append(f"interval coverage {worst_cov:.0%} < {cfg.min_coverage:.0%} on a split")
+    return {"ok": ok, "worst_split_points": worst_err, "worst_split_coverage": worst_cov,
+            "why_not": "; ".join(fails) if fails else (None if done else "no held-out split")}
 
 
 def _form_sigma(excess: list[np.ndarray]) -> float:
@@ -217,6 +238,7 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
                 h["coverage_with_form_error"] = float(np.mean((yt >= clo) & (yt <= chi)))
         valid = [h["mae_points"] for h in entry["holdout"] if "mae_points" in h]
         entry["heldout_mae_points"] = float(np.mean(valid)) if valid else None
+        entry["validated"] = _validation(entry["holdout"], cfg)
         result["forms"][name] = entry
         entry["non_physical"] = turning_point(form, full["theta"], rows)
         log(f"{name:<18} in-sample RMSE {full['rmse'] * 100:5.2f} pts, held-out MAE "
@@ -228,9 +250,12 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
         raise DataError("no form could be fitted: too few rows")
     scored = {k: v["heldout_mae_points"] for k, v in fitted.items() if v["heldout_mae_points"] is not None}
     # a form that turns down along the scale-together path is not chosen for extrapolation
+    # candidates in order of preference: physical forms that meet the validation bar, then physical
+    # forms, then any; the lowest mean held-out error among the first non-empty group wins
     physical = {k: v for k, v in scored.items() if not fitted[k]["non_physical"]}
+    validated = {k: v for k, v in physical.items() if fitted[k]["validated"]["ok"]}
     if scored:
-        pool = physical or scored
+        pool = validated or physical or scored
         chosen = min(pool, key=pool.get)
         why = (f"lowest mean held-out error ({scored[chosen]:.2f} points over {len(splits)} split(s): "
                + ", ".join(f"{k} {v:.2f}" for k, v in sorted(scored.items(), key=lambda kv: kv[1])) + ")")
@@ -239,6 +264,13 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
             why += f"; {', '.join(skipped)} not considered: non-physical along the scale-together path"
         elif skipped:
             why += "; every form is non-physical along the scale-together path: its extrapolation is not to be trusted"
+        failing = sorted(set(physical) - set(validated))
+        if validated and failing:
+            why += f"; {', '.join(failing)} not chosen: below the validation bar"
+        elif not validated:
+            why += (f"; no physical form meets the validation bar (held-out error <= {cfg.max_heldout_points:g} "
+                    f"points and coverage >= {cfg.min_coverage:.0%} on every split; {chosen}: "
+                    f"{fitted[chosen]['validated']['why_not']}): its extrapolation is not validated by these runs")
     else:
         chosen = min(fitted, key=lambda k: fitted[k]["rmse"])
         why = "no held-out split was possible; chosen by in-sample RMSE, which favours flexible forms"

@@ -260,13 +260,19 @@ def report(fit_path: str, out: str, target: str | None = None,
                      "n/a" if not cov else f"{np.mean(cov):.0%}", "n/a" if not cal else f"{np.mean(cal):.0%}",
                      f"{e.get('form_sigma', 0.0) * 100:.2f}", f"{e['asymptote']:.3f}",
                      "yes" if e["converged"] else "**no**",
-                     f"**non-physical**: {e['non_physical']['note']}" if e.get("non_physical") else "rises", ps])
+                     f"**non-physical**: {e['non_physical']['note']}" if e.get("non_physical") else "rises",
+                     "yes" if e.get("validated", {}).get("ok") else f"no: {e.get('validated', {}).get('why_not')}",
+                     ps])
     md += [_md_table(["form", "formula", "RMSE (pts)", "held-out MAE (pts)", "PI coverage", "+ form error",
-                      "form error (pts)", "asymptote", "converged", "along the path", "parameters [90% CI]"], rows),
+                      "form error (pts)", "asymptote", "converged", "along the path", "validated",
+                      "parameters [90% CI]"], rows),
            "",
            "Along the path: whether the form keeps rising as model, data and pixels grow together (from the "
            "smallest run's scale to a million times the largest). A form that turns down is non-physical there "
-           "and is not chosen for extrapolation.", "",
+           "and is not chosen for extrapolation. Validated: the form's held-out error is at most "
+           f"{fit['config'].get('max_heldout_points', 1.0):g} points and its prediction intervals cover at least "
+           f"{fit['config'].get('min_coverage', 0.85):.0%} of held-out runs on every split; a form below that bar is "
+           "chosen only when no physical form meets it, and then the choice says so.", "",
            "PI coverage: the share of held-out runs inside their 90 % prediction interval from parameter "
            "uncertainty and seed noise alone; \"+ form error\" adds the form's own error as estimated from the "
            "other held-out splits (so each split is checked on an estimate it did not inform). The "
