@@ -26,7 +26,8 @@ fi
 
 host="$(hostname -s)"
 mkdir -p "$dir/spool/ctld" "$dir/spool/d" "$dir/munge" /run/munge
-# munge: a key of our own, its socket under DIR (so several clusters never meet)
+# munge: a key of our own, its socket under DIR (so several clusters never meet). cred_expire=10:
+# a requeued job may start again after 10 s instead of SLURM's default 120 s
 dd if=/dev/urandom bs=1 count=1024 of="$dir/munge/munge.key" status=none
 chmod 400 "$dir/munge/munge.key"
 munged --force --key-file="$dir/munge/munge.key" --socket="$dir/munge/socket" \
@@ -41,7 +42,7 @@ SlurmctldHost=$host
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$dir/munge/socket
+AuthInfo=socket=$dir/munge/socket,cred_expire=10
 CredType=cred/munge
 SlurmctldPort=$port
 SlurmdPort=$((port + 1))

@@ -19,6 +19,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from egoscale.errors import ConfigError
@@ -72,19 +73,30 @@ def job_states(ids: list[str]) -> dict[str, str]:
     """SLURM's state of each job id it still knows (squeue), e.g. PENDING, RUNNING."""
     if not ids:
         return {}
-    try:
-        r = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T"], capture_output=True, text=True,
-                           timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise ConfigError(f"cannot ask SLURM about the sweep's jobs (squeue: {e})") from None
+    for attempt in range(5):  # a busy controller can time out: ask again before giving up
+        try:
+            r = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T"], capture_output=True,
+                               text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ConfigError(f"cannot ask SLURM about the sweep's jobs (squeue: {e})") from None
+        # squeue fails outright when none of the ids is known any more; that is an answer
+        if r.returncode == 0 or "Invalid job id" in r.stderr:
+            break
+        time.sleep(1 + attempt)
+    else:
+        raise ConfigError(f"cannot ask SLURM about the sweep's jobs (squeue: {r.stderr.strip()[:200]})")
     states = {}
     for line in r.stdout.splitlines():
         parts = line.split()
         if len(parts) == 2:
             states[parts[0]] = parts[1]
     for jid in set(ids) - set(states):  # not listed (e.g. in the middle of a requeue): ask the controller
-        r = subprocess.run(["scontrol", "-o", "show", "job", jid], capture_output=True, text=True, timeout=60)
-        m = re.search(r"JobState=(\S+)", r.stdout)
+        for attempt in range(3):
+            r = subprocess.run(["scontrol", "-o", "show", "job", jid], capture_output=True, text=True, timeout=60)
+            m = re.search(r"JobState=(\S+)", r.stdout)
+            if m or "Invalid job id" in r.stderr:
+                break
+            time.sleep(1 + attempt)
         if m:
             states[jid] = m.group(1)
     return states
@@ -139,6 +151,11 @@ def submit_slurm(grid: Grid, jobs: list[dict], out: str | Path, log=print) -> di
     return submitted
 
 
+def _still_active(jid: str) -> bool:
+    time.sleep(1)
+    return job_states([jid]).get(jid) in ACTIVE
+
+
 def slurm_status(grid: Grid, out: str | Path) -> dict[str, list[str]]:
     """Each stage of the sweep by state: queued and running as SLURM reports its job; done and
     failed from the stage's own record (failed with the log to read); pending otherwise."""
@@ -155,6 +172,8 @@ def slurm_status(grid: Grid, out: str | Path) -> dict[str, list[str]]:
             groups["done"].append(label)
         elif slurm in ACTIVE:
             groups["running" if slurm in ("RUNNING", "COMPLETING", "CONFIGURING") else "queued"].append(label)
+        elif st["state"] == "running" and jid and _still_active(jid):  # (asked again: requeues are brief)
+            groups["queued"].append(label)
         elif st["state"] == "failed" or (jid and st["state"] == "running"):
             logs = sorted((out / "slurm" / job["name"]).glob(f"{jid}_*_log.err")) if jid else []
             where = st.get("log") or (str(logs[-1]) if logs else str(out / "slurm" / job["name"]))
