@@ -19,7 +19,7 @@ about 0.19; one seed, 160-400 val images, so +-3 points is noise):
 - smooth textures + close views of objects in video and labels: first reading at 1000-2000
   steps; per-patch normalised targets, mask 0.5, batch 16 or lr 4e-3 without warmup did not
   help at 500-1000 steps; lr 3e-3 with 100 warmup steps did (0.30 vs 0.25 at 1000 steps).
-- session 3, at the default demo's 500 steps (pico/micro at 32 px, probe on mean-pooled tokens,
+- at 500 steps (pico/micro at 32 px, probe on mean-pooled tokens,
   all video vs 1 %, seeds 1 and 2): constant lr 3e-3 pico .219/.188, .212/.194, micro
   .259/.228, .225/.191; cosine 3e-3 pico .225/.175, .228/.222, micro .269/.172, .219/.191;
   cosine 6e-3 worse (micro .209 on all video); batch 16 x 1000 steps instead of 32 x 500: no
