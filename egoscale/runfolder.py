@@ -78,6 +78,11 @@ def differences(old: dict, new: dict, keys: Iterable[str]) -> dict[str, tuple]:
     return {k: (old.get(k), new.get(k)) for k in keys if k in old and not _same(old.get(k), new.get(k))}
 
 
+def describe_differences(diff: dict[str, tuple]) -> str:
+    """`key old -> new; ...` for the result of `differences`."""
+    return "; ".join(f"{k.replace('_', '-')} {o!r} -> {n!r}" for k, (o, n) in diff.items())
+
+
 def check_identity(folder: str | os.PathLike, new: dict, identity: Iterable[str], what: str,
                    resume: str = "auto", has_state: bool = True) -> dict[str, tuple]:
     """Compare a folder's recorded config with the one asked for, before anything is written.
@@ -95,7 +100,7 @@ def check_identity(folder: str | os.PathLike, new: dict, identity: Iterable[str]
         raise ConfigError(f"{path}: not valid JSON; move the folder aside or use another --out") from None
     bad = differences(old, new, identity)
     if bad:
-        listed = "; ".join(f"{k.replace('_', '-')} {o!r} -> {n!r}" for k, (o, n) in bad.items())
+        listed = describe_differences(bad)
         raise ConfigError(f"{folder}: holds a {what} made with other settings ({listed}); resuming would mix "
                           f"them. Start over in another folder (--out NEW, or --resume none there), or repeat "
                           f"the folder's settings (its {CONFIG})")

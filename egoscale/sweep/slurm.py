@@ -151,19 +151,22 @@ def submit_slurm(grid: Grid, jobs: list[dict], out: str | Path, log=print) -> di
     return submitted
 
 
-def _still_active(jid: str) -> bool:
-    time.sleep(1)
-    return job_states([jid]).get(jid) in ACTIVE
-
-
 def slurm_status(grid: Grid, out: str | Path) -> dict[str, list[str]]:
     """Each stage of the sweep by state: queued and running as SLURM reports its job; done and
     failed from the stage's own record (failed with the log to read); pending otherwise."""
     out = Path(out).resolve()
     records = _records(out)
     live = job_states(list(records.values()))
+    # a stage that says "running" while SLURM has no active job for it is asked about once more,
+    # all together after a second: a requeue passes through such a moment
+    jobs = slurm_jobs(grid, out)
+    doubtful = [records[j["name"]] for j in jobs if records.get(j["name"])
+                and live.get(records[j["name"]]) not in ACTIVE and _state(Path(j["folder"]))["state"] == "running"]
+    if doubtful:
+        time.sleep(1)
+        live.update(job_states(doubtful))
     groups: dict[str, list[str]] = {"done": [], "running": [], "queued": [], "failed": [], "pending": []}
-    for job in slurm_jobs(grid, out):
+    for job in jobs:
         jid = records.get(job["name"])
         st = _state(Path(job["folder"]))
         label = f"{job['stage']} {job['cell']}" + (f" (job {jid})" if jid else "")
@@ -172,8 +175,6 @@ def slurm_status(grid: Grid, out: str | Path) -> dict[str, list[str]]:
             groups["done"].append(label)
         elif slurm in ACTIVE:
             groups["running" if slurm in ("RUNNING", "COMPLETING", "CONFIGURING") else "queued"].append(label)
-        elif st["state"] == "running" and jid and _still_active(jid):  # (asked again: requeues are brief)
-            groups["queued"].append(label)
         elif st["state"] == "failed" or (jid and st["state"] == "running"):
             logs = sorted((out / "slurm" / job["name"]).glob(f"{jid}_*_log.err")) if jid else []
             where = st.get("log") or (str(logs[-1]) if logs else str(out / "slurm" / job["name"]))

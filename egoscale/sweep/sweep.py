@@ -173,10 +173,6 @@ def update_results(out: Path, grid: Grid) -> None:
         write_table(collect(out / "eval", [f for f in files if f.is_file()]), out / "results.csv")
 
 
-def _listed(diff: dict) -> str:
-    return ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in diff.items())
-
-
 def check_grid(grid: Grid, out: Path) -> None:
     """Refuse to run a grid over a sweep folder whose cells were made with other settings.
 
@@ -185,7 +181,7 @@ def check_grid(grid: Grid, out: Path) -> None:
     """
     from egoscale.evaluate.common import IDENTITY as EVAL_IDENTITY
     from egoscale.evaluate.common import eval_record
-    from egoscale.runfolder import CONFIG, differences
+    from egoscale.runfolder import CONFIG, describe_differences, differences
     from egoscale.train.pretrain import IDENTITY, run_record
 
     changed = []
@@ -195,14 +191,14 @@ def check_grid(grid: Grid, out: Path) -> None:
             diff = differences(json.loads((pdir / CONFIG).read_text()), run_record(pretrain_config(grid, c, pdir)),
                                IDENTITY)
             if diff:
-                changed.append(f"{c.id} ({_listed(diff)})")
+                changed.append(f"{c.id} ({describe_differences(diff)})")
         for ev in grid.evals:
             edir = eval_dir(out, c, ev)
             if (edir / CONFIG).is_file():
                 rec = eval_record(eval_config(grid, ev, pdir / "checkpoint.pt", edir))
                 diff = differences(json.loads((edir / CONFIG).read_text()), rec, EVAL_IDENTITY)
                 if diff:
-                    changed.append(f"{c.id} {ev['name']} ({_listed(diff)})")
+                    changed.append(f"{c.id} {ev['name']} ({describe_differences(diff)})")
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise ConfigError(f"{out}: made by another grid: {len(changed)} cells would change: {'; '.join(changed[:3])}"
