@@ -206,3 +206,19 @@ def test_quick_demo_end_to_end(tmp_path):
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "sweep: 0 cells run, 90 already done, 0 failed" in again.stdout
     assert np.isfinite(fit["noise_sigma"])
+
+
+def test_a_changed_grid_is_refused_over_an_existing_sweep_folder(tiny_study, tmp_path):
+    out = tmp_path / "runs"
+    run_local(load_grid(_grid(tiny_study, fractions=[1.0], seeds=[1], evals=[])), out, log=lambda *a: None)
+    before = (out / "results.csv").exists(), sorted(p.name for p in (out / "pretrain").iterdir())
+    changed = _grid(tiny_study, fractions=[1.0], seeds=[1], evals=[],
+                    pretrain={"steps": 3, "batch_size": 8, "workers": 0, "log_every": 1, "mask_ratio": 0.5})
+    with pytest.raises(ConfigError, match=r"made by another grid: 1 cells would change: vit_pico4@32_1_s1 "
+                                          r"\(mask-ratio 0.8 -> 0.5\)"):
+        run_local(load_grid(changed), out, log=lambda *a: None)
+    assert ((out / "results.csv").exists(), sorted(p.name for p in (out / "pretrain").iterdir())) == before
+    # settings that may change (more steps) are not a different grid
+    longer = _grid(tiny_study, fractions=[1.0], seeds=[1], evals=[],
+                   pretrain={"steps": 4, "batch_size": 8, "workers": 0, "log_every": 1})
+    run_local(load_grid(longer), out, log=lambda *a: None)
