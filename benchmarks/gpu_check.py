@@ -4,21 +4,29 @@
     python benchmarks/gpu_check.py --smoke         # the same checks with tiny models, on a CPU (plumbing)
 
 Checks, each in its own process so that one failure does not stop the rest:
-  mfu          MAE training step of ViT-B/14@224, ViT-H/14@224 and @476: img/s and MFU, eager and
-               with --compile (per-block compile: compile time = the first step's time)
-  real-data    world -> ingest -> `egoscale pretrain` from JPEG shards: img/s next to the synthetic step
+  mfu          MAE training step of ViT-B/14@224, ViT-H/14@224 and @476: img/s and MFU for each
+               precision (bf16 autocast; bf16-params: weights cast once per step by FSDP2's policy),
+               eager and per-block compiled (compile time = the first step's extra time; graphs
+               added after the first step), and larger batches per device (eager)
+  loader       frames/s of one loader worker (decode, crop, resize, collate) at 224 and 476 px, and
+               the workers a step at the measured speed needs
+  real-data    world -> ingest -> `egoscale pretrain` from JPEG shards in each precision (eager and
+               compiled): img/s and MFU next to the synthetic step
   resume       `egoscale pretrain` killed (SIGKILL) mid-run and run again: every step logged once
   ddp, fsdp    `torchrun --nproc-per-node <all GPUs> -m egoscale pretrain` (DDP, then --fsdp)
   grad-ckpt    pretraining with --grad-checkpointing
   fsdp-g14     one FSDP step of ViT-g/14 (1.0B)
   finetune     `egoscale finetune` on the world's labelled set
   probe        `egoscale probe` on the same
+  gpu-tests    the test suite's `gpu` group (dtypes, fused attention, no host syncs in a step)
+A check that would start past --minutes is reported as skipped.
 No network is needed. Figures go into benchmarks/README.md with this command.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -47,13 +55,19 @@ def _steady(recs: list[dict], key: str) -> float | None:
 
 
 class Check:
-    def __init__(self, smoke: bool, root: Path):
+    def __init__(self, smoke: bool, root: Path, minutes: float):
         self.smoke, self.root = smoke, root
         self.dev = "cpu" if smoke else "cuda"
         self.rows: list[tuple[str, str, str, float]] = []
+        self.deadline = time.time() + minutes * 60
+        self.details: dict[str, object] = {}  # every measurement, for --json
 
-    def run(self, name: str, fn) -> None:
+    def run(self, name: str, fn, needs_s: float = 0) -> None:
         t0 = time.time()
+        if t0 + needs_s > self.deadline:
+            self.rows.append((name, "skipped", "out of time (--minutes)", 0.0))
+            print(f"{name:<12} skipped: out of time", flush=True)
+            return
         try:
             ok, text = fn()
         except Exception as e:  # noqa: BLE001 - a failed check is a row of the table, the rest go on
@@ -63,20 +77,46 @@ class Check:
 
     # --- the checks ----------------------------------------------------------------------------
     def mfu(self):
-        cases = [("vit_pico4", 32, 16)] if self.smoke else [("vit_b14", 224, 256), ("vit_h14", 224, 128),
-                                                             ("vit_h14", 476, 32)]
-        out = []
-        for compile_ in (False, True):
-            for name, size, batch in cases:
-                r = subprocess.run([PY, "-c", _MFU_CHILD, name, str(size), str(batch), str(int(compile_)), self.dev,
-                                    "3" if self.smoke else "8"], capture_output=True, text=True, timeout=600)
+        if self.smoke:
+            cases = [("vit_pico4", 32, [16], [32])]
+        else:  # (model, size, batch for every variant, larger batches tried eagerly)
+            cases = [("vit_b14", 224, [256], [512]), ("vit_h14", 224, [128], [256]), ("vit_h14", 476, [32], [64])]
+        out, rows, failed = [], [], []
+        for name, size, batches, larger in cases:
+            for compile_ in (False, True):
+                spec = json.dumps({"model": name, "size": size, "batches": batches + ([] if compile_ else larger),
+                                   "compile": compile_, "device": self.dev, "steps": 3 if self.smoke else 6,
+                                   "modes": ["bf16", "bf16-params"]})
+                r = subprocess.run([PY, "-c", _MFU_CHILD, spec], capture_output=True, text=True, timeout=600)
+                res = [json.loads(ln[5:]) for ln in r.stdout.splitlines() if ln.startswith("ROW: ")]
+                rows += res
                 if r.returncode:
-                    return False, f"{name}@{size}: {r.stderr.strip().splitlines()[-1][:200]}"
-                res = json.loads(r.stdout.strip().splitlines()[-1])
-                out.append(f"{name}@{size} b{batch} {'compiled' if compile_ else 'eager'}: {res['img_s']:.0f} img/s"
-                           + (f", MFU {res['mfu']:.1%}" if res.get("mfu") else "")
-                           + (f", first step {res['first_s']:.0f} s" if compile_ else ""))
-        return True, "; ".join(out)
+                    failed.append(f"{name}@{size}{' compiled' if compile_ else ''}: "
+                                  f"{(r.stderr.strip().splitlines() or ['?'])[-1][:160]}")
+        print(f"\n{'model':<14}{'precision':<13}{'compile':<9}{'batch':>6}{'img/s':>9}{'MFU':>7}{'GB':>6}"
+              f"{'first s':>9}{'graphs+':>8}")
+        for x in rows:
+            print(f"{x['model']:<14}{x['mode']:<13}{str(x['compile']):<9}{x['batch']:>6}{x['img_s']:>9.0f}"
+                  f"{(x['mfu'] or 0):>7.1%}{x['mem_gb']:>6.1f}{x['first_s']:>9.1f}{x['graphs_after_first']:>8}")
+        print()
+        self.details["mfu"] = rows
+        for x in rows:
+            out.append(f"{x['model']} {x['mode']}{' compiled' if x['compile'] else ''} b{x['batch']}: "
+                       f"{x['img_s']:.0f} img/s" + (f" {x['mfu']:.1%}" if x.get("mfu") else ""))
+        return not failed, "; ".join(failed + out)
+
+    def loader(self):
+        _, frames = self.world()
+        r = subprocess.run([PY, "-c", _LOADER_CHILD, str(frames), json.dumps([64] if self.smoke else [224, 476]),
+                            "64" if self.smoke else "512"], capture_output=True, text=True, timeout=300)
+        if r.returncode:
+            return False, r.stderr.strip()[-200:]
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        self.details["loader"] = res
+        return True, "; ".join(f"{size} px from {v['source_px'][0]}x{v['source_px'][1]}: {v['fps']:.0f} frames/s "
+                               f"per worker (augment {v['augment_ms']:.2f} ms incl. decoding, a full decode alone "
+                               f"{v['decode_ms']:.2f} ms, collate+pin {v['collate_ms']:.2f} ms per frame)"
+                               for size, v in res.items())
 
     def world(self) -> tuple[Path, Path]:
         world, frames = self.root / "world", self.root / "frames"
@@ -98,14 +138,17 @@ class Check:
         return ["pretrain", "--data", str(frames), "--out", str(out), "--steps", str(steps), "--log-every", "5",
                 "--no-progress", "--device", self.dev, *model, *extra]
 
-    def real_data(self):
-        out = self.root / "real"
-        r = _cli(*self._pretrain_args(out, 20 if self.smoke else 60))
+    def real_data(self, precision: str, compile_: bool):
+        out = self.root / f"real-{precision}{'-compiled' if compile_ else ''}"
+        r = _cli(*self._pretrain_args(out, 20 if self.smoke else 80, "--precision", precision,
+                                      *(["--compile"] if compile_ else [])))
         if r.returncode:
             return False, r.stderr.strip()[-200:]
         recs = _metrics(out)
-        return True, (f"{_steady(recs, 'images_per_s'):.0f} img/s from JPEG shards"
-                      + (f", MFU {_steady(recs, 'mfu'):.1%}" if _steady(recs, "mfu") else ""))
+        self.details[out.name] = recs
+        return True, (f"{precision}{' compiled' if compile_ else ''}: {_steady(recs, 'images_per_s'):.0f} img/s "
+                      "from JPEG shards" + (f", MFU {_steady(recs, 'mfu'):.1%}" if _steady(recs, "mfu") else "")
+                      + f", first step {recs[0].get('first_step_seconds', 0):.0f} s")
 
     def resume(self):
         out = self.root / "resume"
@@ -163,7 +206,7 @@ class Check:
 
     def evaluation(self, kind: str):
         world, _ = self.world()
-        ckpt = self.root / "real" / "checkpoint.pt"
+        ckpt = self.root / "real-bf16" / "checkpoint.pt"
         out = self.root / kind
         extra = ["--epochs", "2", "--batch-size", "32"] if kind == "finetune" else ["--epochs", "5"]
         r = _cli(kind, "--checkpoint", str(ckpt), "--train", str(world / "labelled" / "train"), "--val",
@@ -173,35 +216,164 @@ class Check:
             r.stderr.strip()[-200:]
 
 
+    def profile(self, name: str, size: int, batch: int, mode: str, compile_: bool):
+        r = subprocess.run([PY, "-c", _PROFILE_CHILD, name, str(size), str(batch), mode, str(int(compile_))],
+                           capture_output=True, text=True, timeout=400)
+        if r.returncode:
+            return False, (r.stderr.strip().splitlines() or ["?"])[-1][:200]
+        top = json.loads(r.stdout.strip().splitlines()[-1])
+        self.details[f"profile {name}@{size} {mode}{' compiled' if compile_ else ''}"] = top
+        for t in top:
+            print(f"  {t['share']:6.1%} {t['calls']:6d}  {t['kernel']}")
+        return True, f"{name}@{size} b{batch} {mode}{' compiled' if compile_ else ''}: " + "; ".join(
+            f"{t['kernel'][:40]} {t['share']:.0%}" for t in top[:6])
+
+    def matmul(self):
+        import torch
+
+        k = 1024 if self.smoke else 8192
+        a = torch.randn(k, k, device=self.dev, dtype=torch.bfloat16)
+        b = torch.randn(k, k, device=self.dev, dtype=torch.bfloat16)
+        for _ in range(3):
+            a @ b
+        sync = torch.cuda.synchronize if self.dev == "cuda" else (lambda: None)
+        sync()
+        t = time.perf_counter()
+        n = 2 if self.smoke else 50
+        for _ in range(n):
+            a @ b
+        sync()
+        tf = 2 * k**3 * n / (time.perf_counter() - t) / 1e12
+        self.details["matmul_tflops"] = tf
+        return True, f"bf16 {k}^3 matmul: {tf:.0f} TFLOP/s (MFU's denominator is the datasheet peak)"
+
+    def gpu_tests(self):
+        r = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+                            str(Path(__file__).resolve().parents[1] / "tests" / "test_gpu.py")],
+                           capture_output=True, text=True, timeout=300)
+        last = (r.stdout.strip().splitlines() or ["?"])[-1]
+        failures = [ln[:160] for ln in r.stdout.splitlines() if ln.startswith(("FAILED", "ERROR", "E "))][:4]
+        return r.returncode == 0 and (self.smoke or "skipped" not in last), " | ".join([last, *failures])
+
+
 _MFU_CHILD = r"""
 import json, sys, time, torch
+from torch._dynamo.utils import counters
 from egoscale.models import build_mae, get_spec
 from egoscale.models.flops import mae_train_flops
-from egoscale.train.distributed import compile_blocks
+from egoscale.models.vit import choose_attention
+from egoscale.train.distributed import Dist, cleanup, parallelize
 from egoscale.train.loop import adamw, device_peak_tflops
-name, size, batch, comp, dev, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", \
-    torch.device(sys.argv[5]), int(sys.argv[6])
-spec = get_spec(name, img_size=size)
-mae = build_mae(spec, mask_ratio=0.8).to(dev)
-if comp:
-    compile_blocks(mae)
-opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, betas=(0.9, 0.95))
-x = torch.randn(batch, 3, size, size, device=dev)
+a = json.loads(sys.argv[1])
+dev = torch.device(a["device"])
+spec = get_spec(a["model"], img_size=a["size"])
 sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-def step():
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        loss = mae(x).loss
-    loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-t = time.perf_counter(); step(); sync(); first = time.perf_counter() - t
-step(); step(); sync()
-t = time.perf_counter()
-for _ in range(steps):
-    step()
-sync()
-dt = (time.perf_counter() - t) / steps
 peak = device_peak_tflops(dev)
-tf = mae_train_flops(spec, size, 0.8) * batch / dt / 1e12
-print(json.dumps({"img_s": batch / dt, "tflops": tf, "mfu": tf / peak if peak else None, "first_s": first}))
+for mode in a["modes"]:
+    # the same path as `egoscale pretrain`: parallelize (FSDP2's policy for bf16-params), fused AdamW
+    torch.manual_seed(0)
+    mae = build_mae(spec, mask_ratio=0.8).to(dev)
+    choose_attention(mae, dev, True)
+    params = mode == "bf16-params"
+    module = parallelize(mae, Dist(device=dev), compile=a["compile"], bf16_params=params)
+    opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, sharded=params, betas=(0.9, 0.95))
+    for batch in a["batches"]:
+        x = torch.randn(batch, 3, a["size"], a["size"], device=dev)
+        def step():
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=not params):
+                loss = module(x).loss
+            loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter(); step(); sync(); first = time.perf_counter() - t
+        graphs = counters["stats"]["unique_graphs"]
+        step(); step(); sync()
+        t = time.perf_counter()
+        for _ in range(a["steps"]):
+            step()
+        sync()
+        dt = (time.perf_counter() - t) / a["steps"]
+        tf = mae_train_flops(spec, a["size"], 0.8) * batch / dt / 1e12
+        print("ROW: " + json.dumps({
+            "model": f"{a['model']}@{a['size']}", "mode": mode, "compile": a["compile"], "batch": batch,
+            "img_s": batch / dt, "tflops": tf, "mfu": tf / peak if peak else None, "step_s": dt,
+            "first_s": first - dt, "graphs_after_first": counters["stats"]["unique_graphs"] - graphs,
+            "mem_gb": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0}), flush=True)
+    del mae, module, opt
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+cleanup()
+"""
+
+_PROFILE_CHILD = r"""
+import json, sys, torch
+from torch.profiler import ProfilerActivity, profile
+from egoscale.models import build_mae, get_spec
+from egoscale.models.vit import choose_attention
+from egoscale.train.distributed import Dist, cleanup, parallelize
+from egoscale.train.loop import adamw
+name, size, batch, mode, compile_ = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
+dev = torch.device("cuda")
+mae = build_mae(get_spec(name, img_size=size), mask_ratio=0.8).to(dev)
+choose_attention(mae, dev, True)
+params = mode == "bf16-params"
+module = parallelize(mae, Dist(device=dev), compile=compile_, bf16_params=params)
+opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, sharded=params)
+x = torch.randn(batch, 3, size, size, device=dev)
+def step():
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=not params):
+        loss = module(x).loss
+    loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+for _ in range(3):
+    step()
+torch.cuda.synchronize()
+with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+ev = [e for e in prof.key_averages() if e.device_time_total > 0]
+total = sum(e.self_device_time_total for e in ev)
+top = sorted(ev, key=lambda e: -e.self_device_time_total)[:15]
+print(json.dumps([{"kernel": e.key[:90], "share": e.self_device_time_total / total, "calls": e.count} for e in top]))
+cleanup()
+"""
+
+_LOADER_CHILD = r"""
+import io, json, random, sys, time, torch
+from PIL import Image
+from egoscale.data.loader import FrameStream, augment, collate_uint8, decode_rgb, read_piece, resolve_pieces
+torch.set_num_threads(1)  # as in a DataLoader worker
+pieces, _ = resolve_pieces(sys.argv[1])
+sizes, n = json.loads(sys.argv[2]), int(sys.argv[3])
+raw = [b for p in pieces for b in read_piece(p, {})][:n]
+def bigger(data, short):  # the frames re-encoded at a short side that a 476-px crop needs
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    f = short / min(im.size)
+    buf = io.BytesIO()
+    im.resize((round(im.size[0] * f), round(im.size[1] * f)), Image.BICUBIC).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+pin = torch.cuda.is_available()
+res = {}
+for size in sizes:
+    frames = raw if size <= min(Image.open(io.BytesIO(raw[0])).size) else [bigger(b, round(size * 1.15)) for b in raw]
+    t = time.perf_counter()
+    for b in frames:
+        decode_rgb(b)
+    decode = (time.perf_counter() - t) / len(frames)
+    rng = random.Random(0)
+    t = time.perf_counter()
+    outs = [augment(b, size, rng) for b in frames]
+    aug = (time.perf_counter() - t) / len(frames)
+    t = time.perf_counter()
+    for i in range(0, len(outs) - 31, 32):
+        batch = collate_uint8(outs[i:i + 32])
+        if pin:
+            batch = batch.pin_memory()
+    coll = (time.perf_counter() - t) / (len(outs) // 32 * 32)
+    res[size] = {"fps": 1 / (aug + coll), "decode_ms": 1e3 * decode, "resize_ms": 1e3 * max(aug - decode, 0.0),
+                 "augment_ms": 1e3 * aug, "collate_ms": 1e3 * coll,
+                 "source_px": list(Image.open(io.BytesIO(frames[0])).size)}
+print(json.dumps(res))
 """
 
 
@@ -209,7 +381,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script, not the GPU")
     ap.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one)")
-    ap.add_argument("--json", default=None, help="also write the table as JSON here")
+    ap.add_argument("--json", default=None, help="also write the table and every measurement as JSON here")
+    ap.add_argument("--minutes", type=float, default=9.0, help="checks that would start later are skipped")
     args = ap.parse_args()
     if not args.smoke:
         import torch
@@ -220,22 +393,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)
-        c = Check(args.smoke, root)
+        c = Check(args.smoke, root, args.minutes)
+        c.run("matmul", c.matmul)
+        c.run("gpu-tests", c.gpu_tests)
         c.run("mfu", c.mfu)
-        c.run("real-data", c.real_data)
-        c.run("resume", c.resume)
-        c.run("ddp", lambda: c.torchrun(False))
-        c.run("fsdp", lambda: c.torchrun(True))
-        c.run("grad-ckpt", c.grad_ckpt)
-        c.run("fsdp-g14", c.fsdp_g14)
-        c.run("finetune", lambda: c.evaluation("finetune"))
-        c.run("probe", lambda: c.evaluation("probe"))
+        for precision, compile_ in (("bf16", False), ("bf16-params", False), ("bf16-params", True)):
+            c.run("real-data", functools.partial(c.real_data, precision, compile_), needs_s=40)
+        c.run("loader", c.loader, needs_s=20)
+        if not args.smoke:  # where an eager bf16-params step's GPU time goes
+            c.run("profile", lambda: c.profile("vit_h14", 224, 128, "bf16-params", False), needs_s=30)
+        c.run("resume", c.resume, needs_s=40)
+        c.run("ddp", lambda: c.torchrun(False), needs_s=30)
+        c.run("fsdp", lambda: c.torchrun(True), needs_s=30)
+        c.run("grad-ckpt", c.grad_ckpt, needs_s=20)
+        c.run("fsdp-g14", c.fsdp_g14, needs_s=40)
+        c.run("finetune", lambda: c.evaluation("finetune"), needs_s=30)
+        c.run("probe", lambda: c.evaluation("probe"), needs_s=20)
         print("\n| check | result | seconds | what |\n|---|---|---|---|")
         for name, ok, text, sec in c.rows:
             print(f"| {name} | {ok} | {sec:.0f} | {text} |")
         if args.json:
-            Path(args.json).write_text(json.dumps(c.rows, indent=2))
-        if any(ok != "ok" for _, ok, _, _ in c.rows):
+            Path(args.json).write_text(json.dumps({"rows": c.rows, "details": c.details}, indent=2))
+        if any(ok == "FAILED" for _, ok, _, _ in c.rows):
             raise SystemExit(1)
 
 

@@ -232,3 +232,61 @@ def test_compiled_blocks_match_eager_and_compile_once():
         mae(torch.randn(4, 3, 32, 32)).loss.backward()
     assert counters["stats"]["unique_graphs"] == graphs and not counters["recompiles"]
     assert list(mae.state_dict()) == list(ref.state_dict())
+
+
+def test_bf16_params_matches_autocast_within_bf16_rounding():
+    # --precision bf16-params: FSDP2's mixed-precision policy on a plain process casts the fp32
+    # weights to bf16 once per step; same loss and gradients as bf16 autocast within bf16 rounding,
+    # gradients and master weights stay fp32, names and values load back unchanged
+    import copy
+
+    from egoscale.models import build_mae, get_spec
+    from egoscale.train.distributed import cleanup, parallelize
+    from egoscale.train.loop import adamw
+
+    torch.manual_seed(0)
+    ref = build_mae(get_spec("vit_pico4"), mask_ratio=0.75)
+    mae = copy.deepcopy(ref)
+    try:
+        module = parallelize(mae, Dist(), bf16_params=True)
+        seen = []
+        hook = mae.encoder.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.append((m.weight.dtype,
+                                                                                                  o.dtype)))
+        x = torch.randn(8, 3, 32, 32)
+        got = module(x, generator=torch.Generator().manual_seed(1)).loss
+        hook.remove()
+        got.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want = ref(x, generator=torch.Generator().manual_seed(1)).loss
+        want.backward()
+        assert seen == [(torch.bfloat16, torch.bfloat16)] and got.dtype == torch.float32
+        got, want = float(got.detach()), float(want.detach())
+        assert abs(got - want) < 0.01 * want and got != want
+        for (name, p), q in zip(mae.named_parameters(), ref.parameters()):
+            if not p.requires_grad:  # the fixed sin-cos tables
+                continue
+            g = p.grad.full_tensor()
+            assert p.dtype == g.dtype == torch.float32, name
+            cos = torch.nn.functional.cosine_similarity(g.flatten(), q.grad.flatten(), dim=0)
+            assert cos > 0.99, (name, float(cos))
+        opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-3, torch.device("cpu"), sharded=True)
+        opt.step()
+        assert not torch.equal(mae.state_dict()["mask_token"].full_tensor(), ref.mask_token)
+    finally:
+        cleanup()
+
+
+def test_bf16_params_pretraining_runs_resumes_and_draws_pictures(frames, tmp_path):
+    run = tmp_path / "p"
+    args = ["pretrain", "--data", str(frames), *TINY, "--steps", "10", "--precision", "bf16-params",
+            "--save-every", "5", "--image-every", "5", "--out", str(run)]
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "bf16-params" in r.stdout
+    r = _cli(*args[:args.index("--steps") + 1], "20", *args[args.index("--steps") + 2:])
+    assert r.returncode == 0 and "resumed from step 10" in r.stdout, r.stderr[-2000:]
+    assert [m["step"] for m in _metrics(run)] == [5, 10, 15, 20]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 20
+    mae = load_mae(run / "checkpoint.pt")  # a plain (unsharded, fp32) checkpoint
+    assert mae.encoder.blocks[0].attn.qkv.weight.dtype == torch.float32
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))

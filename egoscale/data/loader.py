@@ -13,6 +13,8 @@ through the loader).
 
 from __future__ import annotations
 
+import functools
+
 import io
 import math
 import random
@@ -176,9 +178,16 @@ def augment(data: bytes, size: int, rng: random.Random, scale=(0.2, 1.0), flip: 
 def normalize_batch(batch: torch.Tensor, device=None, dtype=torch.float32) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> normalised float (B, 3, H, W) on the device."""
     x = batch.to(device, non_blocking=True).to(dtype)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=dtype).view(3, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=dtype).view(3, 1, 1)
-    return x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
+    scale, shift = _normalization(x.device, dtype)
+    return x.mul_(scale).sub_(shift)
+
+
+@functools.cache
+def _normalization(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    # made once per device: a fresh tensor from a Python list every step is a host-to-device copy
+    std = torch.tensor(IMAGENET_STD, dtype=dtype).view(3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype).view(3, 1, 1)
+    return (1.0 / (255.0 * std)).to(device), (mean / std).to(device)
 
 
 class FrameStream(IterableDataset):

@@ -248,8 +248,9 @@ class MaskedAutoencoder(nn.Module):
         else:
             pred = masked_pred = self.forward_decoder(latent, ids_restore, grid, patches)
         # every sample has the same number of masked patches, so the plain mean over them is the
-        # mean over all masked patches of each patch's squared error
-        loss = (masked_pred - gather_rows(self.target(imgs), patches)).pow(2).mean()
+        # mean over all masked patches of each patch's squared error; in fp32 also when the
+        # model runs in bf16
+        loss = (masked_pred.float() - gather_rows(self.target(imgs), patches).float()).pow(2).mean()
         return MAEOutput(loss, pred, mask)
 
     @torch.no_grad()
@@ -261,7 +262,8 @@ class MaskedAutoencoder(nn.Module):
         normalisation: masked patches zeroed; the prediction of every patch; visible patches
         from the input with the predicted ones pasted into the masked places.
         """
-        out = self.forward(imgs, mask_ratio, generator, predict_all=True)
+        # through __call__, so that FSDP's hooks gather sharded weights first
+        out = self(imgs, mask_ratio, generator, predict_all=True)
         grid = self.encoder.grid_for(imgs.shape[-2], imgs.shape[-1])
         pred = out.pred
         if self.norm_pix_loss:  # undo the per-patch normalisation with the true patch stats

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -93,12 +94,19 @@ def init_distributed(device: str | None = None) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local)
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30),
-                                device_id=dev if dev.type == "cuda" else None)
-    return Dist(rank, world, local, dev)
+    d = Dist(rank, world, local, resolve_device(device, local))
+    if world > 1:
+        _start_group(d)
+    return d
+
+
+def _start_group(d: Dist) -> None:
+    if dist.is_initialized():
+        return
+    # a group of one needs no rendezvous: an in-process store instead of torchrun's
+    one = dict(store=dist.HashStore(), rank=0, world_size=1) if d.world_size == 1 else {}
+    dist.init_process_group("nccl" if d.device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30),
+                            device_id=d.device if d.device.type == "cuda" else None, **one)
 
 
 def cleanup() -> None:
@@ -107,26 +115,40 @@ def cleanup() -> None:
 
 
 def parallelize(model: nn.Module, d: Dist, fsdp: bool = False, grad_checkpointing: bool = False,
-                compile: bool = False) -> nn.Module:
+                compile: bool = False, bf16_params: bool = False) -> nn.Module:
     """Apply activation checkpointing, torch.compile (per block), and FSDP or DDP to a built model.
 
     With FSDP (PyTorch's `fully_shard`), each transformer block is its own shard unit so that
-    only one block's full weights exist at a time. Returns the module to call for training;
-    the original `model` still holds the (possibly sharded) parameters.
+    only one block's full weights exist at a time. `bf16_params` also goes through
+    `fully_shard`, on any number of processes (one included), for its mixed-precision policy:
+    the fp32 master weights are cast to bf16 once per step and the whole model runs in bf16,
+    with no autocast re-casting weights and activations op by op; gradients are reduced and
+    kept in fp32. Without `fsdp` the bf16 weights stay for the backward pass (no re-gather:
+    memory as DDP's); with it they are freed after each block's forward.
+    Returns the module to call for training; `model` still holds the (possibly sharded)
+    parameters.
     """
     for m in model.modules():
         if hasattr(m, "set_grad_checkpointing") and grad_checkpointing:
             m.set_grad_checkpointing(True)
     if compile:
         compile_blocks(model)
-    if fsdp:
-        from torch.distributed.fsdp import fully_shard
+    if fsdp or bf16_params:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        _start_group(d)  # a plain process too: `fully_shard` needs a process group
+        # FSDP2 warns that an output is a view (an in-place op on it would skip its hooks); the
+        # MAE's outputs are only read
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view")
+
+        kw = dict(reshard_after_forward=fsdp)
+        if bf16_params:
+            kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for m in model.modules():
             if isinstance(m, nn.Sequential) and any(isinstance(c, (Block, DecoderBlock)) for c in m.children()):
                 for blk in m.children():
-                    fully_shard(blk)
-        fully_shard(model)
+                    fully_shard(blk, **kw)
+        fully_shard(model, **kw)
         wrapped = model
     elif d.enabled:
         wrapped = nn.parallel.DistributedDataParallel(

@@ -48,7 +48,9 @@ class LoopSettings:
     desc: str = "train"
     flops_per_sample: float | None = None  # training FLOPs per sample, for TFLOP/s and MFU
     tokens_per_sample: int | None = None
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
+    # bf16: the step runs under bf16 autocast; fp32 or bf16-params (the model itself casts
+    # its weights, `distributed.parallelize`): no autocast; auto: bf16 on CUDA, else fp32
+    precision: str = "auto"
     image_every: int = 0  # pictures (`Trainer.images`) for the trackers every N steps and at the end; 0: none
 
 
@@ -66,21 +68,38 @@ def lr_schedule(kind: str, base: float, warmup: int, total: int) -> Callable[[in
     return {"constant": constant, "cosine": cosine}[kind]
 
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")  # evaluations
+PRETRAIN_PRECISIONS = ("auto", "bf16", "bf16-params", "fp32")
+# what `auto` means for pretraining on CUDA (benchmarks/README.md, "GPU": the measured choice)
+CUDA_PRETRAIN_PRECISION = "bf16"
 PRECISION_HELP = ("auto (bf16 autocast on CUDA, fp32 on CPU), bf16 (autocast; also on CPUs with bf16 "
                   "matrix units such as AMX, where it pays for the paper's model sizes but not for the tiny "
                   "CPU models) or fp32")
+PRETRAIN_PRECISION_HELP = (
+    f"auto ({CUDA_PRETRAIN_PRECISION} on CUDA, fp32 on CPU), bf16 (autocast: fp32 weights, each op cast "
+    "to bf16 as it runs), bf16-params (the model runs in bf16: fp32 master weights cast to bf16 once per "
+    "step by FSDP2's mixed-precision policy, also on one GPU; gradients and optimizer in fp32) or fp32")
 
 
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision!r}: one of {', '.join(PRECISIONS)}")
+def check_precision(precision: str, choices: tuple[str, ...] = PRECISIONS) -> None:
+    if precision not in choices:
+        raise ConfigError(f"--precision {precision!r}: one of {', '.join(choices)}")
+
+
+def resolve_precision(precision: str, device: torch.device, choices: tuple[str, ...] = PRECISIONS) -> str:
+    """`auto` made concrete for this device: fp32 off CUDA; on CUDA bf16 autocast for
+    evaluations and CUDA_PRETRAIN_PRECISION for pretraining (whose choices include bf16-params)."""
+    check_precision(precision, choices)
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return CUDA_PRETRAIN_PRECISION if "bf16-params" in choices else "bf16"
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether the forward pass runs under bf16 autocast (master weights and optimizer stay fp32)."""
-    check_precision(precision)
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    """Whether an evaluation's forward pass runs under bf16 autocast (weights and optimizer fp32)."""
+    return resolve_precision(precision, device) == "bf16"
 
 
 def adamw(params, lr: float, device: torch.device, sharded: bool = False, **kwargs) -> torch.optim.AdamW:
@@ -136,7 +155,8 @@ class Trainer:
         self.metrics_path = settings.out / "metrics.jsonl"
         # live views of metrics.jsonl (TensorBoard, W&B: `tracking.TrackingConfig`), opened by `fit`
         self.tracking, self.images, self.trackers = tracking, images, None
-        self.autocast = use_bf16(settings.precision, d.device)
+        # bf16-params casts inside the model (FSDP2's policy) and needs no autocast
+        self.autocast = settings.precision == "bf16" or (settings.precision == "auto" and d.device.type == "cuda")
 
     # --- checkpoints ----------------------------------------------------------------------
     def _full_states(self) -> tuple[dict, dict]:

@@ -26,8 +26,8 @@ from egoscale.train.distributed import cleanup, init_distributed, is_main_proces
 from egoscale.runfolder import FolderLock, check_identity, record_config
 from egoscale.train.tracking import TrackingConfig
 from egoscale.train.visualize import reconstruction_grid
-from egoscale.train.loop import (CHECKPOINT, PRECISION_HELP, PRECISIONS, LoopSettings, Trainer, adamw, check_precision,
-                                 lr_schedule, use_bf16)
+from egoscale.train.loop import (CHECKPOINT, PRETRAIN_PRECISION_HELP, PRETRAIN_PRECISIONS, LoopSettings, Trainer, adamw,
+                                 check_precision, lr_schedule, resolve_precision)
 
 
 @dataclass
@@ -69,7 +69,7 @@ examples:
     seed: int = opt(0, "random seed")
     device: str = opt("auto", "auto, cuda or cpu")
     compile: bool = opt(False, "torch.compile the model")
-    precision: str = opt("auto", PRECISION_HELP, choices=list(PRECISIONS))
+    precision: str = opt("auto", PRETRAIN_PRECISION_HELP, choices=list(PRETRAIN_PRECISIONS))
     grad_checkpointing: bool = opt(False, "recompute activations in backward")
     fsdp: bool = opt(False, "fully sharded data parallel (multi-GPU, big models)")
     resume: str = opt("auto", "auto (continue from OUT/checkpoint.pt), none, or a path")
@@ -81,7 +81,7 @@ examples:
             raise ConfigError(f"--image-every must be at least 0, got {self.image_every}")
         if not 0 <= self.mask_ratio < 1:
             raise ConfigError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
-        check_precision(self.precision)
+        check_precision(self.precision, PRETRAIN_PRECISIONS)
         for name in ("batch_size", "accum_steps", "save_every", "log_every", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -172,31 +172,34 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
     mae = MaskedAutoencoder(spec, mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss).to(d.device)
     torch.manual_seed(cfg.seed * 7919 + d.rank)  # different masks on every rank
     lr = cfg.default_lr()
-    bf16 = use_bf16(cfg.precision, d.device)
-    attention = choose_attention(mae, d.device, bf16)
+    precision = resolve_precision(cfg.precision, d.device, PRETRAIN_PRECISIONS)
+    sharded = cfg.fsdp or precision == "bf16-params"  # both go through FSDP2's fully_shard
+    attention = choose_attention(mae, d.device, precision != "fp32")
     if d.is_main:
         log(f"pretrain {spec.name} at {spec.img_size}px on {d.device} x{d.world_size}: "
             f"global batch {global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} "
-            f"devices, lr {lr:g} ({cfg.lr_schedule}), mask {cfg.mask_ratio}, {'bf16' if bf16 else 'fp32'} "
+            f"devices, lr {lr:g} ({cfg.lr_schedule}), mask {cfg.mask_ratio}, {precision} "
             f"({attention} attention), "
             f"{'?' if frames is None else frames} frames, "
             f"{'budget ' + str(cfg.budget_hours) + ' h' if cfg.budget_hours else str(max_steps) + ' steps'}")
-    module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
+    module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile,
+                         bf16_params=precision == "bf16-params")
     params = [p for p in mae.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr, d.device, sharded=cfg.fsdp, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    optimizer = adamw(params, lr, d.device, sharded=sharded, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     settings = LoopSettings(out=out, max_steps=max_steps,
                             budget_seconds=cfg.budget_hours * 3600 if cfg.budget_hours else None,
                             accum_steps=cfg.accum_steps, log_every=cfg.log_every, save_every=cfg.save_every,
                             resume=cfg.resume, seed=cfg.seed, progress=cfg.progress, desc=f"pretrain {spec.name}",
                             flops_per_sample=mae_train_flops(spec, spec.img_size, cfg.mask_ratio),
-                            tokens_per_sample=(spec.img_size // spec.patch_size) ** 2, precision=cfg.precision,
-                            image_every=0 if cfg.fsdp else cfg.image_every)  # (FSDP: the weights are sharded)
+                            tokens_per_sample=(spec.img_size // spec.patch_size) ** 2, precision=precision,
+                            # sharded over several processes, the pictures would need every rank
+                            image_every=0 if sharded and d.enabled else cfg.image_every)
     schedule = lr_schedule(cfg.lr_schedule, lr, cfg.warmup_steps, max_steps)
     sample: list = []  # (4, 3, H, W) frames in [0, 1], taken from the first batch
     trainer = Trainer(settings, d, mae, module, optimizer, schedule, _loss_fn(d.device),
                       to_file=lambda st: {"model": mae_to_released(st),
                                           "egoscale": {**mae_meta(mae), "data": data, "seed": cfg.seed}},
-                      from_file=lambda obj: released_to_mae(obj["model"]), config=to_dict(cfg), fsdp=cfg.fsdp,
+                      from_file=lambda obj: released_to_mae(obj["model"]), config=to_dict(cfg), fsdp=sharded,
                       tracking=cfg, images=lambda: {"reconstructions": reconstruction_grid(mae, sample[0])})
     if trainer.resume() and d.is_main:
         log(f"resumed from step {trainer.step} ({trainer.samples} images seen)")
