@@ -29,6 +29,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,14 +135,14 @@ class Check:
     def _pretrain_args(self, out: Path, steps: int, *extra: str) -> list[str]:
         _, frames = self.world()
         model = ["--model", "vit_pico4", "--batch-size", "16", "--workers", "0"] if self.smoke else [
-            "--model", "vit_b14", "--batch-size", "256", "--workers", "12"]
+            "--model", "vit_b14", "--batch-size", "256"]  # --workers: the default
         return ["pretrain", "--data", str(frames), "--out", str(out), "--steps", str(steps), "--log-every", "5",
                 "--no-progress", "--device", self.dev, *model, *extra]
 
     def real_data(self, precision: str, compile_: bool):
         out = self.root / f"real-{precision}{'-compiled' if compile_ else ''}"
         r = _cli(*self._pretrain_args(out, 20 if self.smoke else 80, "--precision", precision,
-                                      *(["--compile"] if compile_ else [])))
+                                      "--compile" if compile_ else "--no-compile"))
         if r.returncode:
             return False, r.stderr.strip()[-200:]
         recs = _metrics(out)
@@ -251,9 +252,10 @@ class Check:
         r = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
                             str(Path(__file__).resolve().parents[1] / "tests" / "test_gpu.py")],
                            capture_output=True, text=True, timeout=300)
-        last = (r.stdout.strip().splitlines() or ["?"])[-1]
+        last = next((ln for ln in reversed(r.stdout.splitlines()) if re.search(r"\d+ (passed|failed|skipped)", ln)),
+                    "no summary line")
         failures = [ln[:160] for ln in r.stdout.splitlines() if ln.startswith(("FAILED", "ERROR", "E "))][:4]
-        return r.returncode == 0 and (self.smoke or "skipped" not in last), " | ".join([last, *failures])
+        return r.returncode == 0 and (self.smoke or "skipped" not in last), " | ".join([last.strip("= "), *failures])
 
 
 _MFU_CHILD = r"""
@@ -265,7 +267,7 @@ from egoscale.models.vit import choose_attention
 from egoscale.train.distributed import Dist, cleanup, parallelize
 from egoscale.train.loop import adamw, device_peak_tflops
 a = json.loads(sys.argv[1])
-dev = torch.device(a["device"])
+dev = torch.device(a["device"], 0) if a["device"] == "cuda" else torch.device(a["device"])
 spec = get_spec(a["model"], img_size=a["size"])
 sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 peak = device_peak_tflops(dev)
@@ -313,7 +315,7 @@ from egoscale.models.vit import choose_attention
 from egoscale.train.distributed import Dist, cleanup, parallelize
 from egoscale.train.loop import adamw
 name, size, batch, mode, compile_ = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
-dev = torch.device("cuda")
+dev = torch.device("cuda", 0)
 mae = build_mae(get_spec(name, img_size=size), mask_ratio=0.8).to(dev)
 choose_attention(mae, dev, True)
 params = mode == "bf16-params"
@@ -397,11 +399,11 @@ def main() -> None:
         c.run("matmul", c.matmul)
         c.run("gpu-tests", c.gpu_tests)
         c.run("mfu", c.mfu)
-        for precision, compile_ in (("bf16", False), ("bf16-params", False), ("bf16-params", True)):
+        for precision, compile_ in (("bf16", False), ("bf16", True), ("bf16-params", False)):
             c.run("real-data", functools.partial(c.real_data, precision, compile_), needs_s=40)
         c.run("loader", c.loader, needs_s=20)
-        if not args.smoke:  # where an eager bf16-params step's GPU time goes
-            c.run("profile", lambda: c.profile("vit_h14", 224, 128, "bf16-params", False), needs_s=30)
+        if not args.smoke:  # where a compiled bf16 step's GPU time goes
+            c.run("profile", lambda: c.profile("vit_h14", 224, 128, "bf16", True), needs_s=40)
         c.run("resume", c.resume, needs_s=40)
         c.run("ddp", lambda: c.torchrun(False), needs_s=30)
         c.run("fsdp", lambda: c.torchrun(True), needs_s=30)

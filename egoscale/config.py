@@ -56,8 +56,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: set[str
                                 help=help_, **kw)
             continue
         if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
-                                help=f"{help_} (default: {default})", **kw)
+            shown = "" if default is None else f" (default: {default})"  # None: the help says what decides
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_ + shown, **kw)
             continue
         if is_list:
             kw["type"] = _list_parser(tp)
@@ -66,8 +66,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: set[str
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         flags = [f.metadata["short"], flag] if "short" in f.metadata else [flag]
-        parser.add_argument(*flags, metavar=f.metadata.get("metavar", f.name.upper()),
-                            help=f"{help_} (default: {default})", **kw)
+        # a help that says its own default (what decides when none is given) keeps it; "None" says nothing
+        shown = "" if "(default:" in help_ or default is None else f" (default: {default})"
+        parser.add_argument(*flags, metavar=f.metadata.get("metavar", f.name.upper()), help=help_ + shown, **kw)
 
 
 def _list_parser(tp: type):

@@ -290,3 +290,23 @@ def test_bf16_params_pretraining_runs_resumes_and_draws_pictures(frames, tmp_pat
     mae = load_mae(run / "checkpoint.pt")  # a plain (unsharded, fp32) checkpoint
     assert mae.encoder.blocks[0].attn.qkv.weight.dtype == torch.float32
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_compile_and_loader_workers_default_to_what_pays():
+    from egoscale.train.pretrain import COMPILE_PAYS_STEPS, resolve_compile, resolve_workers
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    long = COMPILE_PAYS_STEPS
+    # on by default only where it was measured to pay: one CUDA process, autocast, no FSDP, a long run
+    assert resolve_compile(None, cuda, "bf16", 1, False, long)
+    assert not resolve_compile(None, cuda, "bf16", 1, False, long - 1)
+    assert not resolve_compile(None, cpu, "fp32", 1, False, long)
+    assert not resolve_compile(None, cuda, "bf16-params", 1, False, long)
+    assert not resolve_compile(None, cuda, "bf16", 8, False, long)
+    assert not resolve_compile(None, cuda, "bf16", 1, True, long)
+    # what the user says wins
+    assert resolve_compile(True, cpu, "fp32", 1, False, 10) and not resolve_compile(False, cuda, "bf16", 1, False, long)
+    assert resolve_workers(3, cuda) == 3 and resolve_workers(None, cpu) == 4
+    assert 1 <= resolve_workers(None, cuda) <= 8
+    r = subprocess.run([sys.executable, "-m", "egoscale", "pretrain", "--help"], capture_output=True, text=True)
+    assert "--no-compile" in r.stdout and "(default: None)" not in r.stdout

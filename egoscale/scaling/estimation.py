@@ -95,15 +95,32 @@ def seed_noise(X, y) -> float:
 
 
 def bootstrap(form: Form, X, y, theta: np.ndarray, n_boot: int = 200, delta: float = 0.01, seed: int = 0) -> np.ndarray:
-    """Parameter samples (n_boot, P) from refits on seeds resampled within each cell."""
+    """Parameter samples (n_boot, P) from refits on seeds resampled within each cell.
+
+    Resampling n seeds shrinks their spread by (n-1)/n (a third with the paper's three seeds), so
+    each cell's residuals are first scaled back up by sqrt(n/(n-1)); a cell of a single run has
+    nothing to resample, so it gets the pooled seed noise (`seed_noise`) drawn afresh. Without
+    either, intervals come out too narrow, most where single runs sit at the edge of the grid
+    (the largest data size, the largest model)."""
     rng = np.random.default_rng(seed)
     c = cell_index(X)
     groups = [np.flatnonzero(c == k) for k in np.unique(c)]
+    sigma = seed_noise(X, y)
+    inflated = np.asarray(y, float).copy()
+    for g in groups:
+        if len(g) > 1:
+            m = y[g].mean()
+            inflated[g] = m + (y[g] - m) * np.sqrt(len(g) / (len(g) - 1))
+    singles = np.concatenate([g for g in groups if len(g) == 1] or [np.zeros(0, int)])
     out = []
     for _ in range(n_boot):
         idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+        yb = inflated[idx]
+        if sigma > 0 and len(singles):
+            single = np.isin(idx, singles)
+            yb[single] = y[idx[single]] + rng.normal(0, sigma, single.sum())
         Xb = tuple(np.asarray(v)[idx] for v in X)
-        out.append(fit_form(form, Xb, y[idx], delta, starts=[theta])["theta"])
+        out.append(fit_form(form, Xb, yb, delta, starts=[theta])["theta"])
     return np.array(out)
 
 

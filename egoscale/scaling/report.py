@@ -252,24 +252,31 @@ def report(fit_path: str, out: str, target: str | None = None,
     rows = []
     for name, e in fitted.items():
         cov = [h["coverage"] for h in e["holdout"] if "coverage" in h]
-        cal = [h["coverage_with_form_error"] for h in e["holdout"] if "coverage_with_form_error" in h]
+        seeds = [h["coverage_seeds_only"] for h in e["holdout"] if "coverage_seeds_only" in h]
+        cells = e.get("heldout_points")
         ps = ", ".join(f"{k}={v:.3g} [{e['params_ci'][k][0]:.3g}, {e['params_ci'][k][1]:.3g}]"
                        for k, v in e["params"].items())
         rows.append([name, f"`{e['formula']}`", f"{e['rmse'] * 100:.2f}",
+                     "n/a" if cells is None else f"{cells:.2f}",
                      "n/a" if e["heldout_mae_points"] is None else f"{e['heldout_mae_points']:.2f}",
-                     "n/a" if not cov else f"{np.mean(cov):.0%}", "n/a" if not cal else f"{np.mean(cal):.0%}",
+                     "n/a" if not seeds else f"{np.mean(seeds):.0%}", "n/a" if not cov else f"{np.mean(cov):.0%}",
                      f"{e.get('form_sigma', 0.0) * 100:.2f}", f"{e['asymptote']:.3f}",
                      "yes" if e["converged"] else "**no**",
                      f"**non-physical**: {e['non_physical']['note']}" if e.get("non_physical") else "rises",
                      "yes" if e.get("validated", {}).get("ok") else f"no: {e.get('validated', {}).get('why_not')}",
                      ps])
-    md += [_md_table(["form", "formula", "RMSE (pts)", "held-out MAE (pts)", "PI coverage", "+ form error",
+    md += [_md_table(["form", "formula", "RMSE (pts)", "held-out error (cell means, pts)", "held-out MAE (runs)",
+                      "PI coverage (seeds only)", "+ extrapolation error",
                       "form error (pts)", "asymptote", "converged", "along the path", "validated",
                       "parameters [90% CI]"], rows),
            "",
            "Along the path: whether the form keeps rising as model, data and pixels grow together (from the "
            "smallest run's scale to a million times the largest). A form that turns down is non-physical there "
-           "and is not chosen for extrapolation. Validated: the form's held-out error is at most "
+           "and is not chosen for extrapolation. Held-out error: of the predicted cell means, with the seed "
+           "noise's share taken out (a run's error also holds its seed's luck); the runs' own error beside it. "
+           "Coverage: of held-out runs by 90% prediction intervals from seeds and parameters alone, and with the "
+           "form's extrapolation error along the split's axis (measured one step back within the fitted runs). "
+           "Validated: the form's held-out error is at most "
            f"{fit['config'].get('max_heldout_points', 1.0):g} points and its prediction intervals cover at least "
            f"{fit['config'].get('min_coverage', 0.85):.0%} of held-out runs on every split; a form below that bar is "
            "chosen only when no physical form meets it, and then the choice says so.", "",

@@ -141,14 +141,15 @@ def parallelize(model: nn.Module, d: Dist, fsdp: bool = False, grad_checkpointin
         # MAE's outputs are only read
         warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view")
 
-        kw = dict(reshard_after_forward=fsdp)
-        if bf16_params:
-            kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        mp = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)} \
+            if bf16_params else {}
         for m in model.modules():
             if isinstance(m, nn.Sequential) and any(isinstance(c, (Block, DecoderBlock)) for c in m.children()):
                 for blk in m.children():
-                    fully_shard(blk, **kw)
-        fully_shard(model, **kw)
+                    fully_shard(blk, reshard_after_forward=fsdp, **mp)
+        # the root keeps its weights after forward (FSDP2's default for the root: its backward
+        # starts at once); resharding it as well failed in backward under autocast on a GPU
+        fully_shard(model, **mp)
         wrapped = model
     elif d.enabled:
         wrapped = nn.parallel.DistributedDataParallel(

@@ -70,15 +70,14 @@ def lr_schedule(kind: str, base: float, warmup: int, total: int) -> Callable[[in
 
 PRECISIONS = ("auto", "bf16", "fp32")  # evaluations
 PRETRAIN_PRECISIONS = ("auto", "bf16", "bf16-params", "fp32")
-# what `auto` means for pretraining on CUDA (benchmarks/README.md, "GPU": the measured choice)
-CUDA_PRETRAIN_PRECISION = "bf16"
 PRECISION_HELP = ("auto (bf16 autocast on CUDA, fp32 on CPU), bf16 (autocast; also on CPUs with bf16 "
                   "matrix units such as AMX, where it pays for the paper's model sizes but not for the tiny "
                   "CPU models) or fp32")
 PRETRAIN_PRECISION_HELP = (
-    f"auto ({CUDA_PRETRAIN_PRECISION} on CUDA, fp32 on CPU), bf16 (autocast: fp32 weights, each op cast "
-    "to bf16 as it runs), bf16-params (the model runs in bf16: fp32 master weights cast to bf16 once per "
-    "step by FSDP2's mixed-precision policy, also on one GPU; gradients and optimizer in fp32) or fp32")
+    "auto (bf16 on CUDA, fp32 on CPU), bf16 (autocast: fp32 weights, each op cast to bf16 as it runs), "
+    "bf16-params (the model itself runs in bf16: FSDP2's mixed-precision policy casts the fp32 master weights "
+    "once per step and reduces gradients in fp32; for sharded multi-GPU runs, slower than bf16 on one GPU) "
+    "or fp32")
 
 
 def check_precision(precision: str, choices: tuple[str, ...] = PRECISIONS) -> None:
@@ -87,14 +86,11 @@ def check_precision(precision: str, choices: tuple[str, ...] = PRECISIONS) -> No
 
 
 def resolve_precision(precision: str, device: torch.device, choices: tuple[str, ...] = PRECISIONS) -> str:
-    """`auto` made concrete for this device: fp32 off CUDA; on CUDA bf16 autocast for
-    evaluations and CUDA_PRETRAIN_PRECISION for pretraining (whose choices include bf16-params)."""
+    """`auto` made concrete for this device: bf16 (autocast) on CUDA, fp32 elsewhere."""
     check_precision(precision, choices)
     if precision != "auto":
         return precision
-    if device.type != "cuda":
-        return "fp32"
-    return CUDA_PRETRAIN_PRECISION if "bf16-params" in choices else "bf16"
+    return "bf16" if device.type == "cuda" else "fp32"
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import json
 import math
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +29,32 @@ from egoscale.train.tracking import TrackingConfig
 from egoscale.train.visualize import reconstruction_grid
 from egoscale.train.loop import (CHECKPOINT, PRETRAIN_PRECISION_HELP, PRETRAIN_PRECISIONS, LoopSettings, Trainer, adamw,
                                  check_precision, lr_schedule, resolve_precision)
+
+
+# Per-block compilation pays back after a few hundred steps of the paper's models on one GPU
+# (benchmarks/README.md, "GPU"); runs shorter than this stay eager unless --compile is given.
+COMPILE_PAYS_STEPS = 1000
+
+
+def resolve_compile(asked: bool | None, device: torch.device, precision: str, world_size: int, fsdp: bool,
+                    max_steps: int) -> bool:
+    """--compile as given, else on where it was measured to pay: one CUDA process, bf16 autocast,
+    no FSDP, a run of at least COMPILE_PAYS_STEPS steps."""
+    if asked is not None:
+        return asked
+    return (device.type == "cuda" and precision == "bf16" and world_size == 1 and not fsdp
+            and max_steps >= COMPILE_PAYS_STEPS)
+
+
+def resolve_workers(asked: int | None, device: torch.device) -> int:
+    """--workers as given, else 8 per GPU (capped by the cores each of this node's processes has), 4 on
+    the CPU. One worker feeds about a thousand 224-px frames per second (benchmarks/README.md)."""
+    if asked is not None:
+        return asked
+    if device.type != "cuda":
+        return 4
+    per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, per_process))
 
 
 @dataclass
@@ -64,11 +91,14 @@ examples:
     budget_hours: float | None = opt(None, "stop after this much wall-clock time")
     save_every: int = opt(1000, "checkpoint every N steps (and at the end)")
     log_every: int = opt(10, "metrics line every N steps")
-    workers: int = opt(4, "data loader processes per device")
+    workers: int | None = opt(None, "data loader processes per device (default: 8 per GPU, at most the CPU "
+                                    "cores per process; 4 on the CPU)")
     shuffle_buffer: int = opt(2000, "frames mixed before batching")
     seed: int = opt(0, "random seed")
     device: str = opt("auto", "auto, cuda or cpu")
-    compile: bool = opt(False, "torch.compile the model")
+    compile: bool | None = opt(None, "torch.compile each transformer block (default: on for a single-GPU bf16 "
+                                     f"run of at least {COMPILE_PAYS_STEPS} steps, where the first step's "
+                                     "compilation pays back; off elsewhere)")
     precision: str = opt("auto", PRETRAIN_PRECISION_HELP, choices=list(PRETRAIN_PRECISIONS))
     grad_checkpointing: bool = opt(False, "recompute activations in backward")
     fsdp: bool = opt(False, "fully sharded data parallel (multi-GPU, big models)")
@@ -85,7 +115,7 @@ examples:
         for name in ("batch_size", "accum_steps", "save_every", "log_every", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.workers < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
+        if (self.workers or 0) < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
             raise ConfigError("--workers, --warmup-steps and --weight-decay must be at least 0")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps must be at least 1, got {self.steps}")
@@ -182,7 +212,8 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
             f"({attention} attention), "
             f"{'?' if frames is None else frames} frames, "
             f"{'budget ' + str(cfg.budget_hours) + ' h' if cfg.budget_hours else str(max_steps) + ' steps'}")
-    module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile,
+    compile_ = resolve_compile(cfg.compile, d.device, precision, d.world_size, cfg.fsdp, max_steps)
+    module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=compile_,
                          bf16_params=precision == "bf16-params")
     params = [p for p in mae.parameters() if p.requires_grad]
     optimizer = adamw(params, lr, d.device, sharded=sharded, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
@@ -205,9 +236,10 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
         log(f"resumed from step {trainer.step} ({trainer.samples} images seen)")
     if d.is_main:  # written once the folder's checkpoint (if any) has loaded
         record_config(out, record, changed)
-    if cfg.compile and d.is_main:
-        log("--compile: the first step compiles every distinct block (a minute or more for the big models); "
-            "its time is reported as first_step_seconds")
+    if compile_ and d.is_main:
+        log(f"{'--compile' if cfg.compile else 'compiled (a long single-GPU run; --no-compile to stay eager)'}: "
+            "the first step compiles every distinct block (a minute or more for the big models); its time is "
+            "reported as first_step_seconds")
     if trainer.step >= max_steps:
         if d.is_main:
             log(f"{out}: already trained for {trainer.step} steps; nothing to do")
@@ -216,7 +248,8 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
     # A resumed run draws a fresh, deterministic stream (the shuffle position is not restorable).
     stream = FrameStream(pieces, spec.img_size, seed=cfg.seed * 1_000_003 + trainer.step, rank=d.rank,
                          world_size=d.world_size, shuffle_buffer=cfg.shuffle_buffer)
-    loader = make_loader(stream, cfg.batch_size, cfg.workers, pin_memory=d.device.type == "cuda")
+    loader = make_loader(stream, cfg.batch_size, resolve_workers(cfg.workers, d.device),
+                         pin_memory=d.device.type == "cuda")
     batches = iter(loader)
     first = next(batches)
     sample.append(first[:4].to(d.device).float() / 255)  # the same frames in every reconstruction picture
