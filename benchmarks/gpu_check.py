@@ -5,13 +5,13 @@
 
 Checks, each in its own process so that one failure does not stop the rest:
   mfu          MAE training step of ViT-B/14@224, ViT-H/14@224 and @476: img/s and MFU for each
-               precision (bf16 autocast; bf16-params: weights cast once per step by FSDP2's policy),
-               eager and per-block compiled (compile time = the first step's extra time; graphs
+               --precisions (bf16 autocast; bf16-params: weights cast once per step by FSDP2's
+               policy), eager and per-block compiled (compile time = the first step's extra time; graphs
                added after the first step), and larger batches per device (eager)
   loader       frames/s of one loader worker (decode, crop, resize, collate) at 224 and 476 px, and
                the workers a step at the measured speed needs
-  real-data    world -> ingest -> `egoscale pretrain` from JPEG shards in each precision (eager and
-               compiled): img/s and MFU next to the synthetic step
+  real-data    world -> ingest -> `egoscale pretrain` from JPEG shards in each precision, eager and
+               compiled (default workers): img/s and MFU next to the synthetic step
   resume       `egoscale pretrain` killed (SIGKILL) mid-run and run again: every step logged once
   ddp, fsdp    `torchrun --nproc-per-node <all GPUs> -m egoscale pretrain` (DDP, then --fsdp)
   grad-ckpt    pretraining with --grad-checkpointing
@@ -56,8 +56,8 @@ def _steady(recs: list[dict], key: str) -> float | None:
 
 
 class Check:
-    def __init__(self, smoke: bool, root: Path, minutes: float):
-        self.smoke, self.root = smoke, root
+    def __init__(self, smoke: bool, root: Path, minutes: float, precisions: list[str]):
+        self.smoke, self.root, self.precisions = smoke, root, precisions
         self.dev = "cpu" if smoke else "cuda"
         self.rows: list[tuple[str, str, str, float]] = []
         self.deadline = time.time() + minutes * 60
@@ -87,7 +87,7 @@ class Check:
             for compile_ in (False, True):
                 spec = json.dumps({"model": name, "size": size, "batches": batches + ([] if compile_ else larger),
                                    "compile": compile_, "device": self.dev, "steps": 3 if self.smoke else 6,
-                                   "modes": ["bf16", "bf16-params"]})
+                                   "modes": self.precisions})
                 r = subprocess.run([PY, "-c", _MFU_CHILD, spec], capture_output=True, text=True, timeout=600)
                 res = [json.loads(ln[5:]) for ln in r.stdout.splitlines() if ln.startswith("ROW: ")]
                 rows += res
@@ -249,7 +249,7 @@ class Check:
         return True, f"bf16 {k}^3 matmul: {tf:.0f} TFLOP/s (MFU's denominator is the datasheet peak)"
 
     def gpu_tests(self):
-        r = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+        r = subprocess.run([PY, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", "-m", "gpu",
                             str(Path(__file__).resolve().parents[1] / "tests" / "test_gpu.py")],
                            capture_output=True, text=True, timeout=300)
         last = next((ln for ln in reversed(r.stdout.splitlines()) if re.search(r"\d+ (passed|failed|skipped)", ln)),
@@ -384,7 +384,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script, not the GPU")
     ap.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one)")
     ap.add_argument("--json", default=None, help="also write the table and every measurement as JSON here")
-    ap.add_argument("--minutes", type=float, default=9.0, help="checks that would start later are skipped")
+    ap.add_argument("--minutes", type=float, default=8.0, help="checks that would start later are skipped")
+    ap.add_argument("--precisions", default="bf16", help="pretraining precisions the MFU table and the real-data "
+                    "runs compare, comma-separated (e.g. bf16,bf16-params; each adds about two minutes)")
     args = ap.parse_args()
     if not args.smoke:
         import torch
@@ -395,12 +397,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)
-        c = Check(args.smoke, root, args.minutes)
+        c = Check(args.smoke, root, args.minutes, args.precisions.split(","))
         c.run("matmul", c.matmul)
         c.run("gpu-tests", c.gpu_tests)
         c.run("mfu", c.mfu)
-        for precision, compile_ in (("bf16", False), ("bf16", True), ("bf16-params", False)):
-            c.run("real-data", functools.partial(c.real_data, precision, compile_), needs_s=40)
+        for precision in c.precisions:
+            for compile_ in (False, True):
+                c.run("real-data", functools.partial(c.real_data, precision, compile_), needs_s=40)
         c.run("loader", c.loader, needs_s=20)
         if not args.smoke:  # where a compiled bf16 step's GPU time goes
             c.run("profile", lambda: c.profile("vit_h14", 224, 128, "bf16", True), needs_s=40)

@@ -304,6 +304,7 @@ def test_compile_and_loader_workers_default_to_what_pays():
     assert not resolve_compile(None, cuda, "bf16-params", 1, False, long)
     assert not resolve_compile(None, cuda, "bf16", 8, False, long)
     assert not resolve_compile(None, cuda, "bf16", 1, True, long)
+    assert not resolve_compile(None, cuda, "bf16", 1, False, long, grad_checkpointing=True)
     # what the user says wins
     assert resolve_compile(True, cpu, "fp32", 1, False, 10) and not resolve_compile(False, cuda, "bf16", 1, False, long)
     assert resolve_workers(3, cuda) == 3 and resolve_workers(None, cpu) == 4

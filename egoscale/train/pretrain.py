@@ -37,13 +37,13 @@ COMPILE_PAYS_STEPS = 1000
 
 
 def resolve_compile(asked: bool | None, device: torch.device, precision: str, world_size: int, fsdp: bool,
-                    max_steps: int) -> bool:
+                    max_steps: int, grad_checkpointing: bool = False) -> bool:
     """--compile as given, else on where it was measured to pay: one CUDA process, bf16 autocast,
-    no FSDP, a run of at least COMPILE_PAYS_STEPS steps."""
+    no FSDP, no gradient checkpointing, a run of at least COMPILE_PAYS_STEPS steps."""
     if asked is not None:
         return asked
     return (device.type == "cuda" and precision == "bf16" and world_size == 1 and not fsdp
-            and max_steps >= COMPILE_PAYS_STEPS)
+            and not grad_checkpointing and max_steps >= COMPILE_PAYS_STEPS)
 
 
 def resolve_workers(asked: int | None, device: torch.device) -> int:
@@ -97,8 +97,9 @@ examples:
     seed: int = opt(0, "random seed")
     device: str = opt("auto", "auto, cuda or cpu")
     compile: bool | None = opt(None, "torch.compile each transformer block (default: on for a single-GPU bf16 "
-                                     f"run of at least {COMPILE_PAYS_STEPS} steps, where the first step's "
-                                     "compilation pays back; off elsewhere)")
+                                     "run without FSDP or gradient checkpointing of at least "
+                                     f"{COMPILE_PAYS_STEPS} steps, where the first step's compilation pays back; "
+                                     "off elsewhere)")
     precision: str = opt("auto", PRETRAIN_PRECISION_HELP, choices=list(PRETRAIN_PRECISIONS))
     grad_checkpointing: bool = opt(False, "recompute activations in backward")
     fsdp: bool = opt(False, "fully sharded data parallel (multi-GPU, big models)")
@@ -212,7 +213,8 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
             f"({attention} attention), "
             f"{'?' if frames is None else frames} frames, "
             f"{'budget ' + str(cfg.budget_hours) + ' h' if cfg.budget_hours else str(max_steps) + ' steps'}")
-    compile_ = resolve_compile(cfg.compile, d.device, precision, d.world_size, cfg.fsdp, max_steps)
+    compile_ = resolve_compile(cfg.compile, d.device, precision, d.world_size, cfg.fsdp, max_steps,
+                               cfg.grad_checkpointing)
     module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=compile_,
                          bf16_params=precision == "bf16-params")
     params = [p for p in mae.parameters() if p.requires_grad]
