@@ -317,7 +317,8 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
             why += f"; {', '.join(failing)} not chosen: below the validation bar"
         elif not validated:
             why += (f"; no physical form meets the validation bar (held-out error <= {cfg.max_heldout_points:g} "
-                    f"points and coverage >= {cfg.min_coverage:.0%} on every split; {chosen}: "
+                    f"points of its cell means and coverage >= {cfg.min_coverage:.0%} up to chance, on every split; "
+                    f"{chosen}: "
                     f"{fitted[chosen]['validated']['why_not']}): its extrapolation is not validated by these runs")
     else:
         chosen = min(fitted, key=lambda k: fitted[k]["rmse"])
