@@ -7,7 +7,8 @@ Checks, each in its own process so that one failure does not stop the rest:
   mfu          MAE training step of ViT-B/14@224, ViT-H/14@224 and @476: img/s and MFU for each
                --precisions (bf16 autocast; bf16-params: weights cast once per step by FSDP2's
                policy), eager and per-block compiled (compile time = the first step's extra time; graphs
-               added after the first step), and larger batches per device (eager)
+               added after the first step); on top of compilation for H/14@224, twice the batch and
+               CUDA graphs (torch.compile's reduce-overhead mode)
   loader       frames/s of one loader worker (decode, crop, resize, collate) at 224 and 476 px, and
                the workers a step at the measured speed needs
   real-data    world -> ingest -> `egoscale pretrain` from JPEG shards in each precision, eager and
@@ -78,31 +79,33 @@ class Check:
 
     # --- the checks ----------------------------------------------------------------------------
     def mfu(self):
+        # (model, size, batch, torch.compile mode or None for eager): each precision eager and
+        # compiled per block, then two levers on top of compilation for ViT-H/14 at 224 px: twice
+        # the batch, and CUDA graphs (mode reduce-overhead)
         if self.smoke:
-            cases = [("vit_pico4", 32, [16], [32])]
-        else:  # (model, size, batch for every variant, larger batches tried eagerly)
-            cases = [("vit_b14", 224, [256], [512]), ("vit_h14", 224, [128], [256]), ("vit_h14", 476, [32], [64])]
+            cases = [("vit_pico4", 32, 16, None), ("vit_pico4", 32, 16, "default"), ("vit_pico4", 32, 32, "default")]
+        else:
+            cases = [(m, s, b, c) for m, s, b in (("vit_b14", 224, 256), ("vit_h14", 224, 128), ("vit_h14", 476, 32))
+                     for c in (None, "default")]
+            cases += [("vit_h14", 224, 256, "default"), ("vit_h14", 224, 128, "reduce-overhead")]
         out, rows, failed = [], [], []
-        for name, size, batches, larger in cases:
-            for compile_ in (False, True):
-                spec = json.dumps({"model": name, "size": size, "batches": batches + ([] if compile_ else larger),
-                                   "compile": compile_, "device": self.dev, "steps": 3 if self.smoke else 6,
-                                   "modes": self.precisions})
-                r = subprocess.run([PY, "-c", _MFU_CHILD, spec], capture_output=True, text=True, timeout=600)
-                res = [json.loads(ln[5:]) for ln in r.stdout.splitlines() if ln.startswith("ROW: ")]
-                rows += res
-                if r.returncode:
-                    failed.append(f"{name}@{size}{' compiled' if compile_ else ''}: "
-                                  f"{(r.stderr.strip().splitlines() or ['?'])[-1][:160]}")
-        print(f"\n{'model':<14}{'precision':<13}{'compile':<9}{'batch':>6}{'img/s':>9}{'MFU':>7}{'GB':>6}"
+        for name, size, batch, mode in cases:
+            spec = json.dumps({"model": name, "size": size, "batches": [batch], "compile_mode": mode,
+                               "device": self.dev, "steps": 3 if self.smoke else 6, "modes": self.precisions})
+            r = subprocess.run([PY, "-c", _MFU_CHILD, spec], capture_output=True, text=True, timeout=600)
+            rows += [json.loads(ln[5:]) for ln in r.stdout.splitlines() if ln.startswith("ROW: ")]
+            if r.returncode:
+                failed.append(f"{name}@{size} b{batch} {mode or 'eager'}: "
+                              f"{(r.stderr.strip().splitlines() or ['?'])[-1][:160]}")
+        print(f"\n{'model':<14}{'precision':<13}{'compile':<17}{'batch':>6}{'img/s':>9}{'MFU':>7}{'GB':>6}"
               f"{'first s':>9}{'graphs+':>8}")
         for x in rows:
-            print(f"{x['model']:<14}{x['mode']:<13}{str(x['compile']):<9}{x['batch']:>6}{x['img_s']:>9.0f}"
+            print(f"{x['model']:<14}{x['mode']:<13}{x['compile'] or 'eager':<17}{x['batch']:>6}{x['img_s']:>9.0f}"
                   f"{(x['mfu'] or 0):>7.1%}{x['mem_gb']:>6.1f}{x['first_s']:>9.1f}{x['graphs_after_first']:>8}")
         print()
         self.details["mfu"] = rows
         for x in rows:
-            out.append(f"{x['model']} {x['mode']}{' compiled' if x['compile'] else ''} b{x['batch']}: "
+            out.append(f"{x['model']} {x['mode']} {x['compile'] or 'eager'} b{x['batch']}: "
                        f"{x['img_s']:.0f} img/s" + (f" {x['mfu']:.1%}" if x.get("mfu") else ""))
         return not failed, "; ".join(failed + out)
 
@@ -264,7 +267,7 @@ from torch._dynamo.utils import counters
 from egoscale.models import build_mae, get_spec
 from egoscale.models.flops import mae_train_flops
 from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import Dist, cleanup, parallelize
+from egoscale.train.distributed import Dist, cleanup, compile_blocks, parallelize
 from egoscale.train.loop import adamw, device_peak_tflops
 a = json.loads(sys.argv[1])
 dev = torch.device(a["device"], 0) if a["device"] == "cuda" else torch.device(a["device"])
@@ -277,7 +280,9 @@ for mode in a["modes"]:
     mae = build_mae(spec, mask_ratio=0.8).to(dev)
     choose_attention(mae, dev, True)
     params = mode == "bf16-params"
-    module = parallelize(mae, Dist(device=dev), compile=a["compile"], bf16_params=params)
+    if a["compile_mode"]:
+        compile_blocks(mae, mode=a["compile_mode"])
+    module = parallelize(mae, Dist(device=dev), bf16_params=params)
     opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, sharded=params, betas=(0.9, 0.95))
     for batch in a["batches"]:
         x = torch.randn(batch, 3, a["size"], a["size"], device=dev)
@@ -297,7 +302,7 @@ for mode in a["modes"]:
         dt = (time.perf_counter() - t) / a["steps"]
         tf = mae_train_flops(spec, a["size"], 0.8) * batch / dt / 1e12
         print("ROW: " + json.dumps({
-            "model": f"{a['model']}@{a['size']}", "mode": mode, "compile": a["compile"], "batch": batch,
+            "model": f"{a['model']}@{a['size']}", "mode": mode, "compile": a["compile_mode"], "batch": batch,
             "img_s": batch / dt, "tflops": tf, "mfu": tf / peak if peak else None, "step_s": dt,
             "first_s": first - dt, "graphs_after_first": counters["stats"]["unique_graphs"] - graphs,
             "mem_gb": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0}), flush=True)

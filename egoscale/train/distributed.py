@@ -159,7 +159,7 @@ def parallelize(model: nn.Module, d: Dist, fsdp: bool = False, grad_checkpointin
     return wrapped
 
 
-def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
+def compile_blocks(model: nn.Module, backend: str = "inductor", mode: str | None = None) -> int:
     """torch.compile each transformer block in place (encoder and decoder); returns how many.
 
     Per block rather than the whole model: identical blocks share one compiled graph, so
@@ -168,7 +168,7 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
     """
     blocks = [m for m in model.modules() if isinstance(m, (Block, DecoderBlock))]
     for m in blocks:
-        m.compile(backend=backend)
+        m.compile(backend=backend, mode=mode)
     return len(blocks)
 
 
