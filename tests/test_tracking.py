@@ -101,3 +101,21 @@ def test_one_tensorboard_shows_a_whole_sweep(tiny_study, tmp_path):
     runs = {name: tags["scalars"] for name, tags in mux.Runs().items()}
     assert set(runs) == {"pretrain/vit_pico4@32_1_s1/tensorboard", "pretrain/vit_pico4@32_0.5_s1/tensorboard"}
     assert all("loss" in tags for tags in runs.values())
+
+
+def test_probing_writes_its_classifier_curves_and_starts_them_over_when_rerun(tmp_path):
+    pytest.importorskip("tensorboard")
+    lab = labelled_folder(tmp_path / "lab", n_train=8, n_val=4, n_classes=2)
+    out = tmp_path / "probe"
+    args = ["probe", "--checkpoint", "none", "--model", "vit_pico4", "--train", str(lab / "train"), "--val",
+            str(lab / "val"), "--condition", "full", "--epochs", "3", "--min-steps", "0", "--knn", "3",
+            "--workers", "0", "--no-progress", "--out", str(out)]
+    for _ in range(2):  # the rerun retrains from the cached features: its curves replace the first's
+        assert main(args) == 0
+        acc = _events(out / "tensorboard")
+        logged = _metrics(out)
+        assert [(e.step, round(e.value, 5)) for e in acc.Scalars("top1")] == [(r["epoch"], round(r["top1"], 5))
+                                                                             for r in logged] != []
+    result = json.loads((out / "result.json").read_text())
+    assert [(e.step, round(e.value, 5)) for e in acc.Scalars("knn_top1")] == [(3, round(result["knn_top1"], 5))]
+    assert {"train_loss", "val_loss", "top5"} <= set(acc.Tags()["scalars"])

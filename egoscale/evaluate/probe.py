@@ -28,10 +28,11 @@ from egoscale.models.vit import make_head
 from egoscale.runfolder import FolderLock, check_identity
 from egoscale.train.distributed import resolve_device
 from egoscale.train.loop import read_metrics, use_bf16
+from egoscale.train.tracking import Trackers, TrackingConfig
 
 
 @dataclass
-class ProbeConfig(EvalData):
+class ProbeConfig(EvalData, TrackingConfig):
     """Extract frozen features once (class token, or --pool avg; cached, resumable), train a
 BatchNorm+Linear classifier on them, and report top-1/top-5 (and k-NN) on the val folder.
 
@@ -149,6 +150,24 @@ def _probe(cfg: ProbeConfig, out: Path, record: dict, changed: dict, log) -> dic
     metrics.write_text("")  # the classifier is retrained from the cache in seconds: no resume needed
     steps_per_epoch = max(1, -(-len(tr_f) // cfg.batch_size))
     epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
+    # the classifier's curves, live in TensorBoard/W&B as in metrics.jsonl (x axis: epoch)
+    trackers = Trackers(out, f"probe {vit.spec.name} {out.name}", to_dict(cfg), cfg, resume=False)
+    try:
+        _train_head(cfg, head, optimizer, tr_f, tr_y, va_f, va_y, epochs, g, metrics, trackers)
+        extra = {"epochs": epochs, "feature_seconds": round(t_feat, 3), "seconds": round(time.time() - t0, 3),
+                 "config": to_dict(cfg)}
+        if cfg.knn:
+            extra.update(knn_accuracy(tr_f, tr_y, va_f, va_y, cfg.knn, data.classes))
+            trackers.scalars({"step": epochs, "knn_top1": extra["knn_top1"], "knn_top5": extra["knn_top5"]})
+    finally:
+        trackers.close()
+    result = result_row("linear_probe", cfg, data, vit, info, read_metrics(metrics), **extra)
+    write_json_atomic(out / "result.json", result)
+    return result
+
+
+def _train_head(cfg: ProbeConfig, head, optimizer, tr_f, tr_y, va_f, va_y, epochs: int, g, metrics: Path,
+                trackers) -> None:
     for epoch in range(1, epochs + 1):
         head.train()
         perm = torch.randperm(len(tr_f), generator=g)
@@ -170,10 +189,4 @@ def _probe(cfg: ProbeConfig, out: Path, record: dict, changed: dict, log) -> dic
                    "top1": c[1] / len(va_y), "top5": c[5] / len(va_y)}
         if epoch % max(1, epochs // 100) == 0 or epoch == epochs:  # at most ~100 lines
             append_jsonl(metrics, rec)
-    extra = {"epochs": epochs, "feature_seconds": round(t_feat, 3), "seconds": round(time.time() - t0, 3),
-             "config": to_dict(cfg)}
-    if cfg.knn:
-        extra.update(knn_accuracy(tr_f, tr_y, va_f, va_y, cfg.knn, data.classes))
-    result = result_row("linear_probe", cfg, data, vit, info, read_metrics(metrics), **extra)
-    write_json_atomic(out / "result.json", result)
-    return result
+            trackers.scalars({"step": epoch, **rec})

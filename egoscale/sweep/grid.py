@@ -159,5 +159,4 @@ def _grouped(grid: Grid, values: dict) -> dict:
 def eval_config(grid: Grid, ev: dict, checkpoint: Path, out: Path):
     values = {k: v for k, v in ev.items() if k not in ("kind", "name")}
     values = {**values, "checkpoint": str(checkpoint), "out": str(out)}
-    return build(EVAL_KINDS[ev["kind"]], _grouped(grid, values) if ev["kind"] == "finetune" else values,
-                 source=f"eval {ev['name']}")
+    return build(EVAL_KINDS[ev["kind"]], _grouped(grid, values), source=f"eval {ev['name']}")

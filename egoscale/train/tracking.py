@@ -23,7 +23,7 @@ from egoscale.errors import ConfigError
 
 @dataclass
 class TrackingConfig:
-    """The trackers' flags, shared by pretrain and finetune."""
+    """The trackers' flags, shared by pretrain, finetune and probe."""
 
     tensorboard: bool = opt(True, "also write TensorBoard event files under OUT/tensorboard (when the tensorboard "
                             "package is installed)", last=True)
@@ -36,7 +36,10 @@ class Trackers:
     """TensorBoard and/or W&B for one run; does nothing on ranks other than 0 or when neither is on."""
 
     def __init__(self, out: Path, name: str, config: dict, cfg: TrackingConfig | None, step: int = 0,
-                 enabled: bool = True, log=print):
+                 enabled: bool = True, resume: bool = True):
+        """`step`: where a resumed run continues (what was logged past it is hidden); `resume=False`
+        for a run that starts over each time (the probe retrains from its cached features): a new
+        W&B run, and the TensorBoard curves of the previous attempt hidden."""
         self.tb = self.run = None
         if cfg is None or not enabled:
             return
@@ -47,14 +50,14 @@ class Trackers:
                 SummaryWriter = None
             if SummaryWriter is not None:
                 # a resumed run hides what its previous attempt logged past the checkpoint's step
-                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step or not resume else None)
         if cfg.wandb:
             try:
                 import wandb
             except ImportError:
                 raise ConfigError("--wandb needs the wandb package: pip install wandb") from None
             id_file = out / "wandb-run-id"
-            run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+            run_id = id_file.read_text().strip() if id_file.is_file() and resume else secrets.token_hex(4)
             id_file.write_text(run_id + "\n")
             self.run = wandb.init(project=cfg.wandb, group=cfg.wandb_group, name=name, id=run_id, resume="allow",
                                   dir=str(out), config=config, reinit="finish_previous")
