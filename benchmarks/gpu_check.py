@@ -389,7 +389,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks the script, not the GPU")
     ap.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one)")
     ap.add_argument("--json", default=None, help="also write the table and every measurement as JSON here")
-    ap.add_argument("--minutes", type=float, default=8.0, help="checks that would start later are skipped")
+    ap.add_argument("--minutes", type=float, default=8.5, help="checks that would start later are skipped")
     ap.add_argument("--precisions", default="bf16", help="pretraining precisions the MFU table and the real-data "
                     "runs compare, comma-separated (e.g. bf16,bf16-params; each adds about two minutes)")
     args = ap.parse_args()
@@ -403,22 +403,23 @@ def main() -> None:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)
         c = Check(args.smoke, root, args.minutes, args.precisions.split(","))
+        # what no earlier run on a GPU has shown working comes first, measured paths later
         c.run("matmul", c.matmul)
         c.run("gpu-tests", c.gpu_tests)
+        c.run("fsdp", lambda: c.torchrun(True), needs_s=30)
+        c.run("fsdp-g14", c.fsdp_g14, needs_s=40)
         c.run("mfu", c.mfu)
         for precision in c.precisions:
             for compile_ in (False, True):
                 c.run("real-data", functools.partial(c.real_data, precision, compile_), needs_s=40)
+        c.run("finetune", lambda: c.evaluation("finetune"), needs_s=30)
+        c.run("probe", lambda: c.evaluation("probe"), needs_s=20)
+        c.run("resume", c.resume, needs_s=40)
+        c.run("ddp", lambda: c.torchrun(False), needs_s=30)
+        c.run("grad-ckpt", c.grad_ckpt, needs_s=20)
         c.run("loader", c.loader, needs_s=20)
         if not args.smoke:  # where a compiled bf16 step's GPU time goes
             c.run("profile", lambda: c.profile("vit_h14", 224, 128, "bf16", True), needs_s=40)
-        c.run("resume", c.resume, needs_s=40)
-        c.run("ddp", lambda: c.torchrun(False), needs_s=30)
-        c.run("fsdp", lambda: c.torchrun(True), needs_s=30)
-        c.run("grad-ckpt", c.grad_ckpt, needs_s=20)
-        c.run("fsdp-g14", c.fsdp_g14, needs_s=40)
-        c.run("finetune", lambda: c.evaluation("finetune"), needs_s=30)
-        c.run("probe", lambda: c.evaluation("probe"), needs_s=20)
         print("\n| check | result | seconds | what |\n|---|---|---|---|")
         for name, ok, text, sec in c.rows:
             print(f"| {name} | {ok} | {sec:.0f} | {text} |")
