@@ -31,8 +31,8 @@ from egoscale.train.loop import (CHECKPOINT, PRETRAIN_PRECISION_HELP, PRETRAIN_P
                                  check_precision, lr_schedule, resolve_precision)
 
 
-# Per-block compilation pays back after a few hundred steps of the paper's models on one GPU
-# (benchmarks/README.md, "GPU"); runs shorter than this stay eager unless --compile is given.
+# Per-block compilation of the paper's models pays back well within this many steps on one GPU
+# (benchmarks/README.md, "GPU"); shorter runs stay eager unless --compile is given.
 COMPILE_PAYS_STEPS = 1000
 
 
@@ -48,7 +48,7 @@ def resolve_compile(asked: bool | None, device: torch.device, precision: str, wo
 
 def resolve_workers(asked: int | None, device: torch.device) -> int:
     """--workers as given, else 8 per GPU (capped by the cores each of this node's processes has), 4 on
-    the CPU. One worker feeds about a thousand 224-px frames per second (benchmarks/README.md)."""
+    the CPU: enough to feed the step at the speeds measured in benchmarks/README.md ("GPU")."""
     if asked is not None:
         return asked
     if device.type != "cuda":
