@@ -130,12 +130,16 @@ def test_a_temporary_file_left_by_a_kill_during_a_save_is_removed(frames, tmp_pa
     assert (run / "checkpoint.pt").is_file() and not any(f.exists() for f in stale)
 
 
-def test_fsdp_steps_on_cpu(frames, tmp_path):
+@pytest.mark.parametrize("precision", ["auto", "bf16-params"])
+def test_fsdp_steps_on_cpu(frames, tmp_path, precision):
+    # two processes, sharded; bf16-params adds FSDP2's mixed-precision policy (bf16 weights and
+    # compute, fp32 master weights): the checkpoint holds the full fp32 weights either way
     r = _cli("pretrain", "--data", str(frames), *TINY, "--batch-size", "8", "--steps", "6", "--fsdp",
-             "--out", str(tmp_path / "fsdp"), torchrun=2)
+             "--precision", precision, "--out", str(tmp_path / "fsdp"), torchrun=2)
     assert r.returncode == 0, r.stderr[-2000:]
     mae = load_mae(tmp_path / "fsdp" / "checkpoint.pt")
-    assert torch.isfinite(mae.encoder.blocks[0].attn.qkv.weight).all()
+    w = mae.encoder.blocks[0].attn.qkv.weight
+    assert torch.isfinite(w).all() and w.dtype == torch.float32
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
