@@ -315,3 +315,29 @@ def test_compile_and_loader_workers_default_to_what_pays():
     assert 1 <= resolve_workers(None, cuda) <= 8
     r = subprocess.run([sys.executable, "-m", "egoscale", "pretrain", "--help"], capture_output=True, text=True)
     assert "--no-compile" in r.stdout and "(default: None)" not in r.stdout
+
+
+def test_a_run_resumes_sharded_from_an_unsharded_checkpoint_and_back(frames, tmp_path):
+    # the optimizer state is saved keyed by parameter name whatever wraps the model, so a run can
+    # switch between plain, --fsdp and bf16-params on resume and keep its Adam moments; a checkpoint
+    # keyed by position (torch's own optimizer layout) still loads
+    from egoscale.models.checkpoint import read_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    base = ["pretrain", "--data", str(frames), *TINY, "--save-every", "2", "--out", str(run)]
+    assert _cli(*base, "--steps", "4").returncode == 0
+    ck = read_checkpoint(run / "checkpoint.pt")
+    names = list(ck["optimizer"]["state"])
+    assert all(isinstance(n, str) for n in names) and "mask_token" in names
+    # the same state keyed by position
+    order = ck["optimizer"]["param_groups"][0]["params"]
+    ck["optimizer"] = {"state": {order.index(n): v for n, v in ck["optimizer"]["state"].items()},
+                       "param_groups": [{**g, "params": [order.index(n) for n in g["params"]]}
+                                        for g in ck["optimizer"]["param_groups"]]}
+    save_checkpoint(run / "checkpoint.pt", ck)
+    for steps, extra in (("8", ["--precision", "bf16-params"]), ("12", [])):
+        r = _cli(*base, "--steps", steps, *extra)
+        assert r.returncode == 0 and f"resumed from step {int(steps) - 4}" in r.stdout, r.stderr[-2000:]
+    # Adam's step counters went on from the first run's: the moments were restored, not restarted
+    state = read_checkpoint(run / "checkpoint.pt")["optimizer"]["state"]
+    assert {float(s["step"]) for s in state.values()} == {12.0}

@@ -158,13 +158,26 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------
     def _full_states(self) -> tuple[dict, dict]:
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                                 get_optimizer_state_dict)
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return get_model_state_dict(self.model, options=opts), get_optimizer_state_dict(
-                self.model, self.opt, options=opts)
-        return self.model.state_dict(), self.opt.state_dict()
+        """Model and optimizer state, whole and keyed by parameter name, however the run is wrapped,
+        so that a run can resume sharded from an unsharded checkpoint and the other way round."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(self.model, options=opts) if self.fsdp else self.model.state_dict()
+        return model_state, get_optimizer_state_dict(self.model, self.opt, options=opts)
+
+    def _load_optimizer(self, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        groups = state.get("param_groups") or [{}]
+        if groups[0].get("params") and isinstance(groups[0]["params"][0], int):
+            # a checkpoint keyed by position in the optimizer (torch's own layout): name the
+            # positions after the parameters the optimizer was built from, in the same order
+            names = {id(p): n for n, p in self.model.named_parameters()}
+            order = [names[id(p)] for g in self.opt.param_groups for p in g["params"]]
+            state = {"state": {order[i]: v for i, v in state["state"].items()},
+                     "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in groups]}
+        set_optimizer_state_dict(self.model, self.opt, state, options=StateDictOptions(full_state_dict=True))
 
     def save(self) -> None:
         model_state, opt_state = self._full_states()
@@ -198,20 +211,18 @@ class Trainer:
             return False
         obj = read_checkpoint(path)
         state = self.from_file(obj)
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
-            opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.model, state, options=opts)
-            set_optimizer_state_dict(self.model, self.opt, obj["optimizer"], options=opts)
-        else:
-            try:
+        try:
+            if self.fsdp:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+                set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True))
+            else:
                 self.model.load_state_dict(state)
-                self.opt.load_state_dict(obj["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as e:  # a checkpoint of another model or run
-                first = str(e).strip().splitlines()
-                raise CheckpointError(f"{path}: does not fit this run's model ({first[-1][:160] if first else e}); "
-                                      "start over in another folder (--out NEW) or with --resume none") from None
+            self._load_optimizer(obj["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:  # a checkpoint of another model or run
+            first = str(e).strip().splitlines()
+            raise CheckpointError(f"{path}: does not fit this run's model ({first[-1][:160] if first else e}); "
+                                  "start over in another folder (--out NEW) or with --resume none") from None
         self.step, self.samples, self.elapsed_before = obj["step"], obj["samples"], obj.get("elapsed", 0.0)
         rngs = obj.get("rng") or []
         if len(rngs) == self.dist.world_size:
