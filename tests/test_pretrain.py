@@ -296,7 +296,7 @@ def test_bf16_params_pretraining_runs_resumes_and_draws_pictures(frames, tmp_pat
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
 
 
-def test_compile_and_loader_workers_default_to_what_pays():
+def test_compile_and_loader_workers_default_to_what_pays(monkeypatch):
     from egoscale.train.pretrain import COMPILE_PAYS_STEPS, resolve_compile, resolve_workers
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
@@ -313,6 +313,9 @@ def test_compile_and_loader_workers_default_to_what_pays():
     assert resolve_compile(True, cpu, "fp32", 1, False, 10) and not resolve_compile(False, cuda, "bf16", 1, False, long)
     assert resolve_workers(3, cuda) == 3 and resolve_workers(None, cpu) == 4
     assert 1 <= resolve_workers(None, cuda) <= 8
+    # processes sharing a node (torchrun, a GPU sweep's cells) share its cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(os.cpu_count()))
+    assert resolve_workers(None, cuda) == 1
     r = subprocess.run([sys.executable, "-m", "egoscale", "pretrain", "--help"], capture_output=True, text=True)
     assert "--no-compile" in r.stdout and "(default: None)" not in r.stdout
 

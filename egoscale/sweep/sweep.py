@@ -249,7 +249,7 @@ def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: 
             for k in range(slots):
                 devices.put(str(k) if gpus else None)
             with ProcessPoolExecutor(slots, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(devices, None if gpus else threads)) as pool:
+                                     initargs=(devices, None if gpus else threads, slots)) as pool:
                 futures = {pool.submit(_run_cell_in_worker, grid, out, cell, f"[{i}/{len(todo)}]"): cell.id
                            for i, cell in left.values()}
                 for f in as_completed(futures):
@@ -288,10 +288,13 @@ def _mark_failed(grid: Grid, out: Path, cell: Cell, error: str) -> None:
             _set_state(edir, state="failed", error=error, pid=None)
 
 
-def _init_worker(devices, threads: int | None) -> None:
+def _init_worker(devices, threads: int | None, slots: int = 1) -> None:
     dev = devices.get()
     if dev is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = dev
+        # the cells running at once share this node's cores: the loader's default worker count
+        # divides them by the processes on the node, as under torchrun (pretrain.resolve_workers)
+        os.environ["LOCAL_WORLD_SIZE"] = str(slots)
     if threads:
         import torch
 
