@@ -8,7 +8,8 @@ Checks, each in its own process so that one failure does not stop the rest:
                --precisions (bf16 autocast; bf16-params: weights cast once per step by FSDP2's
                policy), eager and per-block compiled (compile time = the first step's extra time; graphs
                added after the first step); on top of compilation for H/14@224, twice the batch and
-               CUDA graphs (torch.compile's reduce-overhead mode)
+               CUDA graphs (torch.compile's reduce-overhead mode); eager with timm's Block in place of
+               egoscale's for B/14 and H/14@224 (the q/k/v split, benchmarks/block_vs_timm.py)
   loader       frames/s of one loader worker (decode, crop, resize, collate) at 224 and 476 px, and
                the workers a step at the measured speed needs
   real-data    world -> ingest -> `egoscale pretrain` from JPEG shards in each precision, eager and
@@ -81,31 +82,36 @@ class Check:
     def mfu(self):
         # (model, size, batch, torch.compile mode or None for eager): each precision eager and
         # compiled per block, then two levers on top of compilation for ViT-H/14 at 224 px: twice
-        # the batch, and CUDA graphs (mode reduce-overhead)
+        # the batch, and CUDA graphs (mode reduce-overhead); and, eager, timm's transformer block in
+        # place of egoscale's (same weights): what splitting q/k/v along the projection's layout saves
         if self.smoke:
-            cases = [("vit_pico4", 32, 16, None), ("vit_pico4", 32, 16, "default"), ("vit_pico4", 32, 32, "default")]
+            cases = [("vit_pico4", 32, 16, None, False), ("vit_pico4", 32, 16, "default", False),
+                     ("vit_pico4", 32, 32, "default", False), ("vit_pico4", 32, 16, None, True)]
         else:
-            cases = [(m, s, b, c) for m, s, b in (("vit_b14", 224, 256), ("vit_h14", 224, 128), ("vit_h14", 476, 32))
-                     for c in (None, "default")]
-            cases += [("vit_h14", 224, 256, "default"), ("vit_h14", 224, 128, "reduce-overhead")]
+            cases = [(m, s, b, c, False) for m, s, b in (("vit_b14", 224, 256), ("vit_h14", 224, 128),
+                                                         ("vit_h14", 476, 32)) for c in (None, "default")]
+            cases += [("vit_h14", 224, 256, "default", False), ("vit_h14", 224, 128, "reduce-overhead", False),
+                      ("vit_b14", 224, 256, None, True), ("vit_h14", 224, 128, None, True)]
         out, rows, failed = [], [], []
-        for name, size, batch, mode in cases:
+        for name, size, batch, mode, timm_blocks in cases:
             spec = json.dumps({"model": name, "size": size, "batches": [batch], "compile_mode": mode,
+                               "timm_blocks": timm_blocks, "bench_dir": str(Path(__file__).parent),
                                "device": self.dev, "steps": 3 if self.smoke else 6, "modes": self.precisions})
             r = subprocess.run([PY, "-c", _MFU_CHILD, spec], capture_output=True, text=True, timeout=600)
             rows += [json.loads(ln[5:]) for ln in r.stdout.splitlines() if ln.startswith("ROW: ")]
             if r.returncode:
-                failed.append(f"{name}@{size} b{batch} {mode or 'eager'}: "
+                failed.append(f"{name}@{size} b{batch} {mode or 'eager'}{' timm blocks' * timm_blocks}: "
                               f"{(r.stderr.strip().splitlines() or ['?'])[-1][:160]}")
-        print(f"\n{'model':<14}{'precision':<13}{'compile':<17}{'batch':>6}{'img/s':>9}{'MFU':>7}{'GB':>6}"
-              f"{'first s':>9}{'graphs+':>8}")
+        print(f"\n{'model':<14}{'precision':<13}{'compile':<17}{'blocks':<10}{'batch':>6}{'img/s':>9}{'MFU':>7}"
+              f"{'GB':>6}{'first s':>9}{'graphs+':>8}")
         for x in rows:
-            print(f"{x['model']:<14}{x['mode']:<13}{x['compile'] or 'eager':<17}{x['batch']:>6}{x['img_s']:>9.0f}"
-                  f"{(x['mfu'] or 0):>7.1%}{x['mem_gb']:>6.1f}{x['first_s']:>9.1f}{x['graphs_after_first']:>8}")
+            print(f"{x['model']:<14}{x['mode']:<13}{x['compile'] or 'eager':<17}{x['blocks']:<10}{x['batch']:>6}"
+                  f"{x['img_s']:>9.0f}{(x['mfu'] or 0):>7.1%}{x['mem_gb']:>6.1f}{x['first_s']:>9.1f}"
+                  f"{x['graphs_after_first']:>8}")
         print()
         self.details["mfu"] = rows
         for x in rows:
-            out.append(f"{x['model']} {x['mode']} {x['compile'] or 'eager'} b{x['batch']}: "
+            out.append(f"{x['model']} {x['mode']} {x['compile'] or 'eager'} {x['blocks']} blocks b{x['batch']}: "
                        f"{x['img_s']:.0f} img/s" + (f" {x['mfu']:.1%}" if x.get("mfu") else ""))
         return not failed, "; ".join(failed + out)
 
@@ -278,6 +284,10 @@ for mode in a["modes"]:
     # the same path as `egoscale pretrain`: parallelize (FSDP2's policy for bf16-params), fused AdamW
     torch.manual_seed(0)
     mae = build_mae(spec, mask_ratio=0.8).to(dev)
+    if a["timm_blocks"]:  # timm's Block with the same weights (benchmarks/block_vs_timm.py)
+        sys.path.insert(0, a["bench_dir"])
+        from block_vs_timm import with_timm_blocks
+        with_timm_blocks(mae)
     choose_attention(mae, dev, True)
     params = mode == "bf16-params"
     if a["compile_mode"]:
@@ -303,6 +313,7 @@ for mode in a["modes"]:
         tf = mae_train_flops(spec, a["size"], 0.8) * batch / dt / 1e12
         print("ROW: " + json.dumps({
             "model": f"{a['model']}@{a['size']}", "mode": mode, "compile": a["compile_mode"], "batch": batch,
+            "blocks": "timm" if a["timm_blocks"] else "egoscale",
             "img_s": batch / dt, "tflops": tf, "mfu": tf / peak if peak else None, "step_s": dt,
             "first_s": first - dt, "graphs_after_first": counters["stats"]["unique_graphs"] - graphs,
             "mem_gb": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0}), flush=True)

@@ -8,7 +8,8 @@ import torch
 from egoscale.errors import ConfigError, ModelNotFoundError
 from egoscale.models import build_mae, build_vit, count_params, get_spec
 from egoscale.models.flops import mae_train_flops, vit_gflops
-from egoscale.models.mae import DecoderBlock, gather_rows, masked_patches, num_visible, random_masking
+from egoscale.models.block import Block, gather_rows
+from egoscale.models.mae import masked_patches, num_visible, random_masking
 
 # The paper's parameter counts (classifier form: encoder + BN(affine=False)+Linear 1000-way head).
 PAPER_PARAMS = [
@@ -104,24 +105,70 @@ def test_kept_patch_count_is_the_reference_truncation(patches, ratio, kept):
     assert num_visible(patches, ratio) == kept
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_decoder_block_computes_what_timms_block_computes(fused):
-    # the decoder block is egoscale's own code with timm's parameter names: the same weights
-    # give timm's pre-norm Block function, so released decoder weights mean the same thing
-    from timm.models.vision_transformer import Block
+def _timm_block(dim, heads):
+    from timm.models.vision_transformer import Block as TimmBlock
 
+    norm = functools.partial(torch.nn.LayerNorm, eps=1e-6)
+    return TimmBlock(dim, heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_block_computes_what_timms_block_computes(fused):
+    # the encoder's and decoder's block is egoscale's own code with timm's parameter names: the
+    # same weights give timm's pre-norm Block function and gradients, so released weights mean
+    # the same thing
     torch.manual_seed(0)
-    ours = DecoderBlock(64, 4)
+    ours = Block(64, 4)
     ours.attn.fused_attn = fused
-    ref = Block(64, 4, mlp_ratio=4.0, qkv_bias=True, norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6))
+    ref = _timm_block(64, 4)
+    ref.attn.fused_attn = fused
     assert set(ours.state_dict()) == set(ref.state_dict())
     for p in ours.parameters():
         torch.nn.init.normal_(p, std=0.3)
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(3, 17, 64)
-    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    y_ours, y_ref = ours(xs[0]), ref(xs[1])
+    torch.testing.assert_close(y_ours, y_ref, rtol=1e-5, atol=1e-5)
+    (y_ours * y_ref.detach()).sum().backward()
+    (y_ref * y_ref.detach()).sum().backward()
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-4, atol=1e-4)
+    ref_grads = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[name].grad, rtol=1e-4, atol=1e-4, msg=name)
     rows = torch.tensor([[1, 5, 16], [0, 2, 3], [7, 8, 9]])
     torch.testing.assert_close(ours(x, rows), gather_rows(ref(x), rows), rtol=1e-5, atol=1e-5)
+
+
+def test_block_backward_copies_the_qkv_gradients_once():
+    # timm splits q/k/v from a (3, B, H, N, hd) permutation, so its backward stacks their
+    # gradients and then copies them again into the projection's layout; egoscale's block
+    # splits the projection's own layout and gathers the gradients into it once
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CopiedBytes(TorchDispatchMode):
+        copies = ("cat", "stack", "clone", "copy_", "_to_copy", "contiguous")
+
+        def __init__(self):
+            super().__init__()
+            self.bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket.__name__ in self.copies:
+                outs = out if isinstance(out, (list, tuple)) else [out]
+                self.bytes += sum(o.numel() * o.element_size() for o in outs)
+            return out
+
+    b, n, c = 4, 33, 64
+    copied = {}
+    for name, block in (("ours", Block(c, 4)), ("timm", _timm_block(c, 4))):
+        y = block(torch.randn(b, n, c, requires_grad=True))
+        with CopiedBytes() as counter:
+            y.pow(2).sum().backward()
+        copied[name] = counter.bytes
+    qkv_grad = b * n * 3 * c * 4  # fp32
+    assert copied == {"ours": qkv_grad, "timm": 2 * qkv_grad}
 
 
 def test_mae_encoder_sees_only_visible_patches():

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from egoscale.models.block import Block, gather_rows
 from egoscale.models.pos_embed import sincos_2d
 from egoscale.models.registry import ViTSpec
 from egoscale.models.vit import VisionTransformer
@@ -60,80 +60,10 @@ def random_masking(batch: int, num_patches: int, mask_ratio: float, device=None,
     return ids_keep, mask, ids_restore
 
 
-def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """x (B, T, C) at per-sample token indices rows (B, M) -> (B, M, C)."""
-    return torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
 def masked_patches(mask: torch.Tensor, num_masked: int) -> torch.Tensor:
     """(B, L) mask with `num_masked` ones per row -> their indices (B, M), ascending."""
     # a stable descending sort puts the ones first, each row's in index order; no host sync
     return mask.argsort(dim=1, descending=True, stable=True)[:, :num_masked]
-
-
-class DecoderAttention(nn.Module):
-    """Multi-head self-attention whose queries can be a subset of the tokens.
-
-    Parameters are named as in timm's `Attention` (`qkv`, `proj`), so decoder weights load from
-    the MAE reference layout. `fused_attn` picks PyTorch's SDPA kernel or plain batched matmuls
-    (`choose_attention` sets it, as it does for the encoder's timm blocks).
-    """
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"decoder width {dim} is not divisible by {heads} heads")
-        self.heads, self.head_dim = heads, dim // heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.fused_attn = True
-
-    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, N, C) normed tokens -> (B, M, C): the outputs at `rows` (B, M), or at every token."""
-        b, n, c = x.shape
-        h, hd = self.heads, self.head_dim
-        if rows is None:
-            q, k, v = self.qkv(x).reshape(b, n, 3, h, hd).permute(2, 0, 3, 1, 4)
-        else:  # queries of the chosen rows only; every token stays a key and a value
-            w, bias = self.qkv.weight, self.qkv.bias
-            q = F.linear(gather_rows(x, rows), w[:c], bias[:c]).reshape(b, -1, h, hd).transpose(1, 2)
-            k, v = F.linear(x, w[c:], bias[c:]).reshape(b, n, 2, h, hd).permute(2, 0, 3, 1, 4)
-        if self.fused_attn:
-            o = F.scaled_dot_product_attention(q, k, v)
-        else:
-            o = ((q * hd ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
-        return self.proj(o.transpose(1, 2).reshape(b, -1, c))
-
-
-class DecoderMlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class DecoderBlock(nn.Module):
-    """A pre-norm transformer block (the MAE decoder's) that can compute chosen tokens only.
-
-    `forward(x, rows)` equals `forward(x)` gathered at `rows` (B, M): queries, the output
-    projection and the MLP run on the M rows alone. The MAE loss reads only the masked patches,
-    so the last decoder block skips the visible ones. The block is egoscale's own code, with
-    timm's parameter names (norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2), so that a timm
-    release cannot change the MAE; a test checks it against timm's `Block`.
-    """
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = DecoderAttention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = DecoderMlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        y = (x if rows is None else gather_rows(x, rows)) + self.attn(self.norm1(x), rows)
-        return y + self.mlp(self.norm2(y))
 
 
 class MaskedAutoencoder(nn.Module):
@@ -160,7 +90,7 @@ class MaskedAutoencoder(nn.Module):
         grid = self.encoder.patch_embed.grid_size
         self.decoder_pos_embed = nn.Parameter(sincos_2d(dw, grid), requires_grad=False)
         self.decoder_blocks = nn.Sequential(*[
-            DecoderBlock(dw, spec.decoder_heads, mlp_ratio=4.0) for _ in range(spec.decoder_depth)])
+            Block(dw, spec.decoder_heads, mlp_ratio=4.0) for _ in range(spec.decoder_depth)])
         self.decoder_norm = nn.LayerNorm(dw, eps=1e-6)
         self.decoder_pred = nn.Linear(dw, p * p * 3)
         for m in [self.decoder_embed, self.decoder_pred, *self.decoder_blocks.modules()]:

@@ -1,4 +1,4 @@
-"""Vision Transformer encoder on timm's building blocks (PatchEmbed, Block, fused attention).
+"""Vision Transformer encoder: timm's patch embedding, egoscale's transformer block (models/block.py).
 
 Parameter names follow timm's `VisionTransformer` (cls_token, pos_embed, patch_embed.proj,
 blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}, norm, head), so released MAE
@@ -13,15 +13,14 @@ evaluation code uses only these.
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import partial
 
 import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed, trunc_normal_
-from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
 from egoscale.errors import ConfigError
+from egoscale.models.block import Block
 from egoscale.models.pos_embed import resample_pos_embed, sincos_2d
 from egoscale.models.registry import ViTSpec, get_spec
 
@@ -68,9 +67,7 @@ class VisionTransformer(nn.Module):
                                       requires_grad=not sincos_pos_embed)
         rates = [drop_path * i / max(spec.depth - 1, 1) for i in range(spec.depth)]
         self.blocks = nn.Sequential(*[
-            Block(spec.width, spec.heads, mlp_ratio=spec.mlp_ratio, qkv_bias=True, drop_path=r,
-                  norm_layer=partial(nn.LayerNorm, eps=1e-6))
-            for r in rates])
+            Block(spec.width, spec.heads, mlp_ratio=spec.mlp_ratio, drop_path=r) for r in rates])
         self.norm = nn.LayerNorm(spec.width, eps=1e-6)
         self.head = make_head(spec.width, num_classes)
         self._init_weights(sincos_pos_embed)
@@ -180,7 +177,7 @@ def choose_attention(model: nn.Module, device: torch.device, bf16: bool) -> str:
     """
     fused = not (device.type == "cpu" and bf16)
     for m in model.modules():
-        if hasattr(m, "fused_attn"):  # timm's Attention reads this flag on every call
+        if hasattr(m, "fused_attn"):  # read on every call
             m.fused_attn = fused
     return "sdpa" if fused else "matmul"
 

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from timm.models.vision_transformer import Block
 
-from egoscale.models.mae import DecoderBlock
+from egoscale.models.block import Block
 
 
 @dataclass
@@ -144,7 +143,7 @@ def parallelize(model: nn.Module, d: Dist, fsdp: bool = False, grad_checkpointin
         mp = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)} \
             if bf16_params else {}
         for m in model.modules():
-            if isinstance(m, nn.Sequential) and any(isinstance(c, (Block, DecoderBlock)) for c in m.children()):
+            if isinstance(m, nn.Sequential) and any(isinstance(c, Block) for c in m.children()):
                 for blk in m.children():
                     fully_shard(blk, reshard_after_forward=fsdp, **mp)
         # the root keeps its weights after forward (FSDP2's default for the root: its backward
@@ -166,7 +165,7 @@ def compile_blocks(model: nn.Module, backend: str = "inductor", mode: str | None
     compiling takes about as long for 40 blocks as for one, and FSDP's per-block units and
     activation checkpointing wrap compiled blocks unchanged. Parameter names do not change.
     """
-    blocks = [m for m in model.modules() if isinstance(m, (Block, DecoderBlock))]
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
     for m in blocks:
         m.compile(backend=backend, mode=mode)
     return len(blocks)
