@@ -43,6 +43,24 @@ def arrays(rows):
     return X, np.array([r["top1"] for r in rows])
 
 
+@pytest.mark.parametrize("name", list(FORMS))
+def test_each_forms_gradient_is_exact(name):
+    # fits run L-BFGS-B on each form's own Jacobian: it must agree with finite differences,
+    # also where the power law's error is capped at 1
+    from scipy.optimize import approx_fprime
+
+    from egoscale.scaling.forms import features
+
+    rng = np.random.default_rng(3)
+    N, D, R = np.exp(rng.uniform(14, 21, 30)), np.exp(rng.uniform(0, 8, 30)), rng.choice([112.0, 224.0, 448.0], 30)
+    theta = np.asarray(TRUE[name], float) + rng.normal(0, 0.1, len(FORMS[name].params))
+    pred, jac = FORMS[name].jacobian(theta, *features(N, D, R))
+    np.testing.assert_allclose(pred, FORMS[name].predict(theta, N, D, R))
+    for k, run in enumerate(zip(N, D, R)):
+        numeric = approx_fprime(theta, lambda t, run=run: FORMS[name].predict(t, *run), 1e-7)
+        np.testing.assert_allclose(jac[k], numeric, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", list(TRUE))
 def test_each_form_recovers_its_parameters(name):
     # Every model at three resolutions: with resolution varied for the largest model only (the

@@ -29,10 +29,14 @@ def huber(res: np.ndarray, delta: float) -> np.ndarray:
 
 
 def _objective(form: Form, X, y, delta, ridge=1e-6):
-    N, D, R = X
+    """The robust loss and its exact gradient, as L-BFGS-B takes them (`jac=True`)."""
+    n, d, r = features(*X)
 
     def f(theta):
-        return huber(form.predict(theta, N, D, R) - y, delta).sum() + ridge * np.sum(theta ** 2)
+        pred, jac = form.jacobian(theta, n, d, r)
+        res = pred - y
+        loss = huber(res, delta).sum() + ridge * np.sum(theta ** 2)
+        return loss, jac.T @ np.clip(res, -delta, delta) + 2 * ridge * theta
     return f
 
 
@@ -65,7 +69,7 @@ def fit_form(form: Form, X, y, delta: float = 0.01, starts: list[np.ndarray] | N
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # exp overflow far from the optimum
         for s in starts if starts is not None else _starts(form, X, y):
-            res = minimize(obj, s, method="L-BFGS-B", options={"maxiter": 2000, "gtol": 1e-9})
+            res = minimize(obj, s, jac=True, method="L-BFGS-B", options={"maxiter": 2000, "gtol": 1e-9})
             if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
                 best = res
     theta = best.x
