@@ -10,6 +10,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    # fast tests first, so that a plain break shows in a minute or two; then the slow end-to-end
+    # group, then the SLURM cluster (each group keeps its files' order)
+    def group(item):
+        return 2 if item.get_closest_marker("slurm") else 1 if item.get_closest_marker("slow") else 0
+    items.sort(key=group)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

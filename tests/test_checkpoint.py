@@ -136,6 +136,7 @@ def test_pickled_code_is_refused(tmp_path):
         read_checkpoint(tmp_path / "evil.pt")
 
 
+@pytest.mark.slow
 def test_cli_models_and_inspect(tmp_path):
     r = subprocess.run([sys.executable, "-m", "egoscale", "models", "vit_h14", "--img-size", "476"],
                        capture_output=True, text=True)

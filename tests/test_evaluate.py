@@ -65,6 +65,7 @@ def test_finetune_end_to_end_writes_the_result_row(folder, tmp_path):
     assert len(again) == 80
 
 
+@pytest.mark.slow
 def test_finetune_resumes_after_a_kill(folder, tmp_path):
     args = [sys.executable, "-m", "egoscale", "finetune", "--checkpoint", "none", "--model", "vit_pico4",
             "--train", str(folder / "train"), "--val", str(folder / "val"), "--condition", "full", "--epochs", "6",
@@ -120,6 +121,7 @@ def test_cli_errors_are_one_line(folder, tmp_path):
     assert r.returncode == 2 and "needs --model" in r.stderr and r.stderr.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_pretrained_tiny_model_beats_random_init_on_an_easy_task(tmp_path):
     """An MAE pretrained on unlabelled gratings gives better features for orientation than a
     random initialisation (measured here: 0.95 vs 0.48 probe top-1 after 1000 steps; at 600

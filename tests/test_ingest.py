@@ -140,6 +140,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "egoscale", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_exit_codes(video_dirs, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -168,6 +169,7 @@ def test_rerunning_a_finished_ingest_does_nothing(video_dirs, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "f").iterdir()} == before
 
 
+@pytest.mark.slow
 def test_killed_ingest_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     vids = tmp_path / "v"
     vids.mkdir()

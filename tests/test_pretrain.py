@@ -75,6 +75,7 @@ def test_bf16_autocast_on_cpu_trains_close_to_fp32(frames, tmp_path):
         PretrainConfig(data=str(frames), steps=1, precision="fp16")
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_match_one_process(frames, tmp_path):
     common = ["pretrain", "--data", str(frames), *TINY, "--steps", "40", "--lr", "1e-3"]
     r1 = _cli(*common, "--out", str(tmp_path / "one"))
@@ -90,6 +91,7 @@ def test_two_processes_under_torchrun_match_one_process(frames, tmp_path):
     assert abs(late1 - late2) / late1 < 0.25, (late1, late2)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_continues_the_run(frames, tmp_path):
     args = ["pretrain", "--data", str(frames), *TINY, "--steps", "80", "--save-every", "10", "--lr", "1e-3"]
     ref = _cli(*args, "--out", str(tmp_path / "ref"))
@@ -131,6 +133,7 @@ def test_a_temporary_file_left_by_a_kill_during_a_save_is_removed(frames, tmp_pa
 
 
 @pytest.mark.parametrize("precision", ["auto", "bf16-params"])
+@pytest.mark.slow
 def test_fsdp_steps_on_cpu(frames, tmp_path, precision):
     # two processes, sharded; bf16-params adds FSDP2's mixed-precision policy (bf16 weights and
     # compute, fp32 master weights): the checkpoint holds the full fp32 weights either way
@@ -191,6 +194,7 @@ print(faults_per_step())
 """
 
 
+@pytest.mark.slow
 def test_cpu_training_reuses_freed_memory_instead_of_faulting_it_in_again():
     # glibc unmaps large freed blocks, so each step's activations cost fresh page faults;
     # init_distributed on the CPU keeps them (a 4 % faster ViT-S/14 MAE step on 2 cores)
@@ -280,6 +284,7 @@ def test_bf16_params_matches_autocast_within_bf16_rounding():
         cleanup()
 
 
+@pytest.mark.slow
 def test_bf16_params_pretraining_runs_resumes_and_draws_pictures(frames, tmp_path):
     run = tmp_path / "p"
     args = ["pretrain", "--data", str(frames), *TINY, "--steps", "10", "--precision", "bf16-params",
@@ -320,6 +325,7 @@ def test_compile_and_loader_workers_default_to_what_pays(monkeypatch):
     assert "--no-compile" in r.stdout and "(default: None)" not in r.stdout
 
 
+@pytest.mark.slow
 def test_a_run_resumes_sharded_from_an_unsharded_checkpoint_and_back(frames, tmp_path):
     # the optimizer state is saved keyed by parameter name whatever wraps the model, so a run can
     # switch between plain, --fsdp and bf16-params on resume and keep its Adam moments; a checkpoint

@@ -18,6 +18,7 @@ SCRIPT = Path(__file__).with_name("render_report.sh")
 
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
                     reason="no Chromium here (apt-get install chromium)")
+@pytest.mark.slow
 def test_the_report_renders_in_headless_chromium(tmp_path):
     write_table(grid("logit_linear", TRUE["logit_linear"]), tmp_path / "r.csv")
     run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / "fit.json"), bootstrap=20),

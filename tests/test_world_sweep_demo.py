@@ -95,6 +95,7 @@ def test_full_data_repeats_are_independent_runs_on_the_whole_data(tiny_study, tm
     load_grid(_grid(tiny_study, pretrain={"seed": 0, "steps": 3}))  # one run per whole-data cell: fine
 
 
+@pytest.mark.slow
 def test_sweep_runs_cells_in_parallel_worker_processes(tiny_study, tmp_path):
     grid = load_grid(_grid(tiny_study))
     lines = []
@@ -106,6 +107,7 @@ def test_sweep_runs_cells_in_parallel_worker_processes(tiny_study, tmp_path):
     assert run_local(grid, tmp_path / "runs", log=quiet, parallel=2)["skipped"] == 6
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_cell_does_not_stop_the_sweep(tiny_study, tmp_path):
     # what the OOM killer does: SIGKILL a worker while it pretrains; the cells it took down with the
     # pool run again in new workers, and the sweep ends with every cell done
@@ -183,6 +185,7 @@ def test_slurm_job_specifications(tiny_study, tmp_path, monkeypatch):
     assert cmd[-4:] == ["egoscale.sweep.job", str(out), "pretrain", "vit_pico4@32_0.5_s1"]
 
 
+@pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run([sys.executable, "-m", "egoscale", "demo", "--quick", "--out", str(out), "--no-progress"],
