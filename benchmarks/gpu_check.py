@@ -8,8 +8,9 @@ Checks, each in its own process so that one failure does not stop the rest:
                --precisions (bf16 autocast; bf16-params: weights cast once per step by FSDP2's
                policy), eager and per-block compiled (compile time = the first step's extra time; graphs
                added after the first step); on top of compilation for H/14@224, twice the batch and
-               CUDA graphs (torch.compile's reduce-overhead mode); eager with timm's Block in place of
-               egoscale's for B/14 and H/14@224 (the q/k/v split, benchmarks/block_vs_timm.py)
+               CUDA graphs (torch.compile's reduce-overhead mode); eager for B/14 and H/14@224, timm's
+               Block in place of egoscale's (the q/k/v split, benchmarks/block_vs_timm.py) and the
+               weights cast to bf16 once per step without FSDP ("bf16-cast", not a pretrain option)
   loader       frames/s of one loader worker (decode, crop, resize, collate) at 224 and 476 px, and
                the workers a step at the measured speed needs
   real-data    world -> ingest -> `egoscale pretrain` from JPEG shards in each precision, eager and
@@ -80,27 +81,35 @@ class Check:
 
     # --- the checks ----------------------------------------------------------------------------
     def mfu(self):
-        # (model, size, batch, torch.compile mode or None for eager): each precision eager and
-        # compiled per block, then two levers on top of compilation for ViT-H/14 at 224 px: twice
-        # the batch, and CUDA graphs (mode reduce-overhead); and, eager, timm's transformer block in
-        # place of egoscale's (same weights): what splitting q/k/v along the projection's layout saves
+        # (model, size, batch, torch.compile mode or None for eager, timm's blocks, precisions or
+        # None for --precisions): each precision eager and compiled per block; then two levers on
+        # top of compilation for ViT-H/14 at 224 px: twice the batch, and CUDA graphs (mode
+        # reduce-overhead); and two eager ones: timm's transformer block in place of egoscale's (same
+        # weights: what splitting q/k/v along the projection's layout saves), and "bf16-cast", the
+        # weights cast to bf16 once per step in a plain process (torch.func.functional_call, no
+        # autocast, no FSDP: is FSDP2's overhead what makes bf16-params slower on one GPU?)
         if self.smoke:
-            cases = [("vit_pico4", 32, 16, None, False), ("vit_pico4", 32, 16, "default", False),
-                     ("vit_pico4", 32, 32, "default", False), ("vit_pico4", 32, 16, None, True)]
+            cases = [("vit_pico4", 32, 16, None, False, None), ("vit_pico4", 32, 16, "default", False, None),
+                     ("vit_pico4", 32, 32, "default", False, None), ("vit_pico4", 32, 16, None, True, None),
+                     ("vit_pico4", 32, 16, None, False, ["bf16-cast"])]
         else:
-            cases = [(m, s, b, c, False) for m, s, b in (("vit_b14", 224, 256), ("vit_h14", 224, 128),
-                                                         ("vit_h14", 476, 32)) for c in (None, "default")]
-            cases += [("vit_h14", 224, 256, "default", False), ("vit_h14", 224, 128, "reduce-overhead", False),
-                      ("vit_b14", 224, 256, None, True), ("vit_h14", 224, 128, None, True)]
+            cases = [(m, s, b, c, False, None) for m, s, b in (("vit_b14", 224, 256), ("vit_h14", 224, 128),
+                                                               ("vit_h14", 476, 32)) for c in (None, "default")]
+            cases += [("vit_h14", 224, 256, "default", False, None),
+                      ("vit_h14", 224, 128, "reduce-overhead", False, None)]
+            cases += [(m, s, b, None, timm, modes) for m, s, b in (("vit_b14", 224, 256), ("vit_h14", 224, 128))
+                      for timm, modes in ((True, ["bf16"]), (False, ["bf16-cast"]))]
         out, rows, failed = [], [], []
-        for name, size, batch, mode, timm_blocks in cases:
+        for name, size, batch, mode, timm_blocks, modes in cases:
             spec = json.dumps({"model": name, "size": size, "batches": [batch], "compile_mode": mode,
                                "timm_blocks": timm_blocks, "bench_dir": str(Path(__file__).parent),
-                               "device": self.dev, "steps": 3 if self.smoke else 6, "modes": self.precisions})
+                               "device": self.dev, "steps": 3 if self.smoke else 6,
+                               "modes": modes or self.precisions})
             r = subprocess.run([PY, "-c", _MFU_CHILD, spec], capture_output=True, text=True, timeout=600)
             rows += [json.loads(ln[5:]) for ln in r.stdout.splitlines() if ln.startswith("ROW: ")]
             if r.returncode:
-                failed.append(f"{name}@{size} b{batch} {mode or 'eager'}{' timm blocks' * timm_blocks}: "
+                failed.append(f"{name}@{size} b{batch} {mode or 'eager'}{' timm blocks' * timm_blocks}"
+                              f"{' ' + ','.join(modes) if modes else ''}: "
                               f"{(r.stderr.strip().splitlines() or ['?'])[-1][:160]}")
         print(f"\n{'model':<14}{'precision':<13}{'compile':<17}{'blocks':<10}{'batch':>6}{'img/s':>9}{'MFU':>7}"
               f"{'GB':>6}{'first s':>9}{'graphs+':>8}")
@@ -293,11 +302,16 @@ for mode in a["modes"]:
     if a["compile_mode"]:
         compile_blocks(mae, mode=a["compile_mode"])
     module = parallelize(mae, Dist(device=dev), bf16_params=params)
+    if mode == "bf16-cast":  # the whole model in bf16, its fp32 weights cast once per step
+        from torch.func import functional_call
+        def module(x, _m=mae):
+            return functional_call(_m, {n: p.to(torch.bfloat16) for n, p in _m.named_parameters()},
+                                   (x.to(torch.bfloat16),))
     opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, sharded=params, betas=(0.9, 0.95))
     for batch in a["batches"]:
         x = torch.randn(batch, 3, a["size"], a["size"], device=dev)
         def step():
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=not params):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
                 loss = module(x).loss
             loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
         if dev.type == "cuda":
