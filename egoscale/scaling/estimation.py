@@ -20,7 +20,7 @@ import numpy as np
 from scipy.optimize import minimize, nnls
 from scipy.special import logit
 
-from egoscale.scaling.forms import FORMS, Form, features
+from egoscale.scaling.forms import FORMS, Form, features, logit_design
 
 
 def huber(res: np.ndarray, delta: float) -> np.ndarray:
@@ -44,8 +44,7 @@ def _starts(form: Form, X, y) -> list[np.ndarray]:
     n, d, r = features(*X)
     yc = np.clip(y, 1e-3, 1 - 1e-3)
     if form.name.startswith("logit"):
-        cols = [np.ones_like(n), n, d, r] + ([n * d, n * r, d * r] if form.name == "logit_interaction" else [])
-        A = np.stack(cols, 1)
+        A = logit_design(n, d, r, form.name == "logit_interaction")
         base = np.linalg.lstsq(A, logit(yc), rcond=None)[0]
         starts = [base, np.zeros_like(base)]
         rng = np.random.default_rng(0)

@@ -16,6 +16,7 @@ keeps the fits well conditioned. Each form maps a parameter vector to predicted 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from scipy.special import expit
@@ -55,8 +56,15 @@ class Form:
         return float(_PREDICT[self.name](np.asarray(theta, float), np.array(big), np.array(big), np.array(big)))
 
 
-def _logit_linear(t, n, d, r):
-    return expit(t[0] + t[1] * n + t[2] * d + t[3] * r)
+def logit_design(n, d, r, interactions: bool) -> np.ndarray:
+    """The logit forms' linear features, (..., 4) or (..., 7): 1, n, d, r[, n d, n r, d r]."""
+    n, d, r = np.broadcast_arrays(n, d, r)
+    cols = [np.ones_like(n), n, d, r] + ([n * d, n * r, d * r] if interactions else [])
+    return np.stack(cols, -1)
+
+
+def _logit(t, n, d, r, interactions: bool):
+    return expit(logit_design(n, d, r, interactions) @ t)
 
 
 def _power_error(t, n, d, r):
@@ -67,13 +75,8 @@ def _power_error(t, n, d, r):
     return 1 - np.minimum(err, 1.0)
 
 
-def _logit_interaction(t, n, d, r):
-    return expit(t[0] + t[1] * n + t[2] * d + t[3] * r + t[4] * n * d + t[5] * n * r + t[6] * d * r)
-
-
-def _logit_jacobian(t, n, d, r):
-    cols = [np.ones_like(n), n, d, r] + ([n * d, n * r, d * r] if len(t) == 7 else [])
-    A = np.stack(cols, 1)
+def _logit_jacobian(t, n, d, r, interactions: bool):
+    A = logit_design(n, d, r, interactions)
     p = expit(A @ t)
     return p, A * (p * (1 - p))[:, None]
 
@@ -88,9 +91,10 @@ def _power_error_jacobian(t, n, d, r):
     return 1 - np.minimum(err, 1.0), -np.stack(cols, 1) * inside[:, None]
 
 
-_PREDICT = {"logit_linear": _logit_linear, "power_error": _power_error, "logit_interaction": _logit_interaction}
-_JACOBIAN = {"logit_linear": _logit_jacobian, "power_error": _power_error_jacobian,
-             "logit_interaction": _logit_jacobian}
+_PREDICT = {"logit_linear": partial(_logit, interactions=False), "power_error": _power_error,
+            "logit_interaction": partial(_logit, interactions=True)}
+_JACOBIAN = {"logit_linear": partial(_logit_jacobian, interactions=False), "power_error": _power_error_jacobian,
+             "logit_interaction": partial(_logit_jacobian, interactions=True)}
 _READABLE = {
     "logit_linear": lambda t: dict(zip(("a", "b_logN", "c_logD", "e_logR"), t.tolist())),
     "power_error": lambda t: {"E": float(expit(t[0])), "A": float(np.exp(t[1])), "B": float(np.exp(t[2])),
