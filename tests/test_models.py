@@ -168,7 +168,7 @@ def test_block_backward_copies_the_qkv_gradients_once():
             y.pow(2).sum().backward()
         copied[name] = counter.bytes
     qkv_grad = b * n * 3 * c * 4  # fp32
-    assert copied == {"ours": qkv_grad, "timm": 2 * qkv_grad}
+    assert copied["ours"] == qkv_grad <= copied["timm"]  # timm 1.0: 2 x qkv_grad
 
 
 def test_mae_encoder_sees_only_visible_patches():
