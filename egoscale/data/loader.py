@@ -14,7 +14,6 @@ through the loader).
 from __future__ import annotations
 
 import functools
-
 import io
 import math
 import random

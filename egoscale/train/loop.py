@@ -154,7 +154,7 @@ class Trainer:
         # live views of metrics.jsonl (TensorBoard, W&B: `tracking.TrackingConfig`), opened by `fit`
         self.tracking, self.images, self.trackers = tracking, images, None
         # bf16-params casts inside the model (FSDP2's policy) and needs no autocast
-        self.autocast = settings.precision == "bf16" or (settings.precision == "auto" and d.device.type == "cuda")
+        self.autocast = resolve_precision(settings.precision, d.device, PRETRAIN_PRECISIONS) == "bf16"
 
     # --- checkpoints ----------------------------------------------------------------------
     def _full_states(self) -> tuple[dict, dict]:
