@@ -2,19 +2,21 @@
 
     python benchmarks/gpu_check.py                 # on a GPU machine: about 8 minutes on one H200
     python benchmarks/gpu_check.py --smoke         # the same checks with tiny models, on a CPU (plumbing)
+    python benchmarks/gpu_check.py --only mfu,profile   # some of the checks
 
 Checks, each in its own process so that one failure does not stop the rest:
   mfu          MAE training step of ViT-B/14@224, ViT-H/14@224 and @476: img/s and MFU for each
                --precisions (bf16 autocast; bf16-params: weights cast once per step by FSDP2's
                policy), eager and per-block compiled (compile time = the first step's extra time; graphs
-               added after the first step); on top of compilation for H/14@224, twice the batch and
-               CUDA graphs (torch.compile's reduce-overhead mode); eager for B/14 and H/14@224, timm's
+               added after the first step); on top of compilation, twice the batch (H/14@224) and
+               CUDA graphs (torch.compile's reduce-overhead mode: B/14, H/14@224); eager for B/14 and H/14@224, timm's
                Block in place of egoscale's (the q/k/v split, benchmarks/block_vs_timm.py) and the
                weights cast to bf16 once per step without FSDP ("bf16-cast", not a pretrain option)
   loader       frames/s of one loader worker (decode, crop, resize, collate) at 224 and 476 px, and
                the workers a step at the measured speed needs
   real-data    world -> ingest -> `egoscale pretrain` from JPEG shards in each precision, eager and
-               compiled (default workers): img/s and MFU next to the synthetic step
+               compiled (default workers), and with --compile-mode reduce-overhead: img/s and MFU next to
+               the synthetic step
   resume       `egoscale pretrain` killed (SIGKILL) mid-run and run again: every step logged once
   ddp, fsdp    `torchrun --nproc-per-node <all GPUs> -m egoscale pretrain` (DDP, then --fsdp)
   grad-ckpt    pretraining with --grad-checkpointing
@@ -22,6 +24,8 @@ Checks, each in its own process so that one failure does not stop the rest:
   finetune     `egoscale finetune` on the world's labelled set
   probe        `egoscale probe` on the same
   gpu-tests    the test suite's `gpu` group (dtypes, fused attention, no host syncs in a step)
+  profile      where a compiled bf16 step's GPU kernel time goes, ViT-B/14 and ViT-H/14 at 224 px
+  matmul       the bf16 matmul rate this GPU reaches (8192^3)
 A check that would start past --minutes is reported as skipped.
 No network is needed. Figures go into benchmarks/README.md with this command.
 """
@@ -59,14 +63,16 @@ def _steady(recs: list[dict], key: str) -> float | None:
 
 
 class Check:
-    def __init__(self, smoke: bool, root: Path, minutes: float, precisions: list[str]):
-        self.smoke, self.root, self.precisions = smoke, root, precisions
+    def __init__(self, smoke: bool, root: Path, minutes: float, precisions: list[str], only: set[str] | None = None):
+        self.smoke, self.root, self.precisions, self.only = smoke, root, precisions, only
         self.dev = "cpu" if smoke else "cuda"
         self.rows: list[tuple[str, str, str, float]] = []
         self.deadline = time.time() + minutes * 60
         self.details: dict[str, object] = {}  # every measurement, for --json
 
     def run(self, name: str, fn, needs_s: float = 0) -> None:
+        if self.only and name not in self.only:
+            return
         t0 = time.time()
         if t0 + needs_s > self.deadline:
             self.rows.append((name, "skipped", "out of time (--minutes)", 0.0))
@@ -90,12 +96,14 @@ class Check:
         # autocast, no FSDP: is FSDP2's overhead what makes bf16-params slower on one GPU?)
         if self.smoke:
             cases = [("vit_pico4", 32, 16, None, False, None), ("vit_pico4", 32, 16, "default", False, None),
-                     ("vit_pico4", 32, 32, "default", False, None), ("vit_pico4", 32, 16, None, True, None),
+                     ("vit_pico4", 32, 32, "default", False, None),
+                     ("vit_pico4", 32, 16, "reduce-overhead", False, None), ("vit_pico4", 32, 16, None, True, None),
                      ("vit_pico4", 32, 16, None, False, ["bf16-cast"])]
         else:
             cases = [(m, s, b, c, False, None) for m, s, b in (("vit_b14", 224, 256), ("vit_h14", 224, 128),
                                                                ("vit_h14", 476, 32)) for c in (None, "default")]
             cases += [("vit_h14", 224, 256, "default", False, None),
+                      ("vit_b14", 224, 256, "reduce-overhead", False, None),
                       ("vit_h14", 224, 128, "reduce-overhead", False, None)]
             cases += [(m, s, b, None, timm, modes) for m, s, b in (("vit_b14", 224, 256), ("vit_h14", 224, 128))
                       for timm, modes in ((True, ["bf16"]), (False, ["bf16-cast"]))]
@@ -157,15 +165,16 @@ class Check:
         return ["pretrain", "--data", str(frames), "--out", str(out), "--steps", str(steps), "--log-every", "5",
                 "--no-progress", "--device", self.dev, *model, *extra]
 
-    def real_data(self, precision: str, compile_: bool):
-        out = self.root / f"real-{precision}{'-compiled' if compile_ else ''}"
+    def real_data(self, precision: str, compile_: bool, mode: str = "default"):
+        what = "" if not compile_ else " compiled" if mode == "default" else f" compiled {mode}"
+        out = self.root / f"real-{precision}{what.replace(' ', '-')}"
         r = _cli(*self._pretrain_args(out, 20 if self.smoke else 80, "--precision", precision,
-                                      "--compile" if compile_ else "--no-compile"))
+                                      "--compile" if compile_ else "--no-compile", "--compile-mode", mode))
         if r.returncode:
             return False, r.stderr.strip()[-200:]
         recs = _metrics(out)
         self.details[out.name] = recs
-        return True, (f"{precision}{' compiled' if compile_ else ''}: {_steady(recs, 'images_per_s'):.0f} img/s "
+        return True, (f"{precision}{what}: {_steady(recs, 'images_per_s'):.0f} img/s "
                       "from JPEG shards" + (f", MFU {_steady(recs, 'mfu'):.1%}" if _steady(recs, "mfu") else "")
                       + f", first step {recs[0].get('first_step_seconds', 0):.0f} s")
 
@@ -282,9 +291,10 @@ from torch._dynamo.utils import counters
 from egoscale.models import build_mae, get_spec
 from egoscale.models.flops import mae_train_flops
 from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import Dist, cleanup, compile_blocks, parallelize
+from egoscale.train.distributed import CUDA_GRAPH_MODES, Dist, cleanup, compile_blocks, keep_grad_buffers, parallelize
 from egoscale.train.loop import adamw, device_peak_tflops
 a = json.loads(sys.argv[1])
+graphs_mode = a["compile_mode"] in CUDA_GRAPH_MODES
 dev = torch.device(a["device"], 0) if a["device"] == "cuda" else torch.device(a["device"])
 spec = get_spec(a["model"], img_size=a["size"])
 sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -308,12 +318,16 @@ for mode in a["modes"]:
             return functional_call(_m, {n: p.to(torch.bfloat16) for n, p in _m.named_parameters()},
                                    (x.to(torch.bfloat16),))
     opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, sharded=params, betas=(0.9, 0.95))
+    if graphs_mode:  # as the Trainer does for CUDA graphs
+        keep_grad_buffers(mae.parameters())
     for batch in a["batches"]:
         x = torch.randn(batch, 3, a["size"], a["size"], device=dev)
         def step():
+            if graphs_mode:
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
                 loss = module(x).loss
-            loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+            loss.backward(); opt.step(); opt.zero_grad(set_to_none=not graphs_mode)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter(); step(); sync(); first = time.perf_counter() - t
@@ -417,7 +431,14 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=8.5, help="checks that would start later are skipped")
     ap.add_argument("--precisions", default="bf16", help="pretraining precisions the MFU table and the real-data "
                     "runs compare, comma-separated (e.g. bf16,bf16-params; each adds about two minutes)")
+    ap.add_argument("--only", default=None, help="run these checks only, comma-separated (names as listed above)")
     args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else None
+    known = {"mfu", "loader", "real-data", "resume", "ddp", "fsdp", "grad-ckpt", "fsdp-g14", "finetune", "probe",
+             "gpu-tests", "profile", "matmul"}
+    if only and only - known:
+        raise SystemExit(f"--only: no check named {', '.join(sorted(only - known))} "
+                         f"(checks: {', '.join(sorted(known))})")
     if not args.smoke:
         import torch
 
@@ -427,7 +448,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)
-        c = Check(args.smoke, root, args.minutes, args.precisions.split(","))
+        c = Check(args.smoke, root, args.minutes, args.precisions.split(","), only)
         # what no earlier run on a GPU has shown working comes first, measured paths later
         c.run("matmul", c.matmul)
         c.run("gpu-tests", c.gpu_tests)
@@ -437,13 +458,16 @@ def main() -> None:
         for precision in c.precisions:
             for compile_ in (False, True):
                 c.run("real-data", functools.partial(c.real_data, precision, compile_), needs_s=40)
+        if not args.smoke:  # CUDA graphs as `egoscale pretrain --compile-mode reduce-overhead` records them
+            c.run("real-data", functools.partial(c.real_data, "bf16", True, "reduce-overhead"), needs_s=40)
         c.run("finetune", lambda: c.evaluation("finetune"), needs_s=30)
         c.run("probe", lambda: c.evaluation("probe"), needs_s=20)
         c.run("resume", c.resume, needs_s=40)
         c.run("ddp", lambda: c.torchrun(False), needs_s=30)
         c.run("grad-ckpt", c.grad_ckpt, needs_s=20)
         c.run("loader", c.loader, needs_s=20)
-        if not args.smoke:  # where a compiled bf16 step's GPU time goes
+        if not args.smoke:  # where a compiled bf16 step's GPU time goes (B/14 sits further from its goal)
+            c.run("profile", lambda: c.profile("vit_b14", 224, 256, "bf16", True), needs_s=40)
             c.run("profile", lambda: c.profile("vit_h14", 224, 128, "bf16", True), needs_s=40)
         print("\n| check | result | seconds | what |\n|---|---|---|---|")
         for name, ok, text, sec in c.rows:

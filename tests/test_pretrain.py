@@ -314,8 +314,9 @@ def test_compile_and_loader_workers_default_to_what_pays(monkeypatch):
     assert not resolve_compile(None, cuda, "bf16", 8, False, long)
     assert not resolve_compile(None, cuda, "bf16", 1, True, long)
     assert not resolve_compile(None, cuda, "bf16", 1, False, long, grad_checkpointing=True)
-    # what the user says wins
+    # what the user says wins; a compile mode other than default asks for compilation
     assert resolve_compile(True, cpu, "fp32", 1, False, 10) and not resolve_compile(False, cuda, "bf16", 1, False, long)
+    assert resolve_compile(None, cpu, "fp32", 1, False, 10, mode="max-autotune-no-cudagraphs")
     assert resolve_workers(3, cuda) == 3 and resolve_workers(None, cpu) == 4
     assert 1 <= resolve_workers(None, cuda) <= 8
     # processes sharing a node (torchrun, a GPU sweep's cells) share its cores
@@ -323,6 +324,57 @@ def test_compile_and_loader_workers_default_to_what_pays(monkeypatch):
     assert resolve_workers(None, cuda) == 1
     r = subprocess.run([sys.executable, "-m", "egoscale", "pretrain", "--help"], capture_output=True, text=True)
     assert "--no-compile" in r.stdout and "(default: None)" not in r.stdout
+
+
+def test_cuda_graphs_are_refused_in_one_line_where_they_cannot_run(frames, tmp_path):
+    base = dict(data=str(frames), steps=1, compile_mode="reduce-overhead")
+    for extra, what in ((dict(fsdp=True), "--fsdp"), (dict(grad_checkpointing=True), "--grad-checkpointing"),
+                        (dict(precision="bf16-params"), "bf16-params"), (dict(compile=False), "drop --no-compile")):
+        with pytest.raises(ConfigError, match=what):
+            PretrainConfig(**base, **extra)
+    with pytest.raises(ConfigError, match="one of default"):
+        PretrainConfig(data=str(frames), steps=1, compile_mode="fast")
+    # the graphs are recorded on a GPU: refused on the CPU before anything is built or written
+    r = _cli("pretrain", "--data", str(frames), "--out", str(tmp_path / "run"), *TINY, "--steps", "2",
+             "--device", "cpu", "--compile-mode", "reduce-overhead")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs one CUDA process (here: cpu x1)" in r.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_gradients_kept_in_buffers_for_cuda_graphs_train_as_set_to_none_does(tmp_path):
+    # CUDA graphs overwrite their outputs at the next replay, so under --compile-mode reduce-overhead
+    # the Trainer accumulates gradients into buffers that live for the run and zeroes them after each
+    # optimizer step. Same weights as the usual set-to-None path, over steps of two micro-steps.
+    from egoscale.models import build_mae, get_spec
+    from egoscale.train.loop import adamw
+
+    data = torch.rand(16, 3, 32, 32)
+    weights, buffers = {}, {}
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        mae = build_mae(get_spec("vit_pico4"), mask_ratio=0.75)
+        opt = adamw(mae.parameters(), 1e-3, torch.device("cpu"), betas=(0.9, 0.95))
+        (tmp_path / str(graphs)).mkdir()
+        settings = LoopSettings(out=tmp_path / str(graphs), max_steps=3, accum_steps=2, log_every=1,
+                                progress=False, cuda_graphs=graphs)
+        seen = []
+
+        def loss_fn(module, batch, _m=mae, _seen=seen):
+            _seen.append({n: p.grad for n, p in _m.named_parameters() if p.grad is not None})
+            return module(batch).loss
+
+        tr = Trainer(settings, Dist(), mae, mae, opt, lambda s: 1e-3, loss_fn, to_file=lambda st: {"model": st},
+                     from_file=lambda o: o["model"], config={})
+        tr.fit(iter(data.split(4) * 3))
+        weights[graphs] = {n: p.detach().clone() for n, p in mae.named_parameters()}
+        buffers[graphs] = seen
+    assert all(torch.equal(weights[False][n], weights[True][n]) for n in weights[False])
+    # set to None: no gradient before each step's first micro-step; kept: the same zeroed tensors throughout
+    assert [len(g) for g in buffers[False]][::2] == [0, 0, 0]
+    first = buffers[True][0]
+    assert first and all(not g.any() for g in first.values())
+    for later in buffers[True][1:]:
+        assert all(later[n] is first[n] for n in first)
 
 
 @pytest.mark.slow

@@ -114,8 +114,9 @@ def cleanup() -> None:
 
 
 def parallelize(model: nn.Module, d: Dist, fsdp: bool = False, grad_checkpointing: bool = False,
-                compile: bool = False, bf16_params: bool = False) -> nn.Module:
-    """Apply activation checkpointing, torch.compile (per block), and FSDP or DDP to a built model.
+                compile: bool = False, bf16_params: bool = False, compile_mode: str = "default") -> nn.Module:
+    """Apply activation checkpointing, torch.compile (per block, in `compile_mode`), and FSDP or DDP
+    to a built model.
 
     With FSDP (PyTorch's `fully_shard`), each transformer block is its own shard unit so that
     only one block's full weights exist at a time. `bf16_params` also goes through
@@ -131,7 +132,7 @@ def parallelize(model: nn.Module, d: Dist, fsdp: bool = False, grad_checkpointin
         if hasattr(m, "set_grad_checkpointing") and grad_checkpointing:
             m.set_grad_checkpointing(True)
     if compile:
-        compile_blocks(model)
+        compile_blocks(model, mode=compile_mode)
     if fsdp or bf16_params:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -158,6 +159,10 @@ def parallelize(model: nn.Module, d: Dist, fsdp: bool = False, grad_checkpointin
     return wrapped
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead",)  # the compile modes that record CUDA graphs
+
+
 def compile_blocks(model: nn.Module, backend: str = "inductor", mode: str | None = None) -> int:
     """torch.compile each transformer block in place (encoder and decoder); returns how many.
 
@@ -169,6 +174,19 @@ def compile_blocks(model: nn.Module, backend: str = "inductor", mode: str | None
     for m in blocks:
         m.compile(backend=backend, mode=mode)
     return len(blocks)
+
+
+def keep_grad_buffers(params) -> None:
+    """Give every parameter a zeroed gradient buffer that lives for the whole run.
+
+    CUDA graphs (`--compile-mode reduce-overhead`) replay each block's backward into memory of
+    their own pool, which the next replay overwrites. A gradient that autograd's accumulation
+    took over as `.grad` would be overwritten too; accumulated into a buffer of its own (the
+    optimizer then zeroes it instead of dropping it), it is safe across micro-steps and steps.
+    """
+    for p in params:
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
 
 
 def all_reduce_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:

@@ -25,7 +25,7 @@ from egoscale.constants import PEAK_BF16_TFLOPS
 from egoscale.errors import CheckpointError, ConfigError, EgoscaleError
 from egoscale.fileio import append_jsonl, remove_stale_temps, write_json_atomic, write_text_atomic
 from egoscale.models.checkpoint import read_checkpoint, save_checkpoint
-from egoscale.train.distributed import Dist, all_reduce_mean
+from egoscale.train.distributed import Dist, all_reduce_mean, keep_grad_buffers
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -52,6 +52,10 @@ class LoopSettings:
     # its weights, `distributed.parallelize`): no autocast; auto: bf16 on CUDA, else fp32
     precision: str = "auto"
     image_every: int = 0  # pictures (`Trainer.images`) for the trackers every N steps and at the end; 0: none
+    # the module's compiled blocks replay CUDA graphs (`--compile-mode reduce-overhead`): every
+    # micro-step is marked as a new graph generation, and gradients accumulate in buffers that
+    # live for the run (`distributed.keep_grad_buffers`) instead of being set to None
+    cuda_graphs: bool = False
 
 
 def lr_schedule(kind: str, base: float, warmup: int, total: int) -> Callable[[int], float]:
@@ -256,6 +260,8 @@ class Trainer:
 
         self.trackers = Trackers(s.out, f"{s.desc} {s.out.name}", self.config, self.tracking, step=self.step,
                                  enabled=d.is_main)
+        if s.cuda_graphs:
+            keep_grad_buffers(self.model.parameters())
         try:
             while self.step < s.max_steps:
                 if s.budget_seconds is not None and self.elapsed() >= s.budget_seconds:
@@ -267,6 +273,8 @@ class Trainer:
                 n_step = 0
                 for _ in range(s.accum_steps):
                     batch = next(batches)
+                    if s.cuda_graphs:  # the previous micro-step's graph outputs have all been consumed
+                        torch.compiler.cudagraph_mark_step_begin()
                     with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                         loss = self.loss_fn(self.module, batch)
                     (loss / s.accum_steps).backward()
@@ -275,7 +283,7 @@ class Trainer:
                     window_loss += ld / s.accum_steps
                     n_step += _batch_len(batch)
                 self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
+                self.opt.zero_grad(set_to_none=not s.cuda_graphs)
                 self.step += 1
                 if first_step is None:  # includes torch.compile's compilation and the loader's start
                     first_step = time.time() - self._t0
@@ -357,6 +365,8 @@ class Trainer:
 
     def _pictures(self) -> None:
         if self.images is not None and self.trackers.active:
+            if self.settings.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             for tag, img in self.images().items():
                 self.trackers.image(tag, img, self.step)
 

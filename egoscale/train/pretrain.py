@@ -23,7 +23,8 @@ from egoscale.models.flops import mae_train_flops
 from egoscale.models.mae import MaskedAutoencoder
 from egoscale.models.registry import get_spec
 from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import cleanup, init_distributed, is_main_process, parallelize
+from egoscale.train.distributed import (COMPILE_MODES, CUDA_GRAPH_MODES, cleanup, init_distributed, is_main_process,
+                                        parallelize)
 from egoscale.runfolder import FolderLock, check_identity, record_config
 from egoscale.train.tracking import TrackingConfig
 from egoscale.train.visualize import reconstruction_grid
@@ -37,11 +38,12 @@ COMPILE_PAYS_STEPS = 1000
 
 
 def resolve_compile(asked: bool | None, device: torch.device, precision: str, world_size: int, fsdp: bool,
-                    max_steps: int, grad_checkpointing: bool = False) -> bool:
-    """--compile as given, else on where it was measured to pay: one CUDA process, bf16 autocast,
-    no FSDP, no gradient checkpointing, a run of at least COMPILE_PAYS_STEPS steps."""
-    if asked is not None:
-        return asked
+                    max_steps: int, grad_checkpointing: bool = False, mode: str = "default") -> bool:
+    """--compile as given (a --compile-mode other than default asks for it), else on where it was
+    measured to pay: one CUDA process, bf16 autocast, no FSDP, no gradient checkpointing, a run of
+    at least COMPILE_PAYS_STEPS steps."""
+    if asked is not None or mode != "default":
+        return asked is not False
     return (device.type == "cuda" and precision == "bf16" and world_size == 1 and not fsdp
             and not grad_checkpointing and max_steps >= COMPILE_PAYS_STEPS)
 
@@ -100,6 +102,12 @@ examples:
                                      "run without FSDP or gradient checkpointing of at least "
                                      f"{COMPILE_PAYS_STEPS} steps, where the first step's compilation pays back; "
                                      "off elsewhere)")
+    compile_mode: str = opt("default", "torch.compile's mode for the blocks: default; reduce-overhead (each compiled "
+                                       "block is also recorded as CUDA graphs and replayed, so the CPU no longer "
+                                       "launches kernels one by one; one CUDA process without FSDP, bf16-params or "
+                                       "gradient checkpointing); max-autotune-no-cudagraphs (kernels chosen by "
+                                       "timing candidates: a much longer first step). Other than default, it "
+                                       "implies --compile", choices=list(COMPILE_MODES))
     precision: str = opt("auto", PRETRAIN_PRECISION_HELP, choices=list(PRETRAIN_PRECISIONS))
     grad_checkpointing: bool = opt(False, "recompute activations in backward")
     fsdp: bool = opt(False, "fully sharded data parallel (multi-GPU, big models)")
@@ -113,6 +121,18 @@ examples:
         if not 0 <= self.mask_ratio < 1:
             raise ConfigError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
         check_precision(self.precision, PRETRAIN_PRECISIONS)
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"--compile-mode {self.compile_mode!r}: one of {', '.join(COMPILE_MODES)}")
+        if self.compile_mode != "default" and self.compile is False:
+            raise ConfigError(f"--compile-mode {self.compile_mode} compiles the blocks: drop --no-compile")
+        if self.compile_mode in CUDA_GRAPH_MODES:
+            # FSDP re-gathers weights into new memory and checkpointing re-runs blocks in backward,
+            # neither of which a recorded graph follows
+            clash = [f for f, on in (("--fsdp", self.fsdp), ("--grad-checkpointing", self.grad_checkpointing),
+                                     ("--precision bf16-params", self.precision == "bf16-params")) if on]
+            if clash:
+                raise ConfigError(f"--compile-mode {self.compile_mode} records CUDA graphs, which do not go with "
+                                  f"{' or '.join(clash)}; use --compile-mode default")
         for name in ("batch_size", "accum_steps", "save_every", "log_every", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -192,6 +212,9 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
 
 def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Path, record: dict,
               changed: dict, log) -> dict:
+    if cfg.compile_mode in CUDA_GRAPH_MODES and (d.device.type != "cuda" or d.enabled):
+        raise ConfigError(f"--compile-mode {cfg.compile_mode} records CUDA graphs: it needs one CUDA process "
+                          f"(here: {d.device.type} x{d.world_size}); use --compile-mode default")
     global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
     steps = [cfg.steps] if cfg.steps else []
     if cfg.epochs is not None:
@@ -214,9 +237,10 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
             f"{'?' if frames is None else frames} frames, "
             f"{'budget ' + str(cfg.budget_hours) + ' h' if cfg.budget_hours else str(max_steps) + ' steps'}")
     compile_ = resolve_compile(cfg.compile, d.device, precision, d.world_size, cfg.fsdp, max_steps,
-                               cfg.grad_checkpointing)
+                               cfg.grad_checkpointing, cfg.compile_mode)
+    cuda_graphs = cfg.compile_mode in CUDA_GRAPH_MODES
     module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=compile_,
-                         bf16_params=precision == "bf16-params")
+                         bf16_params=precision == "bf16-params", compile_mode=cfg.compile_mode)
     params = [p for p in mae.parameters() if p.requires_grad]
     optimizer = adamw(params, lr, d.device, sharded=sharded, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     settings = LoopSettings(out=out, max_steps=max_steps,
@@ -226,7 +250,7 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
                             flops_per_sample=mae_train_flops(spec, spec.img_size, cfg.mask_ratio),
                             tokens_per_sample=(spec.img_size // spec.patch_size) ** 2, precision=precision,
                             # sharded over several processes, the pictures would need every rank
-                            image_every=0 if sharded and d.enabled else cfg.image_every)
+                            image_every=0 if sharded and d.enabled else cfg.image_every, cuda_graphs=cuda_graphs)
     schedule = lr_schedule(cfg.lr_schedule, lr, cfg.warmup_steps, max_steps)
     sample: list = []  # (4, 3, H, W) frames in [0, 1], taken from the first batch
     trainer = Trainer(settings, d, mae, module, optimizer, schedule, _loss_fn(d.device),
@@ -239,9 +263,10 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
     if d.is_main:  # written once the folder's checkpoint (if any) has loaded
         record_config(out, record, changed)
     if compile_ and d.is_main:
-        log(f"{'--compile' if cfg.compile else 'compiled (a long single-GPU run; --no-compile to stay eager)'}: "
-            "the first step compiles every distinct block (a minute or more for the big models); its time is "
-            "reported as first_step_seconds")
+        asked = cfg.compile or cfg.compile_mode != "default"
+        log(f"{'--compile' if asked else 'compiled (a long single-GPU run; --no-compile to stay eager)'}"
+            f"{'' if cfg.compile_mode == 'default' else ' (' + cfg.compile_mode + ')'}: the first step compiles "
+            "every distinct block (a minute or more for the big models); its time is reported as first_step_seconds")
     if trainer.step >= max_steps:
         if d.is_main:
             log(f"{out}: already trained for {trainer.step} steps; nothing to do")
