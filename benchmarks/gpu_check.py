@@ -7,11 +7,13 @@
 Checks, each in its own process so that one failure does not stop the rest:
   mfu          MAE training step of ViT-B/14@224, ViT-H/14@224 and @476: img/s and MFU for each
                --precisions (bf16 autocast; bf16-params: weights cast once per step by FSDP2's
-               policy), eager and per-block compiled (compile time = the first step's extra time; graphs
-               added after the first step); on top of compilation, twice the batch (H/14@224) and
-               CUDA graphs (torch.compile's reduce-overhead mode: B/14, H/14@224); eager for B/14 and H/14@224, timm's
-               Block in place of egoscale's (the q/k/v split, benchmarks/block_vs_timm.py) and the
-               weights cast to bf16 once per step without FSDP ("bf16-cast", not a pretrain option)
+               policy), eager and per-block compiled (compile time = the first step's extra time;
+               graphs added after the first step); on top of compilation, twice the batch (H/14@224)
+               and CUDA graphs (torch.compile's reduce-overhead mode: B/14, H/14@224); eager for B/14
+               and H/14@224: timm's Block in place of egoscale's (the q/k/v split,
+               benchmarks/block_vs_timm.py), attention as batched matmuls instead of the fused SDPA
+               kernel, and the weights cast to bf16 once per step without FSDP ("bf16-cast", not a
+               pretrain option)
   loader       frames/s of one loader worker (decode, crop, resize, collate) at 224 and 476 px, and
                the workers a step at the measured speed needs
   real-data    world -> ingest -> `egoscale pretrain` from JPEG shards in each precision, eager and
@@ -87,48 +89,53 @@ class Check:
 
     # --- the checks ----------------------------------------------------------------------------
     def mfu(self):
-        # (model, size, batch, torch.compile mode or None for eager, timm's blocks, precisions or
-        # None for --precisions): each precision eager and compiled per block; then two levers on
-        # top of compilation for ViT-H/14 at 224 px: twice the batch, and CUDA graphs (mode
-        # reduce-overhead); and two eager ones: timm's transformer block in place of egoscale's (same
-        # weights: what splitting q/k/v along the projection's layout saves), and "bf16-cast", the
-        # weights cast to bf16 once per step in a plain process (torch.func.functional_call, no
+        # each precision eager and compiled per block; then levers, each against its row above: on
+        # top of compilation, twice the batch (H/14@224) and CUDA graphs (reduce-overhead); eager,
+        # timm's transformer block in place of egoscale's (same weights: what splitting q/k/v along
+        # the projection's layout saves), attention as batched matmuls instead of the fused SDPA
+        # kernel (the encoder's 52-token sequences are short for flash kernels), and "bf16-cast",
+        # the weights cast to bf16 once per step in a plain process (torch.func.functional_call, no
         # autocast, no FSDP: is FSDP2's overhead what makes bf16-params slower on one GPU?)
+        def case(model, size, batch, compile=None, blocks="egoscale", modes=None, attention="sdpa"):
+            return dict(model=model, size=size, batch=batch, compile=compile, blocks=blocks, modes=modes,
+                        attention=attention)
+
         if self.smoke:
-            cases = [("vit_pico4", 32, 16, None, False, None), ("vit_pico4", 32, 16, "default", False, None),
-                     ("vit_pico4", 32, 32, "default", False, None),
-                     ("vit_pico4", 32, 16, "reduce-overhead", False, None), ("vit_pico4", 32, 16, None, True, None),
-                     ("vit_pico4", 32, 16, None, False, ["bf16-cast"])]
+            p = ("vit_pico4", 32, 16)
+            cases = [case(*p), case(*p, "default"), case("vit_pico4", 32, 32, "default"),
+                     case(*p, "reduce-overhead"), case(*p, blocks="timm"), case(*p, attention="matmul"),
+                     case(*p, modes=["bf16-cast"])]
         else:
-            cases = [(m, s, b, c, False, None) for m, s, b in (("vit_b14", 224, 256), ("vit_h14", 224, 128),
-                                                               ("vit_h14", 476, 32)) for c in (None, "default")]
-            cases += [("vit_h14", 224, 256, "default", False, None),
-                      ("vit_b14", 224, 256, "reduce-overhead", False, None),
-                      ("vit_h14", 224, 128, "reduce-overhead", False, None)]
-            cases += [(m, s, b, None, timm, modes) for m, s, b in (("vit_b14", 224, 256), ("vit_h14", 224, 128))
-                      for timm, modes in ((True, ["bf16"]), (False, ["bf16-cast"]))]
+            b14, h14 = ("vit_b14", 224, 256), ("vit_h14", 224, 128)
+            cases = [case(*m, c) for m in (b14, h14, ("vit_h14", 476, 32)) for c in (None, "default")]
+            cases += [case("vit_h14", 224, 256, "default"), case(*b14, "reduce-overhead"),
+                      case(*h14, "reduce-overhead")]
+            cases += [case(*m, **lever) for m in (b14, h14) for lever in (
+                dict(blocks="timm", modes=["bf16"]), dict(attention="matmul", modes=["bf16"]),
+                dict(modes=["bf16-cast"]))]
         out, rows, failed = [], [], []
-        for name, size, batch, mode, timm_blocks, modes in cases:
-            spec = json.dumps({"model": name, "size": size, "batches": [batch], "compile_mode": mode,
-                               "timm_blocks": timm_blocks, "bench_dir": str(Path(__file__).parent),
-                               "device": self.dev, "steps": 3 if self.smoke else 6,
-                               "modes": modes or self.precisions})
+        for c in cases:
+            spec = json.dumps({**c, "batches": [c["batch"]], "compile_mode": c["compile"],
+                               "bench_dir": str(Path(__file__).parent), "device": self.dev,
+                               "steps": 3 if self.smoke else 6, "modes": c["modes"] or self.precisions})
             r = subprocess.run([PY, "-c", _MFU_CHILD, spec], capture_output=True, text=True, timeout=600)
             rows += [json.loads(ln[5:]) for ln in r.stdout.splitlines() if ln.startswith("ROW: ")]
             if r.returncode:
-                failed.append(f"{name}@{size} b{batch} {mode or 'eager'}{' timm blocks' * timm_blocks}"
-                              f"{' ' + ','.join(modes) if modes else ''}: "
-                              f"{(r.stderr.strip().splitlines() or ['?'])[-1][:160]}")
-        print(f"\n{'model':<14}{'precision':<13}{'compile':<17}{'blocks':<10}{'batch':>6}{'img/s':>9}{'MFU':>7}"
-              f"{'GB':>6}{'first s':>9}{'graphs+':>8}")
+                failed.append(f"{c['model']}@{c['size']} b{c['batch']} {c['compile'] or 'eager'} {c['blocks']} "
+                              f"blocks {c['attention']} attention{' ' + ','.join(c['modes']) if c['modes'] else ''}"
+                              f": {(r.stderr.strip().splitlines() or ['?'])[-1][:160]}")
+        print(f"\n{'model':<14}{'precision':<13}{'compile':<17}{'blocks':<10}{'attention':<10}{'batch':>6}{'img/s':>9}"
+              f"{'MFU':>7}{'GB':>6}{'first s':>9}{'graphs+':>8}")
         for x in rows:
-            print(f"{x['model']:<14}{x['mode']:<13}{x['compile'] or 'eager':<17}{x['blocks']:<10}{x['batch']:>6}"
+            print(f"{x['model']:<14}{x['mode']:<13}{x['compile'] or 'eager':<17}{x['blocks']:<10}{x['attention']:<10}"
+                  f"{x['batch']:>6}"
                   f"{x['img_s']:>9.0f}{(x['mfu'] or 0):>7.1%}{x['mem_gb']:>6.1f}{x['first_s']:>9.1f}"
                   f"{x['graphs_after_first']:>8}")
         print()
         self.details["mfu"] = rows
         for x in rows:
-            out.append(f"{x['model']} {x['mode']} {x['compile'] or 'eager'} {x['blocks']} blocks b{x['batch']}: "
+            out.append(f"{x['model']} {x['mode']} {x['compile'] or 'eager'} {x['blocks']} blocks {x['attention']} "
+                       f"attention b{x['batch']}: "
                        f"{x['img_s']:.0f} img/s" + (f" {x['mfu']:.1%}" if x.get("mfu") else ""))
         return not failed, "; ".join(failed + out)
 
@@ -303,11 +310,14 @@ for mode in a["modes"]:
     # the same path as `egoscale pretrain`: parallelize (FSDP2's policy for bf16-params), fused AdamW
     torch.manual_seed(0)
     mae = build_mae(spec, mask_ratio=0.8).to(dev)
-    if a["timm_blocks"]:  # timm's Block with the same weights (benchmarks/block_vs_timm.py)
+    if a["blocks"] == "timm":  # timm's Block with the same weights (benchmarks/block_vs_timm.py)
         sys.path.insert(0, a["bench_dir"])
         from block_vs_timm import with_timm_blocks
         with_timm_blocks(mae)
     choose_attention(mae, dev, True)
+    for m in mae.modules():  # matmul: q @ k^T, softmax, @ v (timm's and egoscale's plain path)
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = a["attention"] == "sdpa"
     params = mode == "bf16-params"
     if a["compile_mode"]:
         compile_blocks(mae, mode=a["compile_mode"])
@@ -341,7 +351,7 @@ for mode in a["modes"]:
         tf = mae_train_flops(spec, a["size"], 0.8) * batch / dt / 1e12
         print("ROW: " + json.dumps({
             "model": f"{a['model']}@{a['size']}", "mode": mode, "compile": a["compile_mode"], "batch": batch,
-            "blocks": "timm" if a["timm_blocks"] else "egoscale",
+            "blocks": a["blocks"], "attention": a["attention"],
             "img_s": batch / dt, "tflops": tf, "mfu": tf / peak if peak else None, "step_s": dt,
             "first_s": first - dt, "graphs_after_first": counters["stats"]["unique_graphs"] - graphs,
             "mem_gb": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0}), flush=True)

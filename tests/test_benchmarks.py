@@ -1,0 +1,33 @@
+"""The accounting the benchmark scripts rest on (benchmarks/step_roofline.py)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import step_roofline  # noqa: E402
+
+
+def test_the_tally_counts_each_kernel_s_flops_and_bytes_and_views_as_free():
+    x, w, y = torch.randn(8, 64), torch.randn(32, 64), torch.randn(8, 32)
+    dst = torch.empty(8, 32, dtype=torch.bfloat16)
+    with step_roofline.Tally() as t:
+        out = torch.nn.functional.linear(x, w)  # mm(x, w.t()): the transpose is a view
+        out.view(4, 64)
+        out.add_(y)  # reads out and y, writes out
+        dst.copy_(out)  # reads out (fp32), writes dst (bf16)
+    assert t.flops["matmul"] == 2 * 8 * 64 * 32 and t.calls["matmul"] == 1
+    assert t.bytes["matmul"] == (8 * 64 + 32 * 64 + 8 * 32) * 4
+    assert t.bytes["elementwise"] == 3 * 8 * 32 * 4 and t.calls["elementwise"] == 1
+    assert t.bytes["copies, casts"] == 8 * 32 * (4 + 2)
+    assert sum(t.calls.values()) == 3
+
+
+def test_the_step_s_counted_flops_are_egoscale_s_flop_formula():
+    # torch's own FLOP formulas over every matmul and attention kernel of a real training step
+    r = step_roofline.roofline("vit_pico4", 32, 8, 989.0, 774.0, 4.8, compiled=False)
+    counted = sum(x["gflop"] for x in r["rows"] if x["kind"] in ("matmul", "attention")) * 1e9
+    assert counted == pytest.approx(r["model_tflop"] * 1e12, rel=0.03)
+    assert 0 < r["ceiling_mfu"] < 774 / 989
