@@ -1,6 +1,6 @@
 """One command that runs every CUDA path of egoscale on a GPU machine and prints one table.
 
-    python benchmarks/gpu_check.py                 # on a GPU machine: about 8 minutes on one H200
+    python benchmarks/gpu_check.py                 # on a GPU machine, within --minutes (default 8.5)
     python benchmarks/gpu_check.py --smoke         # the same checks with tiny models, on a CPU (plumbing)
     python benchmarks/gpu_check.py --only mfu,profile   # some of the checks
 
@@ -26,7 +26,11 @@ Checks, each in its own process so that one failure does not stop the rest:
   finetune     `egoscale finetune` on the world's labelled set
   probe        `egoscale probe` on the same
   gpu-tests    the test suite's `gpu` group (dtypes, fused attention, no host syncs in a step)
-  profile      where a compiled bf16 step's GPU kernel time goes, ViT-B/14 and ViT-H/14 at 224 px
+  roofline     benchmarks/step_roofline.py on this GPU for ViT-B/14 and ViT-H/14 at 224 px: the MFU the
+               step's operations allow, eager and with its blocks compiled (inductor's GPU kernels)
+  profile      where a compiled bf16 step's GPU kernel time goes, ViT-B/14 and ViT-H/14 at 224 px: the
+               largest kernels, the step's wall time against its kernels' time (the gap: the GPU
+               idles), and kernel time by kind beside the roofline's bound
   matmul       the bf16 matmul rate this GPU reaches (8192^3)
 A check that would start past --minutes is reported as skipped.
 No network is needed. Figures go into benchmarks/README.md with this command.
@@ -251,17 +255,44 @@ class Check:
             r.stderr.strip()[-200:]
 
 
-    def profile(self, name: str, size: int, batch: int, mode: str, compile_: bool):
-        r = subprocess.run([PY, "-c", _PROFILE_CHILD, name, str(size), str(batch), mode, str(int(compile_))],
-                           capture_output=True, text=True, timeout=400)
+    def roofline(self):
+        # the step's operations counted on this GPU (its autocast, its attention kernel, inductor's
+        # GPU kernels for the compiled blocks), costed at this GPU's measured matmul rate
+        out = self.root / "roofline.json"
+        models = "vit_pico4:32:16" if self.smoke else "vit_b14:224:256,vit_h14:224:128"
+        r = subprocess.run([PY, str(Path(__file__).parent / "step_roofline.py"), "--device", self.dev, "--models",
+                            models, "--ops", "0", "--json", str(out),
+                            "--matmul-tflops", f"{self.details.get('matmul_tflops', 774.0):.0f}",
+                            *(["--no-compiled"] if self.smoke else [])], capture_output=True, text=True, timeout=600)
         if r.returncode:
             return False, (r.stderr.strip().splitlines() or ["?"])[-1][:200]
-        top = json.loads(r.stdout.strip().splitlines()[-1])
-        self.details[f"profile {name}@{size} {mode}{' compiled' if compile_ else ''}"] = top
+        print(r.stdout)
+        res = {x["model"]: x for x in json.loads(out.read_text())}
+        self.details["roofline"] = res
+        return True, "; ".join(f"{m} b{x['batch']}: MFU ceiling {x['ceiling_mfu']:.1%} eager" + (
+            f", {x['compiled_ceiling_mfu']:.1%} blocks compiled" if "compiled_ceiling_mfu" in x else "")
+            for m, x in res.items())
+
+    def profile(self, name: str, size: int, batch: int, mode: str, compile_: bool):
+        r = subprocess.run([PY, "-c", _PROFILE_CHILD, name, str(size), str(batch), mode, str(int(compile_)),
+                            str(Path(__file__).parent), self.dev], capture_output=True, text=True, timeout=400)
+        if r.returncode:
+            return False, (r.stderr.strip().splitlines() or ["?"])[-1][:200]
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        top = res["top"]
+        self.details[f"profile {name}@{size} {mode}{' compiled' if compile_ else ''}"] = res
         for t in top:
             print(f"  {t['share']:6.1%} {t['calls']:6d}  {t['kernel']}")
-        return True, f"{name}@{size} b{batch} {mode}{' compiled' if compile_ else ''}: " + "; ".join(
-            f"{t['kernel'][:40]} {t['share']:.0%}" for t in top[:6])
+        # kernel time per step by kind, beside the roofline's bound for the same kind (eager operations;
+        # a compiled step's fused kernels stand for its blocks' memory-bound ones)
+        bound = {x["kind"]: x["ms"] for x in self.details.get("roofline", {}).get(f"{name}@{size}", {}).get("rows", [])}
+        print(f"  step {res['step_ms']:.1f} ms wall, {res['kernel_ms']:.1f} ms of kernels; per kind, kernel ms per step"
+              " (roofline's bound, eager operations):")
+        for kind, ms in sorted(res["kinds_ms"].items(), key=lambda kv: -kv[1]):
+            print(f"    {kind:<18}{ms:8.2f}" + (f"  ({bound[kind]:.2f})" if kind in bound else ""))
+        return True, (f"{name}@{size} b{batch} {mode}{' compiled' if compile_ else ''}: step {res['step_ms']:.1f} ms, "
+                      f"kernels {res['kernel_ms']:.1f} ms: " + "; ".join(
+                          f"{k} {v:.1f}" for k, v in sorted(res["kinds_ms"].items(), key=lambda kv: -kv[1])))
 
     def matmul(self):
         import torch
@@ -362,14 +393,18 @@ cleanup()
 """
 
 _PROFILE_CHILD = r"""
-import json, sys, torch
+import json, sys, time, torch
+from collections import defaultdict
 from torch.profiler import ProfilerActivity, profile
 from egoscale.models import build_mae, get_spec
 from egoscale.models.vit import choose_attention
 from egoscale.train.distributed import Dist, cleanup, parallelize
 from egoscale.train.loop import adamw
 name, size, batch, mode, compile_ = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
-dev = torch.device("cuda", 0)
+sys.path.insert(0, sys.argv[6])
+from step_roofline import kernel_kind
+dev = torch.device(sys.argv[7], 0) if sys.argv[7] == "cuda" else torch.device(sys.argv[7])
+sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 mae = build_mae(get_spec(name, img_size=size), mask_ratio=0.8).to(dev)
 choose_attention(mae, dev, True)
 params = mode == "bf16-params"
@@ -377,20 +412,30 @@ module = parallelize(mae, Dist(device=dev), compile=compile_, bf16_params=params
 opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, sharded=params)
 x = torch.randn(batch, 3, size, size, device=dev)
 def step():
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=not params):
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=not params):
         loss = module(x).loss
     loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
 for _ in range(3):
     step()
-torch.cuda.synchronize()
-with profile(activities=[ProfilerActivity.CUDA]) as prof:
-    for _ in range(3):
+sync()
+n = 3
+with profile(activities=[ProfilerActivity.CUDA if dev.type == "cuda" else ProfilerActivity.CPU]) as prof:
+    t = time.perf_counter()
+    for _ in range(n):
         step()
-    torch.cuda.synchronize()
-ev = [e for e in prof.key_averages() if e.device_time_total > 0]
-total = sum(e.self_device_time_total for e in ev)
-top = sorted(ev, key=lambda e: -e.self_device_time_total)[:15]
-print(json.dumps([{"kernel": e.key[:90], "share": e.self_device_time_total / total, "calls": e.count} for e in top]))
+    sync()
+    wall = (time.perf_counter() - t) / n
+# device events only (kernels, copies): each kernel's own time once
+ev = [e for e in prof.key_averages() if e.self_device_time_total > 0] if dev.type == "cuda" else \
+    [e for e in prof.key_averages() if e.key.startswith("aten::")]
+own = (lambda e: e.self_device_time_total) if dev.type == "cuda" else (lambda e: e.self_cpu_time_total)
+total = sum(own(e) for e in ev) or 1
+kinds = defaultdict(float)
+for e in ev:
+    kinds[kernel_kind(e.key)] += own(e) / n / 1e3
+top = sorted(ev, key=lambda e: -own(e))[:15]
+print(json.dumps({"top": [{"kernel": e.key[:90], "share": own(e) / total, "calls": e.count} for e in top],
+                  "kinds_ms": kinds, "kernel_ms": total / n / 1e3, "step_ms": 1e3 * wall}))
 cleanup()
 """
 
@@ -445,7 +490,7 @@ def main() -> None:
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
     known = {"mfu", "loader", "real-data", "resume", "ddp", "fsdp", "grad-ckpt", "fsdp-g14", "finetune", "probe",
-             "gpu-tests", "profile", "matmul"}
+             "gpu-tests", "profile", "matmul", "roofline"}
     if only and only - known:
         raise SystemExit(f"--only: no check named {', '.join(sorted(only - known))} "
                          f"(checks: {', '.join(sorted(known))})")
@@ -476,9 +521,10 @@ def main() -> None:
         c.run("ddp", lambda: c.torchrun(False), needs_s=30)
         c.run("grad-ckpt", c.grad_ckpt, needs_s=20)
         c.run("loader", c.loader, needs_s=20)
-        if not args.smoke:  # where a compiled bf16 step's GPU time goes (B/14 sits further from its goal)
-            c.run("profile", lambda: c.profile("vit_b14", 224, 256, "bf16", True), needs_s=40)
-            c.run("profile", lambda: c.profile("vit_h14", 224, 128, "bf16", True), needs_s=40)
+        # where a compiled bf16 step's GPU time goes (B/14 sits further from its goal), beside its roofline
+        c.run("roofline", c.roofline, needs_s=60)
+        for prof in ([("vit_pico4", 32, 16)] if args.smoke else [("vit_b14", 224, 256), ("vit_h14", 224, 128)]):
+            c.run("profile", functools.partial(c.profile, *prof, "bf16", True), needs_s=40)
         print("\n| check | result | seconds | what |\n|---|---|---|---|")
         for name, ok, text, sec in c.rows:
             print(f"| {name} | {ok} | {sec:.0f} | {text} |")

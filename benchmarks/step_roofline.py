@@ -36,7 +36,9 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import json
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
@@ -55,7 +57,10 @@ REDUCTIONS = {aten.sum, aten.mean}
 
 
 def _kind(func) -> str:
-    p = func.overloadpacket
+    return _packet_kind(func.overloadpacket)
+
+
+def _packet_kind(p) -> str:
     name = p.__name__
     if p in GEMMS:
         return "matmul"
@@ -70,6 +75,24 @@ def _kind(func) -> str:
     if p in REDUCTIONS:
         return "reductions"
     return "elementwise"
+
+
+# GPU kernel names -> the same kinds, for reading a profile against the roofline (a heuristic on
+# the names cuBLAS, cuDNN, PyTorch and inductor give their kernels; first match wins)
+KERNEL_KINDS = (("attention", ("flash", "fmha", "sdpa", "attention")),
+                ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "matmul")),
+                ("fused (compiled)", ("triton_",)),
+                ("optimizer", ("adam",)),
+                ("layer norm", ("layer_norm", "layernorm", "gammabeta")),
+                ("copies, casts", ("copy", "catarray", "memcpy", "memset")),
+                ("reductions", ("reduce",)))
+
+
+def kernel_kind(name: str) -> str:
+    if name.startswith("aten::") and hasattr(aten, name[6:]):  # a CPU profile lists operators
+        return _packet_kind(getattr(aten, name[6:]))
+    low = name.lower()
+    return next((kind for kind, marks in KERNEL_KINDS if any(m in low for m in marks)), "elementwise")
 
 
 def _bytes(t: torch.Tensor) -> int:
@@ -141,8 +164,8 @@ def _roofline_s(flops: float, moved: float, matmul_tflops: float, bandwidth: flo
     return max(compute_s, memory_s), "compute" if compute_s >= memory_s else "memory"
 
 
-def tally_steps(name: str, size: int, batches: tuple[int, ...], weights: str = "autocast"
-                ) -> tuple[list[Tally], list[dict]]:
+def tally_steps(name: str, size: int, batches: tuple[int, ...], weights: str = "autocast",
+                device: torch.device = torch.device("cpu")) -> tuple[list[Tally], list[dict]]:
     """One tally per batch size, each of one training step after an untallied one (which creates
     the optimizer's state); and per batch size, each kind of block with its count and the inputs it
     received in that step.
@@ -152,11 +175,11 @@ def tally_steps(name: str, size: int, batches: tuple[int, ...], weights: str = "
     optimizer on the masters, as `--precision bf16-params`).
     """
     torch.manual_seed(0)
-    master = build_mae(get_spec(name, img_size=size), mask_ratio=0.8)
+    master = build_mae(get_spec(name, img_size=size), mask_ratio=0.8).to(device)
     bf16 = weights == "bf16"
     mae = copy.deepcopy(master).to(torch.bfloat16) if bf16 else master
     choose_attention(mae, torch.device("cuda"), True)  # the fused SDPA kernel, as on a GPU
-    opt = adamw([p for p in master.parameters() if p.requires_grad], 1e-4, torch.device("cpu"), betas=(0.9, 0.95))
+    opt = adamw([p for p in master.parameters() if p.requires_grad], 1e-4, device, betas=(0.9, 0.95))
     kinds = {"encoder block": list(mae.encoder.blocks), "decoder block": list(mae.decoder_blocks)[:-1],
              "last decoder block": list(mae.decoder_blocks)[-1:]}
     pairs = list(zip(mae.parameters(), master.parameters()))
@@ -166,8 +189,8 @@ def tally_steps(name: str, size: int, batches: tuple[int, ...], weights: str = "
             with torch.no_grad():
                 for p, m in pairs:
                     p.copy_(m)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not bf16):
-            loss = mae(torch.randn(batch, 3, size, size, dtype=torch.bfloat16 if bf16 else None)).loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=not bf16):
+            loss = mae(torch.randn(batch, 3, size, size, device=device, dtype=torch.bfloat16 if bf16 else None)).loss
         loss.backward()
         if bf16:
             for p, m in pairs:
@@ -201,7 +224,7 @@ def _keep_inputs(seen: dict, kind: str, count: int, autocast: bool, block, args,
 
 def _block_step(block, args, kwargs, autocast: bool = True) -> None:
     x = args[0].detach().requires_grad_(True)  # as in the step: the block's input carries a gradient
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         y = block(x, *args[1:], **kwargs)
     y.backward(torch.ones_like(y))
 
@@ -235,13 +258,13 @@ def compiled_block_bytes(entry: dict) -> float:
 
 
 def roofline(name: str, size: int, batch: int, tflops: float, matmul_tflops: float, bandwidth: float,
-             compiled: bool = True, weights: str = "autocast") -> dict:
+             compiled: bool = True, weights: str = "autocast", device: str = "cpu") -> dict:
     small = (1, 2)  # two batches: cost = per step + per image x batch, exactly, for every kind
 
     def at(v1: float, v2: float) -> float:  # carried to `batch` from the two small runs
         return v1 + (v2 - v1) / (small[1] - small[0]) * (batch - small[0])
 
-    (t1, t2), (b1, b2) = tally_steps(name, size, small, weights)
+    (t1, t2), (b1, b2) = tally_steps(name, size, small, weights, torch.device(device))
     kinds = sorted(set(t1.flops) | set(t2.flops), key=lambda k: -(t2.bytes[k] + t2.flops[k]))
     rows, total_s = [], 0.0
     for k in kinds:
@@ -251,10 +274,10 @@ def roofline(name: str, size: int, batch: int, tflops: float, matmul_tflops: flo
         rows.append({"kind": k, "gflop": flops / 1e9, "gb": moved / 1e9, "ms": 1e3 * s, "bound": bound,
                      "calls": t2.calls[k]})
     model_flops = mae_train_flops(get_spec(name, img_size=size), size, 0.8) * batch
-    ops = {k: at(t1.op_bytes[k], t2.op_bytes[k]) / 1e9
-           for k in set(t1.op_bytes) | set(t2.op_bytes) if k[0] not in ("matmul", "attention")}
+    ops = [{"kind": k[0], "op": k[1], "gb": at(t1.op_bytes[k], t2.op_bytes[k]) / 1e9}
+           for k in set(t1.op_bytes) | set(t2.op_bytes) if k[0] not in ("matmul", "attention")]
     out = {"model": f"{name}@{size}", "batch": batch, "weights": weights, "rows": rows, "step_ms": 1e3 * total_s,
-           "memory_ops_gb": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+           "memory_ops": sorted(ops, key=lambda x: -x["gb"]),
            "ceiling_mfu": model_flops / total_s / (tflops * 1e12), "model_tflop": model_flops / 1e12}
     if compiled:
         # each block's memory-bound operations as eager runs them, then as its compiled kernels move them
@@ -285,15 +308,19 @@ def main() -> None:
     ap.add_argument("--weights", default="autocast", choices=["autocast", "bf16"],
                     help="autocast: fp32 weights under bf16 autocast (--precision bf16); bf16: the model in bf16, "
                          "cast from fp32 masters once per step (--precision bf16-params)")
+    ap.add_argument("--device", default="cpu", help="where the step runs to be counted: cpu, or cuda (the GPU's "
+                    "own autocast, attention kernel and, compiled, inductor's GPU kernels)")
+    ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
                     help="also estimate the step with its blocks compiled (inductor compiles each kind of "
                          "block twice on the CPU: minutes)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    results = []
     for item in args.models.split(","):
         name, size, batch = item.split(":")
         r = roofline(name, int(size), int(batch), args.peak_tflops, args.matmul_tflops, args.bandwidth_tbs,
-                     args.compiled, args.weights)
+                     args.compiled, args.weights, args.device)
+        results.append(r)
         print(f"\n{r['model']} batch {r['batch']}, weights {r['weights']}: {r['model_tflop']:.1f} TFLOP per step; "
               f"roofline {r['step_ms']:.1f} ms per step -> MFU ceiling {r['ceiling_mfu']:.1%}")
         print(f"  {'kind':<15}{'GFLOP':>10}{'GB':>9}{'ms':>8}{'share':>8}  bound    calls (batch 2)")
@@ -302,14 +329,16 @@ def main() -> None:
                   f"  {x['bound']:<8} {x['calls']}")
         memory_total = sum(x["gb"] for x in r["rows"] if x["kind"] not in ("matmul", "attention"))
         print(f"  memory-bound operations with the most bytes ({memory_total:.1f} GB in all):")
-        for (kind, op), gb in list(r["memory_ops_gb"].items())[:args.ops]:
-            print(f"    {op:<40}{kind:<15}{gb:>7.1f} GB {gb / memory_total:>6.1%}")
+        for x in r["memory_ops"][:args.ops]:
+            print(f"    {x['op']:<40}{x['kind']:<15}{x['gb']:>7.1f} GB {x['gb'] / memory_total:>6.1%}")
         if args.compiled:
             print(f"  blocks compiled: roofline {r['compiled_step_ms']:.1f} ms per step -> MFU ceiling "
                   f"{r['compiled_ceiling_mfu']:.1%}; memory-bound bytes per block, eager -> compiled:")
             for x in r["blocks"]:
                 print(f"    {x['kind']:<20} x{x['count']:<3} {x['eager_gb']:7.2f} -> {x['compiled_gb']:7.2f} GB "
                       f"({x['compiled_gb'] / x['eager_gb']:.0%})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -31,3 +31,19 @@ def test_the_step_s_counted_flops_are_egoscale_s_flop_formula():
     counted = sum(x["gflop"] for x in r["rows"] if x["kind"] in ("matmul", "attention")) * 1e9
     assert counted == pytest.approx(r["model_tflop"] * 1e12, rel=0.03)
     assert 0 < r["ceiling_mfu"] < 774 / 989
+
+
+def test_gpu_kernel_names_are_read_as_the_roofline_s_kinds():
+    # names as cuBLAS, cuDNN, PyTorch and inductor give their kernels in an H200 profile
+    names = {"nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTN": "matmul",
+             "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "matmul",
+             "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_3_64x128x128": "attention",
+             "void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda": "copies, casts",
+             "void at::native::(anonymous namespace)::CatArrayBatchedCopy<float>": "copies, casts",
+             "void at::native::_scatter_gather_elementwise_kernel<128, 4>": "elementwise",
+             "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float>>": "reductions",
+             "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float>": "layer norm",
+             "void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor<float, 4>>": "optimizer",
+             "triton_per_fused_add_native_layer_norm_0": "fused (compiled)",
+             "aten::addmm": "matmul", "aten::native_layer_norm_backward": "layer norm"}
+    assert {n: step_roofline.kernel_kind(n) for n in names} == names
