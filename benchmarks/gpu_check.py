@@ -6,14 +6,13 @@
 
 Checks, each in its own process so that one failure does not stop the rest:
   mfu          MAE training step of ViT-B/14@224, ViT-H/14@224 and @476: img/s and MFU for each
-               --precisions (bf16 autocast; bf16-params: weights cast once per step by FSDP2's
-               policy), eager and per-block compiled (compile time = the first step's extra time;
+               --precisions (bf16 autocast; bf16-params: the model in bf16, fp32 masters cast
+               once per step), eager and per-block compiled (compile time = the first step's extra time;
                graphs added after the first step); on top of compilation, twice the batch (H/14@224)
                and CUDA graphs (torch.compile's reduce-overhead mode: B/14, H/14@224); eager for B/14
                and H/14@224: timm's Block in place of egoscale's (the q/k/v split,
                benchmarks/block_vs_timm.py), attention as batched matmuls instead of the fused SDPA
-               kernel, and the weights cast to bf16 once per step without FSDP ("bf16-cast", not a
-               pretrain option)
+               kernel, and bf16-params (a bf16 copy of the model) eager and compiled
   loader       frames/s of one loader worker (decode, crop, resize, collate) at 224 and 476 px, and
                the workers a step at the measured speed needs
   real-data    world -> ingest -> `egoscale pretrain` from JPEG shards in each precision, eager and
@@ -97,9 +96,8 @@ class Check:
         # top of compilation, twice the batch (H/14@224) and CUDA graphs (reduce-overhead); eager,
         # timm's transformer block in place of egoscale's (same weights: what splitting q/k/v along
         # the projection's layout saves), attention as batched matmuls instead of the fused SDPA
-        # kernel (the encoder's 52-token sequences are short for flash kernels), and "bf16-cast",
-        # the weights cast to bf16 once per step in a plain process (torch.func.functional_call, no
-        # autocast, no FSDP: is FSDP2's overhead what makes bf16-params slower on one GPU?)
+        # kernel (the encoder's 52-token sequences are short for flash kernels); and bf16-params
+        # eager and compiled (a bf16 copy of the model in one process: the roofline's highest ceiling)
         def case(model, size, batch, compile=None, blocks="egoscale", modes=None, attention="sdpa"):
             return dict(model=model, size=size, batch=batch, compile=compile, blocks=blocks, modes=modes,
                         attention=attention)
@@ -108,7 +106,7 @@ class Check:
             p = ("vit_pico4", 32, 16)
             cases = [case(*p), case(*p, "default"), case("vit_pico4", 32, 32, "default"),
                      case(*p, "reduce-overhead"), case(*p, blocks="timm"), case(*p, attention="matmul"),
-                     case(*p, modes=["bf16-cast"])]
+                     case(*p, modes=["bf16-params"]), case(*p, "default", modes=["bf16-params"])]
         else:
             b14, h14 = ("vit_b14", 224, 256), ("vit_h14", 224, 128)
             cases = [case(*m, c) for m in (b14, h14, ("vit_h14", 476, 32)) for c in (None, "default")]
@@ -116,7 +114,7 @@ class Check:
                       case(*h14, "reduce-overhead")]
             cases += [case(*m, **lever) for m in (b14, h14) for lever in (
                 dict(blocks="timm", modes=["bf16"]), dict(attention="matmul", modes=["bf16"]),
-                dict(modes=["bf16-cast"]))]
+                dict(modes=["bf16-params"]), dict(compile="default", modes=["bf16-params"]))]
         out, rows, failed = [], [], []
         for c in cases:
             spec = json.dumps({**c, "batches": [c["batch"]], "compile_mode": c["compile"],
@@ -329,7 +327,7 @@ from torch._dynamo.utils import counters
 from egoscale.models import build_mae, get_spec
 from egoscale.models.flops import mae_train_flops
 from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import CUDA_GRAPH_MODES, Dist, cleanup, compile_blocks, keep_grad_buffers, parallelize
+from egoscale.train.distributed import CUDA_GRAPH_MODES, Dist, cleanup, fully_sharded, keep_grad_buffers, parallelize
 from egoscale.train.loop import adamw, device_peak_tflops
 a = json.loads(sys.argv[1])
 graphs_mode = a["compile_mode"] in CUDA_GRAPH_MODES
@@ -338,7 +336,7 @@ spec = get_spec(a["model"], img_size=a["size"])
 sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 peak = device_peak_tflops(dev)
 for mode in a["modes"]:
-    # the same path as `egoscale pretrain`: parallelize (FSDP2's policy for bf16-params), fused AdamW
+    # the same path as `egoscale pretrain`: parallelize (compilation; bf16-params), fused AdamW
     torch.manual_seed(0)
     mae = build_mae(spec, mask_ratio=0.8).to(dev)
     if a["blocks"] == "timm":  # timm's Block with the same weights (benchmarks/block_vs_timm.py)
@@ -350,15 +348,11 @@ for mode in a["modes"]:
         if hasattr(m, "fused_attn"):
             m.fused_attn = a["attention"] == "sdpa"
     params = mode == "bf16-params"
-    if a["compile_mode"]:
-        compile_blocks(mae, mode=a["compile_mode"])
-    module = parallelize(mae, Dist(device=dev), bf16_params=params)
-    if mode == "bf16-cast":  # the whole model in bf16, its fp32 weights cast once per step
-        from torch.func import functional_call
-        def module(x, _m=mae):
-            return functional_call(_m, {n: p.to(torch.bfloat16) for n, p in _m.named_parameters()},
-                                   (x.to(torch.bfloat16),))
-    opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, sharded=params, betas=(0.9, 0.95))
+    d = Dist(device=dev)
+    module = parallelize(mae, d, bf16_params=params, compile=bool(a["compile_mode"]),
+                         compile_mode=a["compile_mode"] or "default")
+    opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, sharded=fully_sharded(d, False, params),
+                betas=(0.9, 0.95))
     if graphs_mode:  # as the Trainer does for CUDA graphs
         keep_grad_buffers(mae.parameters())
     for batch in a["batches"]:
@@ -398,7 +392,7 @@ from collections import defaultdict
 from torch.profiler import ProfilerActivity, profile
 from egoscale.models import build_mae, get_spec
 from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import Dist, cleanup, parallelize
+from egoscale.train.distributed import Dist, cleanup, fully_sharded, parallelize
 from egoscale.train.loop import adamw
 name, size, batch, mode, compile_ = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
 sys.path.insert(0, sys.argv[6])
@@ -408,8 +402,9 @@ sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 mae = build_mae(get_spec(name, img_size=size), mask_ratio=0.8).to(dev)
 choose_attention(mae, dev, True)
 params = mode == "bf16-params"
-module = parallelize(mae, Dist(device=dev), compile=compile_, bf16_params=params)
-opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, sharded=params)
+d = Dist(device=dev)
+module = parallelize(mae, d, compile=compile_, bf16_params=params)
+opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, sharded=fully_sharded(d, False, params))
 x = torch.randn(batch, 3, size, size, device=dev)
 def step():
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=not params):

@@ -9,7 +9,7 @@ import torch
 from egoscale.data.loader import normalize_batch
 from egoscale.models import build_mae, get_spec
 from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import Dist, cleanup, parallelize
+from egoscale.train.distributed import Dist, cleanup, fully_sharded, parallelize
 from egoscale.train.loop import adamw
 
 pytestmark = [pytest.mark.gpu,
@@ -22,8 +22,10 @@ def _mae(bf16_params: bool, fsdp: bool = False):
     torch.manual_seed(0)
     mae = build_mae(get_spec("vit_s14", img_size=112), mask_ratio=0.8).to(DEV)
     assert choose_attention(mae, DEV, bf16=True) == "sdpa"
-    module = parallelize(mae, Dist(device=DEV), bf16_params=bf16_params, fsdp=fsdp)
-    opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, DEV, sharded=bf16_params or fsdp)
+    d = Dist(device=DEV)
+    module = parallelize(mae, d, bf16_params=bf16_params, fsdp=fsdp)
+    opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, DEV,
+                sharded=fully_sharded(d, fsdp, bf16_params))
     return mae, module, opt
 
 
@@ -45,7 +47,8 @@ def mode(request):
 def test_the_blocks_run_in_bf16_and_the_loss_and_master_weights_stay_fp32(mode):
     mae, module, opt = _mae(mode == "bf16-params")
     seen = []
-    qkv = mae.encoder.blocks[0].attn.qkv
+    running = module.model if mode == "bf16-params" else mae  # one process: a bf16 copy of the model runs
+    qkv = running.encoder.blocks[0].attn.qkv
     qkv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     loss = _step(module, opt, torch.randn(8, 3, 112, 112, device=DEV), autocast=mode == "bf16")
     assert seen == [torch.bfloat16] and loss.dtype == torch.float32

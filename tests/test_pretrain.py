@@ -243,45 +243,75 @@ def test_compiled_blocks_match_eager_and_compile_once():
 
 
 def test_bf16_params_matches_autocast_within_bf16_rounding():
-    # --precision bf16-params: FSDP2's mixed-precision policy on a plain process casts the fp32
-    # weights to bf16 once per step; same loss and gradients as bf16 autocast within bf16 rounding,
-    # gradients and master weights stay fp32, names and values load back unchanged
+    # --precision bf16-params in one process: a bf16 copy of the model runs, from fp32 master weights
+    # cast once per step; same loss and gradients as bf16 autocast within bf16 rounding, gradients
+    # and master weights fp32, names and values load back unchanged
     import copy
 
     from egoscale.models import build_mae, get_spec
-    from egoscale.train.distributed import cleanup, parallelize
+    from egoscale.train.distributed import parallelize
     from egoscale.train.loop import adamw
 
     torch.manual_seed(0)
     ref = build_mae(get_spec("vit_pico4"), mask_ratio=0.75)
     mae = copy.deepcopy(ref)
-    try:
-        module = parallelize(mae, Dist(), bf16_params=True)
-        seen = []
-        hook = mae.encoder.blocks[0].attn.qkv.register_forward_hook(lambda m, i, o: seen.append((m.weight.dtype,
-                                                                                                  o.dtype)))
-        x = torch.randn(8, 3, 32, 32)
-        got = module(x, generator=torch.Generator().manual_seed(1)).loss
-        hook.remove()
-        got.backward()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            want = ref(x, generator=torch.Generator().manual_seed(1)).loss
-        want.backward()
-        assert seen == [(torch.bfloat16, torch.bfloat16)] and got.dtype == torch.float32
-        got, want = float(got.detach()), float(want.detach())
-        assert abs(got - want) < 0.01 * want and got != want
-        for (name, p), q in zip(mae.named_parameters(), ref.parameters()):
-            if not p.requires_grad:  # the fixed sin-cos tables
-                continue
-            g = p.grad.full_tensor()
-            assert p.dtype == g.dtype == torch.float32, name
-            cos = torch.nn.functional.cosine_similarity(g.flatten(), q.grad.flatten(), dim=0)
-            assert cos > 0.99, (name, float(cos))
-        opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-3, torch.device("cpu"), sharded=True)
-        opt.step()
-        assert not torch.equal(mae.state_dict()["mask_token"].full_tensor(), ref.mask_token)
-    finally:
-        cleanup()
+    module = parallelize(mae, Dist(), bf16_params=True)
+    seen = []
+    hook = module.model.encoder.blocks[0].attn.qkv.register_forward_hook(
+        lambda m, i, o: seen.append((m.weight.dtype, o.dtype)))
+    x = torch.randn(8, 3, 32, 32)
+    got = module(x, generator=torch.Generator().manual_seed(1)).loss
+    hook.remove()
+    got.backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = ref(x, generator=torch.Generator().manual_seed(1)).loss
+    want.backward()
+    assert seen == [(torch.bfloat16, torch.bfloat16)] and got.dtype == torch.float32
+    got, want = float(got.detach()), float(want.detach())
+    assert abs(got - want) < 0.01 * want and got != want
+    for (name, p), q in zip(mae.named_parameters(), ref.parameters()):
+        if not p.requires_grad:  # the fixed sin-cos tables
+            continue
+        assert p.dtype == p.grad.dtype == torch.float32, name
+        cos = torch.nn.functional.cosine_similarity(p.grad.flatten(), q.grad.flatten(), dim=0)
+        assert cos > 0.99, (name, float(cos))
+    assert all(p.grad is None for p in module.model.parameters())  # moved to the masters, not kept twice
+    opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-3, torch.device("cpu"))
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    assert not torch.equal(mae.mask_token, ref.mask_token)
+    assert list(mae.state_dict()) == list(ref.state_dict())
+    # the next forward runs the stepped weights
+    module(x)
+    assert torch.equal(module.model.mask_token, mae.mask_token.to(torch.bfloat16))
+
+
+def test_bf16_params_accumulates_micro_steps_in_fp32_and_follows_loaded_weights():
+    from egoscale.models import build_mae, get_spec
+    from egoscale.train.mixed_precision import Bf16Model
+
+    torch.manual_seed(0)
+    mae = build_mae(get_spec("vit_pico4"), mask_ratio=0.75)
+    module = Bf16Model(mae)
+    xs = torch.randn(2, 4, 3, 32, 32)
+    grads = []
+    for x in xs:  # each micro-step's gradient alone, as fp32
+        module(x, generator=torch.Generator().manual_seed(2)).loss.backward()
+        grads.append(mae.decoder_pred.weight.grad.clone())
+        mae.zero_grad(set_to_none=True)
+    for x in xs:  # both, accumulated
+        module(x, generator=torch.Generator().manual_seed(2)).loss.backward()
+    assert torch.equal(mae.decoder_pred.weight.grad, grads[0] + grads[1])
+    # weights loaded into the masters (a resumed run) reach the bf16 copy before its next forward
+    other = build_mae(get_spec("vit_pico4"), mask_ratio=0.75)
+    mae.load_state_dict(other.state_dict())
+    module(xs[0])
+    assert torch.equal(module.model.decoder_pred.weight, other.decoder_pred.weight.to(torch.bfloat16))
+    # a compiled master would be copied with compiled code that still runs the master itself
+    from egoscale.train.distributed import compile_blocks
+    compile_blocks(other)
+    with pytest.raises(ValueError, match="compile the copy"):
+        Bf16Model(other)
 
 
 @pytest.mark.slow

@@ -113,27 +113,41 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def fully_sharded(d: Dist, fsdp: bool, bf16_params: bool) -> bool:
+    """Whether `parallelize` wraps the model with FSDP2's `fully_shard` (its parameters become
+    DTensors: the optimizer and checkpoints treat them so): for --fsdp, and for bf16-params over
+    several processes."""
+    return fsdp or (bf16_params and d.enabled)
+
+
 def parallelize(model: nn.Module, d: Dist, fsdp: bool = False, grad_checkpointing: bool = False,
                 compile: bool = False, bf16_params: bool = False, compile_mode: str = "default") -> nn.Module:
     """Apply activation checkpointing, torch.compile (per block, in `compile_mode`), and FSDP or DDP
     to a built model.
 
     With FSDP (PyTorch's `fully_shard`), each transformer block is its own shard unit so that
-    only one block's full weights exist at a time. `bf16_params` also goes through
-    `fully_shard`, on any number of processes (one included), for its mixed-precision policy:
-    the fp32 master weights are cast to bf16 once per step and the whole model runs in bf16,
-    with no autocast re-casting weights and activations op by op; gradients are reduced and
-    kept in fp32. Without `fsdp` the bf16 weights stay for the backward pass (no re-gather:
-    memory as DDP's); with it they are freed after each block's forward.
-    Returns the module to call for training; `model` still holds the (possibly sharded)
-    parameters.
+    only one block's full weights exist at a time. `bf16_params` runs the whole model in bf16
+    from fp32 master weights cast once per step, with no autocast re-casting weights and
+    activations op by op; gradients are reduced and kept in fp32. In one process without `fsdp`
+    a bf16 copy of the model does it (`mixed_precision.Bf16Model`); otherwise FSDP2's
+    mixed-precision policy, where without `fsdp` the bf16 weights stay for the backward pass (no
+    re-gather: memory as DDP's) and with it they are freed after each block's forward.
+    Returns the module to call for training; `model` still holds the (possibly sharded) fp32
+    parameters that the optimizer steps and checkpoints save.
     """
     for m in model.modules():
         if hasattr(m, "set_grad_checkpointing") and grad_checkpointing:
             m.set_grad_checkpointing(True)
+    if bf16_params and not fully_sharded(d, fsdp, bf16_params):
+        from egoscale.train.mixed_precision import Bf16Model
+
+        wrapped = Bf16Model(model)
+        if compile:  # the copy that runs, compiled for bf16
+            compile_blocks(wrapped.model, mode=compile_mode)
+        return wrapped
     if compile:
         compile_blocks(model, mode=compile_mode)
-    if fsdp or bf16_params:
+    if fully_sharded(d, fsdp, bf16_params):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         _start_group(d)  # a plain process too: `fully_shard` needs a process group

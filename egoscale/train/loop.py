@@ -48,8 +48,8 @@ class LoopSettings:
     desc: str = "train"
     flops_per_sample: float | None = None  # training FLOPs per sample, for TFLOP/s and MFU
     tokens_per_sample: int | None = None
-    # bf16: the step runs under bf16 autocast; fp32 or bf16-params (the model itself casts
-    # its weights, `distributed.parallelize`): no autocast; auto: bf16 on CUDA, else fp32
+    # bf16: the step runs under bf16 autocast; fp32 or bf16-params (the module runs in bf16
+    # itself, `distributed.parallelize`): no autocast; auto: bf16 on CUDA, else fp32
     precision: str = "auto"
     image_every: int = 0  # pictures (`Trainer.images`) for the trackers every N steps and at the end; 0: none
     # the module's compiled blocks replay CUDA graphs (`--compile-mode reduce-overhead`): every
@@ -79,9 +79,9 @@ PRECISION_HELP = ("auto (bf16 autocast on CUDA, fp32 on CPU), bf16 (autocast; al
                   "CPU models) or fp32")
 PRETRAIN_PRECISION_HELP = (
     "auto (bf16 on CUDA, fp32 on CPU), bf16 (autocast: fp32 weights, each op cast to bf16 as it runs), "
-    "bf16-params (the model itself runs in bf16: FSDP2's mixed-precision policy casts the fp32 master weights "
-    "once per step and reduces gradients in fp32; for sharded multi-GPU runs, slower than bf16 on one GPU) "
-    "or fp32")
+    "bf16-params (the model itself runs in bf16: the fp32 master weights are cast to it once per step and its "
+    "gradients kept in fp32; in one process by a bf16 copy of the model, over several by FSDP2's mixed-precision "
+    "policy) or fp32")
 
 
 def check_precision(precision: str, choices: tuple[str, ...] = PRECISIONS) -> None:
@@ -157,7 +157,7 @@ class Trainer:
         self.metrics_path = settings.out / "metrics.jsonl"
         # live views of metrics.jsonl (TensorBoard, W&B: `tracking.TrackingConfig`), opened by `fit`
         self.tracking, self.images, self.trackers = tracking, images, None
-        # bf16-params casts inside the model (FSDP2's policy) and needs no autocast
+        # bf16-params runs a bf16 module (`distributed.parallelize`) and needs no autocast
         self.autocast = resolve_precision(settings.precision, d.device, PRETRAIN_PRECISIONS) == "bf16"
 
     # --- checkpoints ----------------------------------------------------------------------
@@ -346,7 +346,7 @@ class Trainer:
                    "stopped_by": stop_reason, "final_loss": last_loss}
         if first_step is not None:
             summary["first_step_seconds"] = round(first_step, 3)
-        if any(getattr(m, "_compiled_call_impl", None) for m in self.model.modules()):
+        if any(getattr(m, "_compiled_call_impl", None) for m in self.module.modules()):  # what ran (a bf16 copy)
             from torch._dynamo.utils import counters
 
             summary["compiled_graphs"] = counters["stats"]["unique_graphs"]  # constant after the first step

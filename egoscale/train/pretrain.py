@@ -23,8 +23,8 @@ from egoscale.models.flops import mae_train_flops
 from egoscale.models.mae import MaskedAutoencoder
 from egoscale.models.registry import get_spec
 from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import (COMPILE_MODES, CUDA_GRAPH_MODES, cleanup, init_distributed, is_main_process,
-                                        parallelize)
+from egoscale.train.distributed import (COMPILE_MODES, CUDA_GRAPH_MODES, cleanup, fully_sharded, init_distributed,
+                                        is_main_process, parallelize)
 from egoscale.runfolder import FolderLock, check_identity, record_config
 from egoscale.train.tracking import TrackingConfig
 from egoscale.train.visualize import reconstruction_grid
@@ -227,7 +227,7 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
     torch.manual_seed(cfg.seed * 7919 + d.rank)  # different masks on every rank
     lr = cfg.default_lr()
     precision = resolve_precision(cfg.precision, d.device, PRETRAIN_PRECISIONS)
-    sharded = cfg.fsdp or precision == "bf16-params"  # both go through FSDP2's fully_shard
+    sharded = fully_sharded(d, cfg.fsdp, precision == "bf16-params")
     attention = choose_attention(mae, d.device, precision != "fp32")
     if d.is_main:
         log(f"pretrain {spec.name} at {spec.img_size}px on {d.device} x{d.world_size}: "
