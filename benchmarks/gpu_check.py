@@ -243,7 +243,12 @@ class Check:
 
     def evaluation(self, kind: str):
         world, _ = self.world()
-        ckpt = self.root / "real-bf16" / "checkpoint.pt"
+        ckpt = self.root / "real-bf16" / "checkpoint.pt"  # the real-data check's, else a short run of its own
+        if not ckpt.is_file():
+            ckpt = self.root / "eval-pretrain" / "checkpoint.pt"
+            if not ckpt.is_file():
+                r = _cli(*self._pretrain_args(ckpt.parent, 10))
+                assert r.returncode == 0, r.stderr[-300:]
         out = self.root / kind
         extra = ["--epochs", "2", "--batch-size", "32"] if kind == "finetune" else ["--epochs", "5"]
         r = _cli(kind, "--checkpoint", str(ckpt), "--train", str(world / "labelled" / "train"), "--val",
@@ -499,12 +504,17 @@ def main() -> None:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)
         c = Check(args.smoke, root, args.minutes, args.precisions.split(","), only)
-        # what no earlier run on a GPU has shown working comes first, measured paths later
+        # what no earlier run on a GPU has shown working comes first, then the step's speed and where
+        # its time goes, then paths measured before
         c.run("matmul", c.matmul)
         c.run("gpu-tests", c.gpu_tests)
         c.run("fsdp", lambda: c.torchrun(True), needs_s=30)
         c.run("fsdp-g14", c.fsdp_g14, needs_s=40)
         c.run("mfu", c.mfu)
+        # where a compiled bf16 step's GPU time goes (B/14 sits further from its goal), beside its roofline
+        c.run("roofline", c.roofline, needs_s=60)
+        for prof in ([("vit_pico4", 32, 16)] if args.smoke else [("vit_b14", 224, 256), ("vit_h14", 224, 128)]):
+            c.run("profile", functools.partial(c.profile, *prof, "bf16", True), needs_s=40)
         for precision in c.precisions:
             for compile_ in (False, True):
                 c.run("real-data", functools.partial(c.real_data, precision, compile_), needs_s=40)
@@ -516,10 +526,6 @@ def main() -> None:
         c.run("ddp", lambda: c.torchrun(False), needs_s=30)
         c.run("grad-ckpt", c.grad_ckpt, needs_s=20)
         c.run("loader", c.loader, needs_s=20)
-        # where a compiled bf16 step's GPU time goes (B/14 sits further from its goal), beside its roofline
-        c.run("roofline", c.roofline, needs_s=60)
-        for prof in ([("vit_pico4", 32, 16)] if args.smoke else [("vit_b14", 224, 256), ("vit_h14", 224, 128)]):
-            c.run("profile", functools.partial(c.profile, *prof, "bf16", True), needs_s=40)
         print("\n| check | result | seconds | what |\n|---|---|---|---|")
         for name, ok, text, sec in c.rows:
             print(f"| {name} | {ok} | {sec:.0f} | {text} |")
