@@ -11,7 +11,7 @@ Checks, each in its own process so that one failure does not stop the rest:
                graphs added after the first step); on top of compilation, twice the batch (H/14@224)
                and CUDA graphs (torch.compile's reduce-overhead mode: B/14, H/14@224); eager for B/14
                and H/14@224: timm's Block in place of egoscale's (the q/k/v split,
-               benchmarks/block_vs_timm.py), attention as batched matmuls instead of the fused SDPA
+               benchmarks/step_ab.py), attention as batched matmuls instead of the fused SDPA
                kernel, and bf16-params (a bf16 copy of the model) eager and compiled
   loader       frames/s of one loader worker (decode, crop, resize, collate) at 224 and 476 px, and
                the workers a step at the measured speed needs
@@ -344,9 +344,9 @@ for mode in a["modes"]:
     # the same path as `egoscale pretrain`: parallelize (compilation; bf16-params), fused AdamW
     torch.manual_seed(0)
     mae = build_mae(spec, mask_ratio=0.8).to(dev)
-    if a["blocks"] == "timm":  # timm's Block with the same weights (benchmarks/block_vs_timm.py)
+    if a["blocks"] == "timm":  # timm's Block with the same weights (benchmarks/step_ab.py)
         sys.path.insert(0, a["bench_dir"])
-        from block_vs_timm import with_timm_blocks
+        from step_ab import with_timm_blocks
         with_timm_blocks(mae)
     choose_attention(mae, dev, True)
     for m in mae.modules():  # matmul: q @ k^T, softmax, @ v (timm's and egoscale's plain path)

@@ -148,29 +148,34 @@ def parallelize(model: nn.Module, d: Dist, fsdp: bool = False, grad_checkpointin
     if compile:
         compile_blocks(model, mode=compile_mode)
     if fully_sharded(d, fsdp, bf16_params):
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        _start_group(d)  # a plain process too: `fully_shard` needs a process group
-        # FSDP2 warns that an output is a view (an in-place op on it would skip its hooks); the
-        # MAE's outputs are only read
-        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view")
-
-        mp = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)} \
-            if bf16_params else {}
-        for m in model.modules():
-            if isinstance(m, nn.Sequential) and any(isinstance(c, Block) for c in m.children()):
-                for blk in m.children():
-                    fully_shard(blk, reshard_after_forward=fsdp, **mp)
-        # the root keeps its weights after forward (FSDP2's default for the root: its backward
-        # starts at once); resharding it as well failed in backward under autocast on a GPU
-        fully_shard(model, **mp)
-        wrapped = model
+        wrapped = shard(model, d, reshard_after_forward=fsdp, bf16_params=bf16_params)
     elif d.enabled:
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
     else:
         wrapped = model
     return wrapped
+
+
+def shard(model: nn.Module, d: Dist, reshard_after_forward: bool, bf16_params: bool) -> nn.Module:
+    """FSDP2's `fully_shard` on each transformer block and on the root (in place; returns `model`),
+    with its bf16 mixed-precision policy for `bf16_params`. A plain process gets a group of one."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    _start_group(d)  # a plain process too: `fully_shard` needs a process group
+    # FSDP2 warns that an output is a view (an in-place op on it would skip its hooks); the
+    # MAE's outputs are only read
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view")
+    mp = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)} \
+        if bf16_params else {}
+    for m in model.modules():
+        if isinstance(m, nn.Sequential) and any(isinstance(c, Block) for c in m.children()):
+            for blk in m.children():
+                fully_shard(blk, reshard_after_forward=reshard_after_forward, **mp)
+    # the root keeps its weights after forward (FSDP2's default for the root: its backward
+    # starts at once); resharding it as well failed in backward under autocast on a GPU
+    fully_shard(model, **mp)
+    return model
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
