@@ -242,6 +242,44 @@ def test_compiled_blocks_match_eager_and_compile_once():
     assert list(mae.state_dict()) == list(ref.state_dict())
 
 
+def test_a_compiled_bf16_copy_compiles_once_and_trains_as_the_eager_one():
+    # bf16-params with --compile compiles the bf16 copy's blocks: 3 graphs at the first step, none
+    # after, although the optimizer changes the masters and they are cast into the copy every step
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    from egoscale.models import build_mae, get_spec
+    from egoscale.train.distributed import compile_blocks
+    from egoscale.train.loop import adamw
+    from egoscale.train.mixed_precision import Bf16Model
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    masters = [build_mae(get_spec("vit_nano4"), mask_ratio=0.75)]
+    masters.append(copy.deepcopy(masters[0]))
+    start = masters[0].decoder_pred.weight.detach().clone()
+    runs = [Bf16Model(m) for m in masters]
+    compile_blocks(runs[1].model, backend="aot_eager")
+    opts = [adamw(m.parameters(), 1e-3, torch.device("cpu")) for m in masters]
+    for step in range(3):
+        x = torch.randn(4, 3, 32, 32)
+        losses = []
+        for run, opt in zip(runs, opts):
+            loss = run(x, generator=torch.Generator().manual_seed(step)).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        torch.testing.assert_close(losses[1], losses[0], rtol=2e-2, atol=0)
+        if step == 0:
+            graphs = counters["stats"]["unique_graphs"]
+    assert graphs == 3 and counters["stats"]["unique_graphs"] == graphs and not counters["recompiles"]
+    moved = [(m.decoder_pred.weight.detach() - start).flatten() for m in masters]  # trained alike
+    assert moved[0].abs().max() > 1e-3 and torch.nn.functional.cosine_similarity(*moved, dim=0) > 0.9
+
+
 def test_bf16_params_matches_autocast_within_bf16_rounding():
     # --precision bf16-params in one process: a bf16 copy of the model runs, from fp32 master weights
     # cast once per step; same loss and gradients as bf16 autocast within bf16 rounding, gradients
