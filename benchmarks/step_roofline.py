@@ -18,8 +18,8 @@ own count) replace the block's memory-bound operations; matmuls and attention st
 Inductor fuses on a CPU much as it does for a GPU, but not identically: an estimate.
 
 The step runs under bf16 autocast with fp32 weights (`--precision bf16`), or with `--weights bf16`
-as a bf16 model whose fp32 master weights are cast into it once per step and its gradients cast
-back (what `--precision bf16-params` does, without FSDP2's own copies).
+as `--precision bf16-params` runs it in one process: a bf16 copy of the model, its fp32 master
+weights cast into it once per step and its gradients added to theirs in fp32.
 
     python benchmarks/step_roofline.py                          # B/14@224 b256, H/14@224 b128, H/14@476 b32
     python benchmarks/step_roofline.py --models vit_b14:224:256 --matmul-tflops 774 --bandwidth-tbs 4.8
@@ -47,11 +47,12 @@ from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sd
 from egoscale.models import build_mae, get_spec
 from egoscale.models.flops import mae_train_flops
 from egoscale.models.vit import choose_attention
+from egoscale.train.distributed import Dist, parallelize
 from egoscale.train.loop import adamw
 
 aten = torch.ops.aten
 GEMMS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm}
-COPIES = {aten._to_copy, aten.copy_, aten.clone, aten.cat, aten.stack}
+COPIES = {aten._to_copy, aten.copy_, aten._foreach_copy_, aten.clone, aten.cat, aten.stack}
 NORMS = {aten.native_layer_norm, aten.native_layer_norm_backward}
 REDUCTIONS = {aten.sum, aten.mean}
 
@@ -135,8 +136,8 @@ class Tally(TorchDispatchMode):
         if not mutated and not fresh:
             return out
         seen, moved = set(), 0
-        if func.overloadpacket is aten.copy_:  # its destination is written, not read
-            seen.add(_key(args[0]))
+        if func.overloadpacket in (aten.copy_, aten._foreach_copy_):  # destinations are written, not read
+            seen.update(_key(t) for t in mutated)
         for t in flat_in:  # read once each
             key = _key(t)
             if key not in seen:
@@ -170,31 +171,29 @@ def tally_steps(name: str, size: int, batches: tuple[int, ...], weights: str = "
     the optimizer's state); and per batch size, each kind of block with its count and the inputs it
     received in that step.
 
-    weights: "autocast" (fp32 weights, bf16 autocast, as `--precision bf16`) or "bf16" (the model
-    in bf16: fp32 master weights cast into it once per step and its gradients cast back, the
-    optimizer on the masters, as `--precision bf16-params`).
+    weights: "autocast" (fp32 weights, bf16 autocast, as `--precision bf16`) or "bf16" (a bf16
+    copy of the model from fp32 masters, as `--precision bf16-params` runs in one process).
     """
     torch.manual_seed(0)
     master = build_mae(get_spec(name, img_size=size), mask_ratio=0.8).to(device)
     bf16 = weights == "bf16"
-    mae = copy.deepcopy(master).to(torch.bfloat16) if bf16 else master
-    choose_attention(mae, torch.device("cuda"), True)  # the fused SDPA kernel, as on a GPU
+    choose_attention(master, torch.device("cuda"), True)  # the fused SDPA kernel, as on a GPU
+    module = parallelize(master, Dist(device=device), bf16_params=bf16)  # the step as egoscale runs it
+    runs = module.model if bf16 else master  # the modules whose kernels run
     opt = adamw([p for p in master.parameters() if p.requires_grad], 1e-4, device, betas=(0.9, 0.95))
-    kinds = {"encoder block": list(mae.encoder.blocks), "decoder block": list(mae.decoder_blocks)[:-1],
-             "last decoder block": list(mae.decoder_blocks)[-1:]}
-    pairs = list(zip(mae.parameters(), master.parameters()))
+    def blocks_of(m):
+        return {"encoder block": list(m.encoder.blocks), "decoder block": list(m.decoder_blocks)[:-1],
+                "last decoder block": list(m.decoder_blocks)[-1:]}
+
+    kinds = blocks_of(runs)
+    # replayed alone, a block must not carry the bf16 copy's gradient hooks (their casts stay the
+    # step's, not the block's): the master's blocks, or a plain bf16 copy of them
+    replays = blocks_of(copy.deepcopy(master).to(torch.bfloat16) if bf16 else master)
 
     def step(batch: int) -> None:
-        if bf16:
-            with torch.no_grad():
-                for p, m in pairs:
-                    p.copy_(m)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=not bf16):
-            loss = mae(torch.randn(batch, 3, size, size, device=device, dtype=torch.bfloat16 if bf16 else None)).loss
+            loss = module(torch.randn(batch, 3, size, size, device=device)).loss
         loss.backward()
-        if bf16:
-            for p, m in pairs:
-                m.grad, p.grad = (p.grad.float() if p.grad is not None else None), None
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -202,8 +201,9 @@ def tally_steps(name: str, size: int, batches: tuple[int, ...], weights: str = "
     tallies, blocks = [], []
     for b in batches:
         seen: dict[str, dict] = {}
-        hooks = [blks[0].register_forward_pre_hook(functools.partial(_keep_inputs, seen, k, len(blks), not bf16),
-                                                   with_kwargs=True) for k, blks in kinds.items() if blks]
+        hooks = [blks[0].register_forward_pre_hook(
+            functools.partial(_keep_inputs, seen, k, replays[k][0], len(blks), not bf16), with_kwargs=True)
+            for k, blks in kinds.items() if blks]
         with Tally() as t:
             step(b)
         for h in hooks:
@@ -213,11 +213,11 @@ def tally_steps(name: str, size: int, batches: tuple[int, ...], weights: str = "
     return tallies, blocks
 
 
-def _keep_inputs(seen: dict, kind: str, count: int, autocast: bool, block, args, kwargs) -> None:
+def _keep_inputs(seen: dict, kind: str, replay, count: int, autocast: bool, block, args, kwargs) -> None:
     """A forward pre-hook: the first inputs a kind of block receives, kept for replaying it alone."""
     if kind not in seen:
         with _disable_current_modes():  # the copies are not the step's
-            seen[kind] = {"block": block, "count": count, "autocast": autocast,
+            seen[kind] = {"block": replay, "count": count, "autocast": autocast,
                           "args": [a.detach().clone() for a in args],
                           "kwargs": {n: v.detach().clone() for n, v in kwargs.items()}}
 
@@ -306,8 +306,8 @@ def main() -> None:
     ap.add_argument("--bandwidth-tbs", type=float, default=4.8, help="memory bandwidth, TB/s")
     ap.add_argument("--ops", type=int, default=8, help="list this many memory-bound operations, most bytes first")
     ap.add_argument("--weights", default="autocast", choices=["autocast", "bf16"],
-                    help="autocast: fp32 weights under bf16 autocast (--precision bf16); bf16: the model in bf16, "
-                         "cast from fp32 masters once per step (--precision bf16-params)")
+                    help="autocast: fp32 weights under bf16 autocast (--precision bf16); bf16: a bf16 copy of the "
+                         "model from fp32 masters (--precision bf16-params in one process)")
     ap.add_argument("--device", default="cpu", help="where the step runs to be counted: cpu, or cuda (the GPU's "
                     "own autocast, attention kernel and, compiled, inductor's GPU kernels)")
     ap.add_argument("--json", default=None, help="also write the results here")
