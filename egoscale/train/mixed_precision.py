@@ -1,8 +1,8 @@
 """`--precision bf16-params` in one process: the model runs in bf16, the optimizer keeps fp32.
 
 Under autocast every matmul re-casts its fp32 weight and the residual stream stays fp32; a bf16
-model moves about a third fewer bytes through the step's memory-bound kernels
-(benchmarks/README.md, "The step's roofline"). Over several processes FSDP2's mixed-precision
+model moves fewer bytes through the step's memory-bound kernels (benchmarks/README.md, "The
+step's roofline"). Over several processes FSDP2's mixed-precision
 policy does this (`distributed.parallelize`); in one process its sharding machinery is overhead,
 so `Bf16Model` does it directly: a bf16 copy of the model runs forward and backward, each of its
 gradients is added in fp32 to the master parameter's as soon as it is ready, and the masters
@@ -34,7 +34,7 @@ def _grad_to_master(master: torch.Tensor, param: torch.Tensor) -> None:
 
 
 class Bf16Model(nn.Module):
-    """Runs `model` in bf16 while `model` keeps its fp32 parameters; call it as the model.
+    """Runs a bf16 copy of `master`, whose fp32 parameters stay the ones trained; call it as the model.
 
     `.model` is the bf16 copy that runs (compile or hook that one); floating inputs are cast to
     bf16. The masters' gradients are fp32 once backward has finished.
