@@ -336,53 +336,29 @@ class Check:
 _MFU_CHILD = r"""
 import json, sys, time, torch
 from torch._dynamo.utils import counters
-from egoscale.models import build_mae, get_spec
+from egoscale.models import get_spec
 from egoscale.models.flops import mae_train_flops
-from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import CUDA_GRAPH_MODES, Dist, cleanup, fully_sharded, keep_grad_buffers, parallelize
-from egoscale.train.loop import adamw, device_peak_tflops
+from egoscale.train.distributed import cleanup
+from egoscale.train.loop import device_peak_tflops
 a = json.loads(sys.argv[1])
-graphs_mode = a["compile_mode"] in CUDA_GRAPH_MODES
+sys.path.insert(0, a["bench_dir"])
+from training_step import build  # the step as `egoscale pretrain` runs it
 dev = torch.device(a["device"], 0) if a["device"] == "cuda" else torch.device(a["device"])
 spec = get_spec(a["model"], img_size=a["size"])
 sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 peak = device_peak_tflops(dev)
 for mode in a["modes"]:
-    # the same path as `egoscale pretrain`: parallelize (compilation; bf16-params), fused AdamW
-    torch.manual_seed(0)
-    mae = build_mae(spec, mask_ratio=0.8).to(dev)
-    if a["blocks"] == "timm":  # timm's Block with the same weights (benchmarks/step_ab.py)
-        sys.path.insert(0, a["bench_dir"])
-        from step_ab import with_timm_blocks
-        with_timm_blocks(mae)
-    choose_attention(mae, dev, True)
-    for m in mae.modules():  # matmul: q @ k^T, softmax, @ v (timm's and egoscale's plain path)
-        if hasattr(m, "fused_attn"):
-            m.fused_attn = a["attention"] == "sdpa"
-    params = mode == "bf16-params"
-    d = Dist(device=dev)
-    module = parallelize(mae, d, bf16_params=params, compile=bool(a["compile_mode"]),
-                         compile_mode=a["compile_mode"] or "default")
-    opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, sharded=fully_sharded(d, False, params),
-                betas=(0.9, 0.95))
-    if graphs_mode:  # as the Trainer does for CUDA graphs
-        keep_grad_buffers(mae.parameters())
+    step = build(spec, dev, mode, a["compile_mode"], a["blocks"], a["attention"])
     for batch in a["batches"]:
         x = torch.randn(batch, 3, a["size"], a["size"], device=dev)
-        def step():
-            if graphs_mode:
-                torch.compiler.cudagraph_mark_step_begin()
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
-                loss = module(x).loss
-            loss.backward(); opt.step(); opt.zero_grad(set_to_none=not graphs_mode)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter(); step(); sync(); first = time.perf_counter() - t
+        t = time.perf_counter(); step(x); sync(); first = time.perf_counter() - t
         graphs = counters["stats"]["unique_graphs"]
-        step(); step(); sync()
+        step(x); step(x); sync()
         t = time.perf_counter()
         for _ in range(a["steps"]):
-            step()
+            step(x)
         sync()
         dt = (time.perf_counter() - t) / a["steps"]
         tf = mae_train_flops(spec, a["size"], 0.8) * batch / dt / 1e12
@@ -392,7 +368,7 @@ for mode in a["modes"]:
             "img_s": batch / dt, "tflops": tf, "mfu": tf / peak if peak else None, "step_s": dt,
             "first_s": first - dt, "graphs_after_first": counters["stats"]["unique_graphs"] - graphs,
             "mem_gb": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0}), flush=True)
-    del mae, module, opt
+    del step
     if dev.type == "cuda":
         torch.cuda.empty_cache()
 cleanup()
@@ -402,34 +378,24 @@ _PROFILE_CHILD = r"""
 import json, sys, time, torch
 from collections import defaultdict
 from torch.profiler import ProfilerActivity, profile
-from egoscale.models import build_mae, get_spec
-from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import Dist, cleanup, fully_sharded, parallelize
-from egoscale.train.loop import adamw
+from egoscale.models import get_spec
+from egoscale.train.distributed import cleanup
 name, size, batch, mode, compile_ = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1"
 sys.path.insert(0, sys.argv[6])
 from step_roofline import kernel_kind
+from training_step import build
 dev = torch.device(sys.argv[7], 0) if sys.argv[7] == "cuda" else torch.device(sys.argv[7])
 sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-mae = build_mae(get_spec(name, img_size=size), mask_ratio=0.8).to(dev)
-choose_attention(mae, dev, True)
-params = mode == "bf16-params"
-d = Dist(device=dev)
-module = parallelize(mae, d, compile=compile_, bf16_params=params)
-opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, sharded=fully_sharded(d, False, params))
+train_step = build(get_spec(name, img_size=size), dev, mode, "default" if compile_ else None)
 x = torch.randn(batch, 3, size, size, device=dev)
-def step():
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=not params):
-        loss = module(x).loss
-    loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
 for _ in range(3):
-    step()
+    train_step(x)
 sync()
 n = 3
 with profile(activities=[ProfilerActivity.CUDA if dev.type == "cuda" else ProfilerActivity.CPU]) as prof:
     t = time.perf_counter()
     for _ in range(n):
-        step()
+        train_step(x)
     sync()
     wall = (time.perf_counter() - t) / n
 # device events only (kernels, copies): each kernel's own time once

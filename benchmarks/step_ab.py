@@ -16,54 +16,35 @@ mixed_precision.py) and as FSDP2's mixed-precision policy runs it on a group of 
 several processes use).
 
 Each way gets its own model and fused AdamW, same initial weights and input; rounds alternate
-the order; the median step time of each, and each against the first.
+the order; the median step time of each, and each against the first (benchmarks/training_step.py
+builds and runs the step as `egoscale pretrain` does).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import time
 
 import torch
-from timm.models.vision_transformer import Block as TimmBlock
 
-from egoscale.models import build_mae, get_spec
+from egoscale.models import get_spec
 from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import Dist, cleanup, parallelize, shard
+from egoscale.train.distributed import Dist, cleanup, shard
 from egoscale.train.loop import adamw
+from training_step import TrainingStep, build
 
 
-def with_timm_blocks(mae: torch.nn.Module) -> torch.nn.Module:
-    """Swap the MAE's blocks (but the decoder's rows-only last one) for timm's, same weights."""
-    enc, dec = mae.encoder.blocks, mae.decoder_blocks
-    for seq, n in ((enc, len(enc)), (dec, len(dec) - 1)):
-        for i in range(n):
-            ours = seq[i]
-            dim = ours.norm1.normalized_shape[0]
-            theirs = TimmBlock(dim, ours.attn.heads, mlp_ratio=ours.mlp.fc1.out_features / dim, qkv_bias=True,
-                               norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6))
-            theirs.load_state_dict(ours.state_dict())
-            seq[i] = theirs.to(ours.norm1.weight.device)
-    return mae
-
-
-def build(way: str, spec, dev: torch.device, bf16: bool):
-    """(module to call, optimizer, autocast on?) for one way of running the step."""
-    torch.manual_seed(0)
-    mae = build_mae(spec, mask_ratio=0.8).to(dev)
-    if way == "timm":
-        with_timm_blocks(mae)
-    choose_attention(mae, dev, bf16)
-    params = way in ("bf16-params", "fsdp2 bf16-params")
+def build_way(way: str, spec, dev: torch.device, bf16: bool) -> TrainingStep:
     if way == "fsdp2 bf16-params":  # FSDP2's policy on a group of one, as several processes run it
-        module = shard(mae, Dist(device=dev), reshard_after_forward=False, bf16_params=True)
-    else:
-        module = parallelize(mae, Dist(device=dev), bf16_params=params)
-    opt = adamw([p for p in mae.parameters() if p.requires_grad], 1e-4, dev, sharded=way == "fsdp2 bf16-params",
-                betas=(0.9, 0.95))
-    return module, opt, bf16 and not params
+        step = build(spec, dev, "fp32")  # the fp32 model; FSDP2 then runs it in bf16
+        choose_attention(step.model, dev, bf16=True)
+        module = shard(step.model, Dist(device=dev), reshard_after_forward=False, bf16_params=True)
+        opt = adamw([p for p in step.model.parameters() if p.requires_grad], 1e-4, dev, sharded=True,
+                    betas=(0.9, 0.95))
+        return TrainingStep(step.model, module, opt, autocast=False)
+    precision = "bf16-params" if way == "bf16-params" else "bf16" if bf16 else "fp32"
+    return build(spec, dev, precision, blocks="timm" if way == "timm" else "egoscale")
 
 
 WAYS = {"timm": ("egoscale", "timm"), "bf16-params": ("autocast", "bf16-params", "fsdp2 bf16-params")}
@@ -85,21 +66,16 @@ def main() -> None:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     spec = get_spec(args.model, img_size=args.img_size)
     ways = WAYS[args.compare]
-    built = {w: build(w, spec, dev, bf16) for w in ways}
+    built = {w: build_way(w, spec, dev, bf16) for w in ways}
     x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=dev)
     times: dict[str, list[float]] = {w: [] for w in ways}
     try:
         for r in range(args.rounds):
             for w in ways[r % len(ways):] + ways[:r % len(ways)]:  # each way goes first in turn
-                module, opt, autocast = built[w]
                 for i in range(args.steps + 1):
                     sync()
                     t = time.perf_counter()
-                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-                        loss = module(x).loss
-                    loss.backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
+                    built[w](x)
                     sync()
                     if i:
                         times[w].append(time.perf_counter() - t)

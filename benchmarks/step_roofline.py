@@ -44,11 +44,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
-from egoscale.models import build_mae, get_spec
+from egoscale.models import get_spec
 from egoscale.models.flops import mae_train_flops
-from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import Dist, parallelize
-from egoscale.train.loop import adamw
+from training_step import build
 
 aten = torch.ops.aten
 GEMMS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm}
@@ -174,13 +172,11 @@ def tally_steps(name: str, size: int, batches: tuple[int, ...], weights: str = "
     weights: "autocast" (fp32 weights, bf16 autocast, as `--precision bf16`) or "bf16" (a bf16
     copy of the model from fp32 masters, as `--precision bf16-params` runs in one process).
     """
-    torch.manual_seed(0)
-    master = build_mae(get_spec(name, img_size=size), mask_ratio=0.8).to(device)
     bf16 = weights == "bf16"
-    choose_attention(master, torch.device("cuda"), True)  # the fused SDPA kernel, as on a GPU
-    module = parallelize(master, Dist(device=device), bf16_params=bf16)  # the step as egoscale runs it
-    runs = module.model if bf16 else master  # the modules whose kernels run
-    opt = adamw([p for p in master.parameters() if p.requires_grad], 1e-4, device, betas=(0.9, 0.95))
+    # the fused SDPA kernel, as on a GPU
+    step = build(get_spec(name, img_size=size), device, "bf16-params" if bf16 else "bf16", attention="sdpa")
+    master, runs = step.model, step.module.model if bf16 else step.model  # runs: the modules whose kernels run
+
     def blocks_of(m):
         return {"encoder block": list(m.encoder.blocks), "decoder block": list(m.decoder_blocks)[:-1],
                 "last decoder block": list(m.decoder_blocks)[-1:]}
@@ -190,22 +186,16 @@ def tally_steps(name: str, size: int, batches: tuple[int, ...], weights: str = "
     # step's, not the block's): the master's blocks, or a plain bf16 copy of them
     replays = blocks_of(copy.deepcopy(master).to(torch.bfloat16) if bf16 else master)
 
-    def step(batch: int) -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=not bf16):
-            loss = module(torch.randn(batch, 3, size, size, device=device)).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    step(batches[0])
+    step(torch.randn(batches[0], 3, size, size, device=device))
     tallies, blocks = [], []
     for b in batches:
         seen: dict[str, dict] = {}
         hooks = [blks[0].register_forward_pre_hook(
             functools.partial(_keep_inputs, seen, k, replays[k][0], len(blks), not bf16), with_kwargs=True)
             for k, blks in kinds.items() if blks]
+        x = torch.randn(b, 3, size, size, device=device)
         with Tally() as t:
-            step(b)
+            step(x)
         for h in hooks:
             h.remove()
         tallies.append(t)
