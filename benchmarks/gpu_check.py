@@ -272,7 +272,7 @@ class Check:
         models = "vit_pico4:32:16" if self.smoke else "vit_b14:224:256,vit_h14:224:128"
         r = subprocess.run([PY, str(Path(__file__).parent / "step_roofline.py"), "--device", self.dev, "--models",
                             models, "--ops", "0", "--json", str(out),
-                            "--matmul-tflops", f"{self.details.get('matmul_tflops', 774.0):.0f}",
+                            "--matmul-tflops", f"{self.details.get('matmul_tflops', 774.0):.4g}",
                             *(["--no-compiled"] if self.smoke else [])], capture_output=True, text=True, timeout=600)
         if r.returncode:
             return False, (r.stderr.strip().splitlines() or ["?"])[-1][:200]
