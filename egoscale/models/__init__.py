@@ -1,14 +1,32 @@
-"""The ViT encoder family, the masked autoencoder, and checkpoint I/O."""
+"""The ViT encoder family, the masked autoencoder, and checkpoint I/O.
 
-from egoscale.models.checkpoint import (LoadReport, export_safetensors, import_safetensors, load_mae,
-                                        load_model, load_vit, read_checkpoint, save_checkpoint, save_mae,
-                                        save_vit)
-from egoscale.models.flops import mae_train_flops, vit_gflops
-from egoscale.models.mae import MaskedAutoencoder, build_mae
-from egoscale.models.registry import ViTSpec, get_spec, list_models, register
-from egoscale.models.vit import VisionTransformer, build_vit, choose_attention, count_params
+Names are imported from their modules on first use: the registry and the FLOP counts need
+neither torch nor timm, so `egoscale fit`, `egoscale models` and a sweep's own process start
+without loading them (timm's import alone brings in torchvision and torch's compiler).
+"""
 
-__all__ = ["LoadReport", "MaskedAutoencoder", "ViTSpec", "VisionTransformer", "build_mae", "build_vit",
-           "choose_attention", "count_params", "export_safetensors", "get_spec", "import_safetensors",
-           "list_models", "load_mae", "load_model", "load_vit", "mae_train_flops", "read_checkpoint", "register",
-           "save_checkpoint", "save_mae", "save_vit", "vit_gflops"]
+from importlib import import_module
+
+_WHERE = {
+    "egoscale.models.checkpoint": ["LoadReport", "export_safetensors", "import_safetensors", "load_mae",
+                                   "load_model", "load_vit", "read_checkpoint", "save_checkpoint", "save_mae",
+                                   "save_vit"],
+    "egoscale.models.flops": ["mae_train_flops", "vit_gflops"],
+    "egoscale.models.mae": ["MaskedAutoencoder", "build_mae"],
+    "egoscale.models.registry": ["ViTSpec", "get_spec", "list_models", "register"],
+    "egoscale.models.vit": ["VisionTransformer", "build_vit", "choose_attention", "count_params"],
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+
+def __getattr__(name):
+    if name in _MODULE_OF:
+        return getattr(import_module(_MODULE_OF[name]), name)
+    raise AttributeError(f"module 'egoscale.models' has no attribute {name!r}")
+
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __dir__():
+    return __all__
