@@ -171,7 +171,7 @@ def _train_head(cfg: ProbeConfig, head, optimizer, tr_f, tr_y, va_f, va_y, epoch
     for epoch in range(1, epochs + 1):
         head.train()
         perm = torch.randperm(len(tr_f), generator=g)
-        total = 0.0
+        total = torch.zeros((), device=tr_f.device)
         for i in range(0, len(perm), cfg.batch_size):
             j = perm[i:i + cfg.batch_size]
             if len(j) < 2:
@@ -180,13 +180,14 @@ def _train_head(cfg: ProbeConfig, head, optimizer, tr_f, tr_y, va_f, va_y, epoch
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(j)
+            total += loss.detach() * len(j)
+        if epoch % max(1, epochs // 100) and epoch != epochs:
+            continue  # at most ~100 lines, and the validation set is scored for those only
         head.eval()
         with torch.no_grad():
             logits = head(va_f)
             c = topk_correct(logits, va_y)
-            rec = {"epoch": epoch, "train_loss": total / len(perm), "val_loss": F.cross_entropy(logits, va_y).item(),
-                   "top1": c[1] / len(va_y), "top5": c[5] / len(va_y)}
-        if epoch % max(1, epochs // 100) == 0 or epoch == epochs:  # at most ~100 lines
-            append_jsonl(metrics, rec)
-            trackers.scalars({"step": epoch, **rec})
+            rec = {"epoch": epoch, "train_loss": total.item() / len(perm),
+                   "val_loss": F.cross_entropy(logits, va_y).item(), "top1": c[1] / len(va_y), "top5": c[5] / len(va_y)}
+        append_jsonl(metrics, rec)
+        trackers.scalars({"step": epoch, **rec})
