@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import webdataset as wds
 from PIL import Image
@@ -158,6 +159,42 @@ def test_cli_exit_codes(video_dirs, tmp_path):
     assert r.returncode == 2 and "other settings (fps)" in r.stderr
 
 
+def test_each_shard_has_the_index_the_loader_seeks_with(video_dirs, tmp_path):
+    from egoscale.data.loader import Piece, read_piece
+    from egoscale.data.shards import index_path, load_index, scan_index
+
+    out = tmp_path / "f"
+    man = _run(video_dirs, out, shard_frames=7)
+    jpegs = [jpg for _, jpg in _samples(out, man)]
+    assert len(man["shards"]) > 2
+    for s in man["shards"]:
+        idx = np.load(index_path(out / s["name"]))
+        assert idx.shape == (s["frames"], 2) and np.array_equal(idx, scan_index(out / s["name"]))
+    # the loader's pieces read exactly webdataset's images, with the index and without it
+    def read_all():
+        cache: dict = {}
+        return [b for s in man["shards"] for b in read_piece(Piece(str(out / s["name"]), 0, s["frames"]), cache)]
+    assert read_all() == jpegs
+    first = out / man["shards"][0]["name"]
+    index_path(first).write_bytes(index_path(first).read_bytes()[:100])  # cut short
+    assert np.array_equal(load_index(first), scan_index(first)) and read_all() == jpegs
+    np.save(index_path(first), np.array([[first.stat().st_size, 10]], dtype=np.int64))  # beyond the shard
+    assert np.array_equal(load_index(first), scan_index(first)) and read_all() == jpegs
+
+    # a folder ingested without indexes: the loader reads the tar headers; running the same ingest
+    # again writes the indexes and nothing else
+    for p in out.glob("*.idx.npy"):
+        p.unlink()
+    assert read_all() == jpegs
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    lines = []
+    ingest(IngestConfig(source=[f"a={video_dirs / 'a'}", f"b={video_dirs / 'b'}"], out=str(out), progress=False,
+                        shard_frames=7), log=lines.append)
+    assert f"wrote the loader's index of {len(man['shards'])} shard(s) that had none" in lines[-1]
+    assert {p.name for p in out.glob("*.idx.npy")} == {s["name"] + ".idx.npy" for s in man["shards"]}
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if not p.name.endswith(".idx.npy")} == before
+
+
 def test_rerunning_a_finished_ingest_does_nothing(video_dirs, tmp_path):
     _run(video_dirs, tmp_path / "f")
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "f").iterdir()}
@@ -191,9 +228,11 @@ def test_killed_ingest_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     assert r.returncode == 0, r.stderr
     ref_man, man = (json.loads((d / "manifest.json").read_text()) for d in (ref, out))
     assert man["shards"] == ref_man["shards"]
-    for s in ref_man["shards"]:
-        assert (out / s["name"]).read_bytes() == (ref / s["name"]).read_bytes()
+    # the shards and their indexes, byte for byte
     assert sorted(p.name for p in out.glob("frames-*")) == sorted(p.name for p in ref.glob("frames-*"))
+    assert len(list(ref.glob("frames-*.tar.idx.npy"))) == len(ref_man["shards"])
+    for p in ref.glob("frames-*"):
+        assert (out / p.name).read_bytes() == p.read_bytes(), p.name
 
 
 def test_parts_merge_into_the_single_run_order(video_dirs, tmp_path):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from egoscale.config import opt, to_dict
-from egoscale.data.shards import ShardWriter, parse_size
+from egoscale.data.shards import ShardWriter, ensure_indexes, parse_size
 from egoscale.data.video import describe_error, find_videos, planned_samples, probe, sample_chunk
 from egoscale.errors import ConfigError, DataError
 from egoscale.fileio import write_json_atomic
@@ -215,6 +215,7 @@ def ingest(cfg: IngestConfig, log=print) -> dict:
         manifest = json.loads(man_path.read_text())
         log(f"{man_path}: ingest already complete ({manifest['total']['frames']} frames from "
             f"{manifest['total']['videos']} videos); nothing to do")
+        ensure_indexes(out, [sh["name"] for sh in manifest["shards"]], log)
         return manifest
     if state is None:
         videos, failed, skipped = _discover(cfg, log)
@@ -227,8 +228,9 @@ def ingest(cfg: IngestConfig, log=print) -> dict:
         write_json_atomic(state_path, state)
     else:
         log(f"resuming: {len(state['shards'])} shards already complete")
-    for f in out.glob(".frames-*.tmp"):  # a shard that was being written when the run was killed
+    for f in out.glob(".frames-*.tmp"):  # a shard (or its index) being written when the run was killed
         f.unlink()
+    ensure_indexes(out, [sh["name"] for sh in state["shards"]], log)
     _run(cfg, out, state, state_path, log)
     manifest = _manifest(cfg, state)
     write_json_atomic(man_path, manifest)
@@ -427,6 +429,7 @@ def merge(out: str | Path, log=print) -> dict:
                        "frames": sum(s["frames"] for s in sources.values()),
                        "hours": sum(s["hours"] for s in sources.values()),
                        "failed": len(merged["failed"]), "skipped": len(merged["skipped"])}
+    ensure_indexes(out, [s["name"] for s in shards], log)
     write_json_atomic(out / "manifest.json", merged)
     log(f"merged {len(mans)} parts: {merged['total']['frames']} frames, {len(shards)} shards")
     return merged

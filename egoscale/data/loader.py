@@ -2,8 +2,9 @@
 
 Work is cut into pieces (a range of samples of one shard); every (rank, loader worker) takes
 its own pieces, so no two read the same frames in an epoch. Pieces are read by seeking to the
-members' offsets in the tar (Python's `tarfile`), so a small subset inside a large shard costs
-only its own bytes (WebDataset reads shards front to back, which a 0.01% subset cannot afford).
+images' offsets, from the index beside each shard (`egoscale.data.shards`), so a small subset
+inside a large shard costs only its own bytes (WebDataset reads shards front to back, which a
+0.01% subset cannot afford).
 
 Speed: JPEGs are decoded with libjpeg's DCT scaling (PIL `draft`) when the crop is much smaller
 than the frame, otherwise by torchvision with its fast uint8 resize; samples stay uint8 until
@@ -17,7 +18,6 @@ import functools
 import io
 import math
 import random
-import tarfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +28,11 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.transforms.v2.functional import resized_crop
 
+from egoscale.data.shards import load_index
 from egoscale.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 
 try:
     # torchvision's decoder writes (3, H, W) uint8 straight from libjpeg-turbo, faster than PIL's
@@ -109,18 +109,14 @@ def describe_data(data: str | Path, subset: str | Path | None = None) -> dict:
 
 
 def read_piece(piece: Piece, index_cache: dict) -> list[bytes]:
-    """Image bytes of the samples in a piece, in order."""
-    members = index_cache.get(piece.shard)
-    if members is None:
-        with tarfile.open(piece.shard, "r:") as tf:
-            # one image member per sample, in sample order (keys are unique per sample)
-            members = [(m.offset_data, m.size) for m in tf.getmembers()
-                       if m.isfile() and m.name.lower().endswith(IMAGE_EXTS)]
-        index_cache[piece.shard] = members
-    sel = members[piece.start:piece.end]
+    """Image bytes of the samples in a piece, in order. `index_cache` keeps each shard's index
+    (memory-mapped from its index file) for the pieces that follow."""
+    index = index_cache.get(piece.shard)
+    if index is None:
+        index = index_cache[piece.shard] = load_index(piece.shard)
     out = []
     with open(piece.shard, "rb") as f:
-        for off, size in sel:
+        for off, size in index[piece.start:piece.end].tolist():
             f.seek(off)
             out.append(f.read(size))
     return out

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from egoscale.data.loader import IMAGE_EXTS, IMAGENET_MEAN, IMAGENET_STD, resolve_pieces, read_piece
 from egoscale.config import opt
+from egoscale.data.loader import IMAGENET_MEAN, IMAGENET_STD, read_piece, resolve_pieces
+from egoscale.data.shards import IMAGE_EXTS
 from egoscale.errors import ConfigError, DataError
 from egoscale.models.checkpoint import load_mae, resolve_checkpoint
 
