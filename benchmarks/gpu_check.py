@@ -321,7 +321,7 @@ class Check:
         sync()
         tf = 2 * k**3 * n / (time.perf_counter() - t) / 1e12
         self.details["matmul_tflops"] = tf
-        return True, f"bf16 {k}^3 matmul: {tf:.0f} TFLOP/s (MFU's denominator is the datasheet peak)"
+        return True, f"bf16 {k}^3 matmul: {tf:.3g} TFLOP/s (MFU's denominator is the datasheet peak)"
 
     def gpu_tests(self):
         r = subprocess.run([PY, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", "-m", "gpu",
