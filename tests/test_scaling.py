@@ -171,6 +171,12 @@ def test_cli_fit_extrapolate_and_report(tmp_path):
     assert r.returncode == 0, r.stderr
     html = (tmp_path / "rep" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 6 and "The paper&#x27;s claim" in html  # + compute frontier
+    # the analysis does not load torch (seconds at every start)
+    code = ("import sys; from egoscale.cli import main; rc = main(sys.argv[1:]); "
+            "print(rc, 'torch loaded' if 'torch' in sys.modules else 'no torch')")
+    r = subprocess.run([sys.executable, "-c", code, "fit", str(tmp_path / "r.csv"), "--out", str(tmp_path / "f2.json"),
+                        "--bootstrap", "5"], capture_output=True, text=True)
+    assert r.stdout.rstrip().endswith("0 no torch"), r.stdout[-500:] + r.stderr[-2000:]
 
 
 def test_cheapest_scale_under_the_compute_model(tmp_path):

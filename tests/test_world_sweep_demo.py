@@ -58,6 +58,12 @@ def test_sweep_skips_finished_cells_records_failures_and_resumes(tiny_study, tmp
     assert counts == {"done": 4, "skipped": 0, "failed": 1, "blocked": 1}
     st = status(tmp_path / "runs")
     assert st["failed"] == ["pretrain/vit_pico4@32_0.5_s2"] and len(st["done"]) == 4
+    # `egoscale sweep status` answers from the cells' files at once, without loading torch
+    code = ("import sys; from egoscale.cli import main; main(['sweep', 'status', sys.argv[1]]); "
+            "print('torch loaded' if 'torch' in sys.modules else 'no torch')")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], capture_output=True, text=True)
+    assert r.returncode == 0 and "no torch" in r.stdout, r.stdout + r.stderr
+    assert "done     4\n" in r.stdout and "failed   1\n         pretrain/vit_pico4@32_0.5_s2\n" in r.stdout
     err = json.loads((tmp_path / "runs" / "pretrain" / "vit_pico4@32_0.5_s2" / "cell.json").read_text())
     assert "no such subset file" in err["error"] and err["log"].endswith("error.log")
     rows = (tmp_path / "runs" / "results.csv").read_text().splitlines()
