@@ -1,4 +1,5 @@
-"""The accounting the benchmark scripts rest on (benchmarks/step_roofline.py)."""
+"""The accounting the benchmark scripts rest on (benchmarks/step_roofline.py), and a small run of
+benchmarks/shard_index.py."""
 
 import sys
 from pathlib import Path
@@ -47,3 +48,17 @@ def test_gpu_kernel_names_are_read_as_the_roofline_s_kinds():
              "triton_per_fused_add_native_layer_norm_0": "fused (compiled)",
              "aten::addmm": "matmul", "aten::native_layer_norm_backward": "layer norm"}
     assert {n: step_roofline.kernel_kind(n) for n in names} == names
+
+
+@pytest.mark.slow
+def test_the_shard_index_benchmark_runs_and_prints_its_table():
+    import subprocess
+
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "shard_index.py"),
+                        "--frames", "600", "--units", "1", "8", "--rounds", "1", "--img-size", "64"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("one shard: 600 frames") and "less); decode + augment at 64 px" in lines[0]
+    rows = [ln.split() for ln in lines[2:]]
+    assert [row[0] for row in rows] == ["1", "8"] and all(row[-1].endswith("x") for row in rows)
