@@ -188,12 +188,12 @@ BN/Linear head) and forward GFLOPs per image (2 FLOPs per multiply-add)."""
 
 
 def main(cfg: ModelsConfig) -> int:
+    specs = [get_spec(n) for n in cfg.names] if cfg.names else list_models()  # a misspelt name: no torch
     import torch
 
     from egoscale.models.flops import vit_gflops
     from egoscale.models.vit import build_vit, count_params
 
-    specs = [get_spec(n) for n in cfg.names] if cfg.names else list_models()
     rows = []
     for spec in specs:
         size = cfg.img_size or spec.img_size
