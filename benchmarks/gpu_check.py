@@ -16,6 +16,8 @@ Checks, each in its own process so that one failure does not stop the rest:
                start past --minutes are skipped
   loader       frames/s of one loader worker (decode, crop, resize, collate) at 224 and 476 px, and
                the workers a step at the measured speed needs
+  shard-index  benchmarks/shard_index.py on this machine's CPU: a worker's first-pass frames/s when
+               it finds its frames in a large shard by ingest's index, against reading the tar headers
   real-data    world -> ingest -> `egoscale pretrain` from JPEG shards in each precision, eager and
                compiled (default workers), and with --compile-mode reduce-overhead: img/s and MFU next to
                the synthetic step
@@ -160,6 +162,18 @@ class Check:
                                f"per worker (augment {v['augment_ms']:.2f} ms incl. decoding, a full decode alone "
                                f"{v['decode_ms']:.2f} ms, collate+pin {v['collate_ms']:.2f} ms per frame)"
                                for size, v in res.items())
+
+    def shard_index(self):
+        args = ["--frames", "600", "--units", "1", "8", "--rounds", "1"] if self.smoke else ["--rounds", "2"]
+        r = subprocess.run([PY, str(Path(__file__).parent / "shard_index.py"), *args], capture_output=True,
+                           text=True, timeout=300)
+        if r.returncode:
+            return False, r.stderr.strip()[-200:]
+        lines = r.stdout.strip().splitlines()
+        self.details["shard-index"] = lines
+        rows = [ln.split() for ln in lines[2:]]
+        return True, lines[0] + "; worker fps, index / headers: " + ", ".join(
+            f"{row[0]} units {row[-2]} / {row[-3]} ({row[-1]})" for row in rows)
 
     def world(self) -> tuple[Path, Path]:
         world, frames = self.root / "world", self.root / "frames"
@@ -463,7 +477,7 @@ def main() -> None:
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
     known = {"mfu", "loader", "real-data", "resume", "ddp", "fsdp", "grad-ckpt", "fsdp-g14", "finetune", "probe",
-             "gpu-tests", "profile", "matmul", "roofline"}
+             "gpu-tests", "profile", "matmul", "roofline", "shard-index"}
     if only and only - known:
         raise SystemExit(f"--only: no check named {', '.join(sorted(only - known))} "
                          f"(checks: {', '.join(sorted(known))})")
@@ -499,6 +513,7 @@ def main() -> None:
         c.run("ddp", lambda: c.torchrun(False), needs_s=30)
         c.run("grad-ckpt", c.grad_ckpt, needs_s=20)
         c.run("loader", c.loader, needs_s=20)
+        c.run("shard-index", c.shard_index, needs_s=40)
         print("\n| check | result | seconds | what |\n|---|---|---|---|")
         for name, ok, text, sec in c.rows:
             print(f"| {name} | {ok} | {sec:.0f} | {text} |")
