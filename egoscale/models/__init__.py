@@ -1,8 +1,8 @@
 """The ViT encoder family, the masked autoencoder, and checkpoint I/O.
 
 Names are imported from their modules on first use: the registry and the FLOP counts need
-neither torch nor timm, so `egoscale fit`, `egoscale models` and a sweep's own process start
-without loading them (timm's import alone brings in torchvision and torch's compiler).
+neither torch nor timm, so `egoscale fit`, `extrapolate` and `sweep status` start without
+loading them (timm's import alone brings in torchvision and torch's compiler).
 """
 
 from importlib import import_module

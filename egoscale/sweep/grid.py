@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from egoscale.config import build, load_yaml
@@ -33,23 +33,19 @@ from egoscale.errors import ConfigError
 if TYPE_CHECKING:
     from egoscale.train.pretrain import PretrainConfig
 
+# each stage's config class, imported when a grid is checked or run: the stages' modules load
+# torch, which `egoscale sweep status` does not need
+_CONFIGS = {"pretrain": ("egoscale.train.pretrain", "PretrainConfig"),
+            "finetune": ("egoscale.evaluate.finetune", "FinetuneConfig"),
+            "probe": ("egoscale.evaluate.probe", "ProbeConfig")}
 EVAL_KINDS = ("finetune", "probe")
 
 
 def _config_class(stage: str):
-    """A stage's config class, imported when a grid is checked or run: the stages' modules load
-    torch, which `egoscale sweep status` does not need."""
-    if stage == "pretrain":
-        from egoscale.train.pretrain import PretrainConfig
+    module, name = _CONFIGS[stage]
+    return getattr(import_module(module), name)
 
-        return PretrainConfig
-    if stage == "finetune":
-        from egoscale.evaluate.finetune import FinetuneConfig
 
-        return FinetuneConfig
-    from egoscale.evaluate.probe import ProbeConfig
-
-    return ProbeConfig
 _PATH_KEYS = {"data", "subsets", "train", "val", "train_list"}
 
 
