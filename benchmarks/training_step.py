@@ -16,7 +16,8 @@ from timm.models.vision_transformer import Block as TimmBlock
 
 from egoscale.models import build_mae
 from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import CUDA_GRAPH_MODES, Dist, fully_sharded, keep_grad_buffers, parallelize
+from egoscale.train.config import CUDA_GRAPH_MODES
+from egoscale.train.distributed import Dist, fully_sharded, keep_grad_buffers, parallelize
 from egoscale.train.loop import adamw
 
 

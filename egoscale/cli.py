@@ -2,9 +2,10 @@
 
 Every command is a row of `STAGES`: its name, the module that implements it, the config
 dataclass whose fields are its flags, and a one-line help. The module's `main(cfg)` runs the
-stage and prints its summary. Only the module of the command being run is imported, so
-`egoscale --help` starts without torch. User errors (`EgoscaleError`) print one line and
-exit with code 2.
+stage and prints its summary. The config dataclasses live in modules without torch, so a
+command's `--help` and a bad flag or setting answer at once; the stage's own module (which may
+load torch) is imported only once its settings are checked. User errors (`EgoscaleError`) print
+one line and exit with code 2.
 """
 
 from __future__ import annotations
@@ -20,8 +21,14 @@ from egoscale.errors import EgoscaleError
 
 class Stage(NamedTuple):
     module: str  # implements `main(cfg) -> int`
-    config: str  # the config dataclass in that module: its fields are the flags
+    config: str  # the config dataclass: its fields are the flags
     help: str
+    # the config's module when it is not `module`: the stages that load torch keep their settings
+    # in one that does not
+    config_in: str | None = None
+
+    def config_class(self) -> type:
+        return getattr(importlib.import_module(self.config_in or self.module), self.config)
 
 
 STAGES: dict[str, Stage] = {
@@ -32,12 +39,14 @@ STAGES: dict[str, Stage] = {
     "subset": Stage("egoscale.data.subset", "SubsetConfig",
                     "data-size subsets: contiguous stretches of the frame order, per fraction x seed"),
     "pretrain": Stage("egoscale.train.pretrain", "PretrainConfig",
-                      "MAE pretraining (also under torchrun: DDP, FSDP), resumable"),
+                      "MAE pretraining (also under torchrun: DDP, FSDP), resumable", "egoscale.train.config"),
     "visualize": Stage("egoscale.train.visualize", "VisualizeConfig",
-                       "original | masked | reconstruction grid from an MAE checkpoint"),
+                       "original | masked | reconstruction grid from an MAE checkpoint", "egoscale.train.config"),
     "finetune": Stage("egoscale.evaluate.finetune", "FinetuneConfig",
-                      "few-shot finetuning on a labelled folder (permissive / stringent), top-1/top-5"),
-    "probe": Stage("egoscale.evaluate.probe", "ProbeConfig", "linear probe and k-NN on frozen features (cached)"),
+                      "few-shot finetuning on a labelled folder (permissive / stringent), top-1/top-5",
+                      "egoscale.evaluate.config"),
+    "probe": Stage("egoscale.evaluate.probe", "ProbeConfig", "linear probe and k-NN on frozen features (cached)",
+                   "egoscale.evaluate.config"),
     "results": Stage("egoscale.scaling.results", "ResultsConfig",
                      "the results table: collect result.json files, or import the paper's logs"),
     "fit": Stage("egoscale.scaling.fit", "FitConfig",
@@ -70,7 +79,7 @@ def _add_stage(sub, name: str, stage: Stage) -> None:
     """The full parser of one command, built from its config dataclass."""
     from egoscale.config import add_dataclass_args
 
-    cls = getattr(importlib.import_module(stage.module), stage.config)
+    cls = stage.config_class()
     p = sub.add_parser(name, help=stage.help, description=(cls.__doc__ or stage.help).strip(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_args(p, cls)
@@ -80,8 +89,8 @@ def _add_stage(sub, name: str, stage: Stage) -> None:
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser, or (only=COMMAND) one with just that command's options built.
 
-    Building a command's options imports its module and with it torch (seconds), so `main`
-    builds only the command being run; the others are listed by name and help.
+    Building a command's options imports its config's module, so `main` builds only the command
+    being run; the others are listed by name and help.
     """
     parser = _Parser(prog="egoscale", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,10 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from egoscale.config import build
 
-        module = importlib.import_module(stage.module)
         values = {k: v for k, v in vars(args).items() if k not in ("stage", "command")}
-        cfg = build(getattr(module, stage.config), values)  # unset flags are absent: the defaults apply
-        return module.main(cfg) or 0
+        cfg = build(stage.config_class(), values)  # unset flags are absent: the defaults apply
+        return importlib.import_module(stage.module).main(cfg) or 0
     except EgoscaleError as e:
         print(f"egoscale {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -11,11 +11,12 @@ import time
 import numpy as np
 import pytest
 
+from egoscale.constants import ASSUMED_GPU_TFLOPS, ASSUMED_MFU
 from egoscale.data.video import probe, sample_chunk
 from egoscale.errors import ConfigError
 from egoscale.sweep.grid import cells, load_grid
 from egoscale.sweep.slurm import slurm_jobs
-from egoscale.sweep.sweep import run_local, status
+from egoscale.sweep.sweep import estimate, run_local, status
 from egoscale.world.world import WorldConfig, make_world
 from tests.study import grid_dict as _grid
 
@@ -231,3 +232,26 @@ def test_a_changed_grid_is_refused_over_an_existing_sweep_folder(tiny_study, tmp
     longer = _grid(tiny_study, fractions=[1.0], seeds=[1], evals=[],
                    pretrain={"steps": 4, "batch_size": 8, "workers": 0, "log_every": 1})
     run_local(load_grid(longer), out, log=lambda *a: None)
+
+
+def test_dry_run_prices_the_papers_grid_without_running_or_loading_torch(tmp_path):
+    from egoscale.models.flops import mae_train_flops
+    from egoscale.models.registry import get_spec
+
+    # 4 models x (the full set once + 4 fractions x 3 seeds); each run 48 h on 8 GPUs
+    code = ("import sys; from egoscale.cli import main; rc = main(sys.argv[1:]); "
+            "print(rc, 'torch loaded' if 'torch' in sys.modules else 'no torch')")
+    r = subprocess.run([sys.executable, "-c", code, "sweep", "configs/paper_grid.yaml", "--out", str(tmp_path / "runs"),
+                        "--dry-run"], capture_output=True, text=True)
+    lines = r.stdout.splitlines()
+    assert lines[-1] == "0 no torch", r.stdout[-500:] + r.stderr[-2000:]
+    rows = [ln.split() for ln in lines[1:-2]]
+    assert len(rows) == 52 and all(float(row[2]) == 384.0 for row in rows)
+    assert lines[-2].startswith("52 pretraining cells x 1 evaluations;") and "19968.0 GPU-hours" in lines[-2]
+    assert not (tmp_path / "runs").exists()
+    # a run given in steps is priced at the analytic FLOPs per image x images
+    g = load_grid(_grid(tmp_path, models=["vit_b14"], img_sizes=[224], fractions=[1.0], seeds=[1],
+                        pretrain={"steps": 1000, "batch_size": 64}))
+    (row,) = estimate(g)
+    assert row["flops"] == pytest.approx(mae_train_flops(get_spec("vit_b14"), 224, 0.8) * 64 * 1000)
+    assert row["gpu_hours"] == pytest.approx(row["flops"] / (ASSUMED_GPU_TFLOPS * 1e12 * ASSUMED_MFU) / 3600)

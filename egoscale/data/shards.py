@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 
 from egoscale.errors import DataError
 
@@ -72,6 +71,8 @@ class ShardWriter:
                                       or (self.max_frames and self.frames >= self.max_frames)):
             self.close()
         if self._tar is None:
+            import webdataset as wds  # here, not at the top: it loads torch, which `ingest --help` does not need
+
             self._tmp = self.out_dir / f".{self.current_name}.tmp"
             self._tar = wds.TarWriter(str(self._tmp), mtime=0.0, user="egoscale", group="egoscale",
                                       mode=0o444)
@@ -150,6 +151,8 @@ def ensure_indexes(folder: str | Path, names: list[str], log=print) -> int:
 
 def iter_shard(path: str | Path) -> Iterator[dict]:
     """Samples of one shard in order: {'__key__', 'jpg' (bytes), 'json' (dict)}."""
+    import webdataset as wds
+
     ds = wds.WebDataset(str(path), shardshuffle=False, empty_check=False)
     for sample in ds:
         if "json" in sample:

@@ -16,69 +16,16 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from egoscale.config import opt
 from egoscale.data.loader import IMAGENET_MEAN, IMAGENET_STD
 from egoscale.errors import ConfigError, DataError
-from egoscale.evaluate.labelled import CONDITIONS, Labelled, label_subset, read_list, scan, write_list
+from egoscale.evaluate.config import EvalData, resolve_fraction
+from egoscale.evaluate.labelled import Labelled, label_subset, read_list, scan, write_list
 from egoscale.models.checkpoint import load_vit, read_checkpoint, resolve_checkpoint
 from egoscale.models.registry import get_spec, parse_released
 from egoscale.models.vit import VisionTransformer, count_params
-from egoscale.train.loop import PRECISION_HELP, PRECISIONS, check_precision
 
 # BatchNorm in the classifier head needs at least two images in every training batch.
 MIN_TRAIN_IMAGES = 2
-
-
-@dataclass
-class EvalData:
-    """What to evaluate, on which labelled images, where: the fields finetune and probe share."""
-
-    checkpoint: str = opt("none", "checkpoint file, run folder, released id (e.g. vits14_0.01_1), or none "
-                          "(a randomly initialised --model, the baseline)")
-    train: str = opt("train", "training folder, one subfolder per class")
-    val: str = opt("val", "validation folder with the same classes")
-    out: str = opt("evals", "output folder: result.json, metrics.jsonl, train_files.txt")
-    model: str | None = opt(None, "model for --checkpoint none (random initialisation)")
-    condition: str | None = opt("permissive", "permissive (2%), stringent (1.0147%) or full",
-                                choices=["permissive", "stringent", "full"])
-    label_fraction: float | None = opt(None, "fraction of training images (overrides --condition)")
-    sampling: str = opt("random", "random (uniform over images, the paper's) or per-class (the same number "
-                        "from every class, at least one)", choices=["random", "per-class"])
-    train_list: str | None = opt(None, "reuse the exact training files of an earlier run (its train_files.txt)")
-    seed: int = opt(0, "seed of the label subset and of training")
-    img_size: int | None = opt(None, "image side in px (default: the checkpoint's)")
-    pool: str = opt("token", "features the head reads: token (class token, the paper's) or avg (mean of "
-                    "the patch tokens)", choices=["token", "avg"])
-    workers: int = opt(4, "data loader processes")
-    device: str = opt("auto", "auto, cuda or cpu")
-    precision: str = opt("auto", PRECISION_HELP, choices=list(PRECISIONS))
-    progress: bool = opt(True, "show progress bars")
-
-    def __post_init__(self):
-        resolve_fraction(self.condition, self.label_fraction)
-        if self.pool not in ("token", "avg"):
-            raise ConfigError(f"--pool {self.pool!r}: token or avg")
-        if self.sampling not in ("random", "per-class"):
-            raise ConfigError(f"--sampling {self.sampling!r}: random or per-class")
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be at least 0, got {self.workers}")
-        if self.img_size is not None and self.img_size < 1:
-            raise ConfigError(f"--img-size must be positive, got {self.img_size}")
-        check_precision(self.precision)
-        if self.checkpoint == "none" and not self.model:
-            raise ConfigError("--checkpoint none needs --model (a randomly initialised baseline)")
-
-
-def resolve_fraction(condition: str | None, label_fraction: float | None) -> tuple[str, float]:
-    if label_fraction is not None:
-        if not 0 < label_fraction <= 1:
-            raise ConfigError(f"--label-fraction must be in (0, 1], got {label_fraction}")
-        return condition or "custom", label_fraction
-    if condition is None or condition == "full":
-        return "full", 1.0
-    if condition not in CONDITIONS:
-        raise ConfigError(f"--condition {condition!r}: choose permissive, stringent or full")
-    return condition, CONDITIONS[condition]
 
 
 # Settings that make an evaluation folder's results (and cached features) what they are.

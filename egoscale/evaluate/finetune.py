@@ -12,50 +12,22 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from egoscale.config import opt, to_dict
-from egoscale.errors import ConfigError
-from egoscale.evaluate.common import (IDENTITY, EvalData, ImageList, describe_result, eval_record, load_backbone,
+from egoscale.config import to_dict
+from egoscale.evaluate.common import (IDENTITY, ImageList, describe_result, eval_record, load_backbone,
                                       prepare_labelled, record_run, result_row, train_transform, val_transform)
+from egoscale.evaluate.config import FinetuneConfig
 from egoscale.evaluate.labelled import topk_correct
 from egoscale.fileio import write_json_atomic
 from egoscale.models.checkpoint import vit_meta
 from egoscale.models.vit import choose_attention
 from egoscale.train.distributed import Dist, cleanup, init_distributed, is_main_process, parallelize
 from egoscale.runfolder import FolderLock, check_identity
-from egoscale.train.tracking import TrackingConfig
 from egoscale.train.loop import CHECKPOINT, LoopSettings, Trainer, adamw, lr_schedule, read_metrics, use_bf16
-
-
-@dataclass
-class FinetuneConfig(EvalData, TrackingConfig):
-    """Finetune the whole encoder with a BatchNorm+Linear head on a random fraction of a labelled folder
-(ImageNet layout) and report top-1/top-5 on the whole val folder after every epoch. Defaults are the
-paper's recipe. Resumable; runs under torchrun like pretraining.
-
-example:
-  egoscale finetune --checkpoint runs/vith14@476_1.0_1 --train /data/imagenet/train \\
-      --val /data/imagenet/val --condition permissive --img-size 476 --out evals/vith14@476_1.0_1_permissive"""
-
-    out: str = opt("evals/finetune", "output folder: result.json, metrics.jsonl, train_files.txt")
-    epochs: int = opt(50, "passes over the training subset")
-    batch_size: int = opt(64, "images per device per step")
-    lr: float | None = opt(None, "learning rate (default 1e-4; 5e-5 from 448 px up)")
-    weight_decay: float = opt(0.05, "AdamW weight decay")
-    compile: bool = opt(False, "torch.compile the model")
-    grad_checkpointing: bool = opt(False, "recompute activations in backward")
-    log_every: int = opt(10, "training-loss line every N steps")
-    resume: str = opt("auto", "auto, none or a checkpoint path")
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1:
-            raise ConfigError("--epochs, --batch-size and --log-every must be at least 1")
 
 
 def main(cfg: FinetuneConfig) -> int:

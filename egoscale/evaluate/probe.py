@@ -11,16 +11,15 @@ representation's quality.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from egoscale.config import opt, to_dict
-from egoscale.errors import ConfigError
-from egoscale.evaluate.common import (IDENTITY, EvalData, ImageList, describe_result, eval_record, load_backbone,
+from egoscale.config import to_dict
+from egoscale.evaluate.common import (IDENTITY, ImageList, describe_result, eval_record, load_backbone,
                                       prepare_labelled, record_run, result_row, val_transform)
+from egoscale.evaluate.config import ProbeConfig
 from egoscale.evaluate.labelled import topk_correct
 from egoscale.fileio import append_jsonl, write_json_atomic
 from egoscale.models.checkpoint import save_checkpoint
@@ -28,32 +27,7 @@ from egoscale.models.vit import make_head
 from egoscale.runfolder import FolderLock, check_identity
 from egoscale.train.distributed import resolve_device
 from egoscale.train.loop import read_metrics, use_bf16
-from egoscale.train.tracking import Trackers, TrackingConfig
-
-
-@dataclass
-class ProbeConfig(EvalData, TrackingConfig):
-    """Extract frozen features once (class token, or --pool avg; cached, resumable), train a
-BatchNorm+Linear classifier on them, and report top-1/top-5 (and k-NN) on the val folder.
-
-example:
-  egoscale probe --checkpoint vits14_0.01_1 --train /data/imagenet/train --val /data/imagenet/val \\
-      --condition permissive --out evals/probe"""
-
-    out: str = opt("evals/probe", "output folder: result.json, metrics.jsonl, features/")
-    epochs: int = opt(100, "classifier epochs over the cached features (at least --min-steps updates)")
-    min_steps: int = opt(1000, "minimum classifier updates, so that small label sets are not underfitted")
-    batch_size: int = opt(256, "batch for extraction and for the classifier")
-    lr: float = opt(1e-3, "classifier learning rate (AdamW)")
-    weight_decay: float = opt(0.0, "classifier weight decay")
-    knn: int = opt(20, "also report k-NN (cosine, k neighbours) accuracy; 0 turns it off")
-    chunk: int = opt(2048, "images per cached feature chunk")
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.epochs < 1 or self.batch_size < 2 or self.chunk < 1 or self.min_steps < 0 or self.knn < 0:
-            raise ConfigError("--epochs and --chunk must be at least 1, --batch-size at least 2, "
-                              "--min-steps and --knn at least 0")
+from egoscale.train.tracking import Trackers
 
 
 def main(cfg: ProbeConfig) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from egoscale.config import opt
-from egoscale.models.checkpoint import export_safetensors, import_safetensors, resolve_checkpoint
 
 
 @dataclass
@@ -20,6 +19,8 @@ suffix. Loading never runs code."""
 
 
 def main(cfg: ConvertConfig) -> int:
+    from egoscale.models.checkpoint import export_safetensors, import_safetensors, resolve_checkpoint
+
     src = resolve_checkpoint(cfg.src)
     out = export_safetensors(src, cfg.dst) if cfg.dst.endswith(".safetensors") else import_safetensors(src, cfg.dst)
     print(f"wrote {out}")

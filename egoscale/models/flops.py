@@ -10,6 +10,17 @@ from __future__ import annotations
 from egoscale.models.registry import ViTSpec
 
 
+def num_visible(num_patches: int, mask_ratio: float) -> int:
+    """Patches kept visible: int(L * (1 - ratio)), as the MAE reference code and transformers'
+    ViTMAE count them (truncated: 64 patches at 0.8 keep 12), at least one.
+
+    A float product a hair below an integer (L = 100 at 0.9 gives 9.999...) is read as that
+    integer: only float error is guarded against, never a real fraction.
+    """
+    kept = num_patches * (1.0 - mask_ratio)
+    return max(1, int(kept + 1e-6))
+
+
 def _blocks_flops(tokens: int, width: int, mlp_dim: int, depth: int, queries: int | None = None) -> float:
     """`depth` blocks over `tokens` tokens; `queries` < tokens: the outputs of that many only."""
     q = tokens if queries is None else queries
@@ -42,8 +53,6 @@ def mae_train_flops(spec: ViTSpec, img_size: int | None = None, mask_ratio: floa
     patches only; `predict_all` counts them on every patch (MAE's reference code and other
     implementations do that).
     """
-    from egoscale.models.mae import num_visible
-
     size = img_size or spec.img_size
     n = (size // spec.patch_size) ** 2
     keep = num_visible(n, mask_ratio)

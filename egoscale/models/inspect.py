@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from egoscale.config import opt
-from egoscale.models.checkpoint import infer_spec, read_checkpoint, resolve_checkpoint, split_state
 from egoscale.models.registry import ViTSpec
 
 
@@ -21,6 +20,8 @@ state (step, config) and, for egoscale's pretraining files, the data it was trai
 
 def describe(obj: dict, path) -> list[str]:
     """Lines describing a checkpoint read by `read_checkpoint`."""
+    from egoscale.models.checkpoint import infer_spec, split_state
+
     enc, head, dec = split_state(obj["model"])
     meta = obj.get("egoscale") or {}
     spec = ViTSpec(**meta["spec"]) if "spec" in meta else infer_spec(enc, str(path))
@@ -51,6 +52,8 @@ def describe(obj: dict, path) -> list[str]:
 
 
 def main(cfg: InspectConfig) -> int:
+    from egoscale.models.checkpoint import read_checkpoint, resolve_checkpoint
+
     path = resolve_checkpoint(cfg.checkpoint, finetuned=cfg.finetuned)
     print("\n".join(describe(read_checkpoint(path), path)))
     return 0

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from egoscale.models.block import Block, gather_rows
+from egoscale.models.flops import num_visible
 from egoscale.models.pos_embed import sincos_2d
 from egoscale.models.registry import ViTSpec
 from egoscale.models.vit import VisionTransformer
@@ -30,17 +31,6 @@ class MAEOutput:
     # patches only, in patch order (B, M, p*p*3)
     pred: torch.Tensor
     mask: torch.Tensor  # (B, L) 1 = masked (predicted), 0 = visible
-
-
-def num_visible(num_patches: int, mask_ratio: float) -> int:
-    """Patches kept visible: int(L * (1 - ratio)), as the MAE reference code and transformers'
-    ViTMAE count them (truncated: 64 patches at 0.8 keep 12), at least one.
-
-    A float product a hair below an integer (L = 100 at 0.9 gives 9.999...) is read as that
-    integer: only float error is guarded against, never a real fraction.
-    """
-    kept = num_patches * (1.0 - mask_ratio)
-    return max(1, int(kept + 1e-6))
 
 
 def random_masking(batch: int, num_patches: int, mask_ratio: float, device=None,

@@ -23,27 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from egoscale.config import build, load_yaml
 from egoscale.errors import ConfigError
+from egoscale.evaluate.config import FinetuneConfig, ProbeConfig
+from egoscale.train.config import PretrainConfig
 
-if TYPE_CHECKING:
-    from egoscale.train.pretrain import PretrainConfig
-
-# each stage's config class, imported when a grid is checked or run: the stages' modules load
-# torch, which `egoscale sweep status` does not need
-_CONFIGS = {"pretrain": ("egoscale.train.pretrain", "PretrainConfig"),
-            "finetune": ("egoscale.evaluate.finetune", "FinetuneConfig"),
-            "probe": ("egoscale.evaluate.probe", "ProbeConfig")}
+# each stage's config class: a grid's sections are checked against their fields
+_CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "probe": ProbeConfig}
 EVAL_KINDS = ("finetune", "probe")
-
-
-def _config_class(stage: str):
-    module, name = _CONFIGS[stage]
-    return getattr(import_module(module), name)
 
 
 _PATH_KEYS = {"data", "subsets", "train", "val", "train_list"}
@@ -85,9 +74,8 @@ def _resolve(value, base: Path):
     return str((base / value).resolve()) if isinstance(value, str) and not Path(value).is_absolute() else value
 
 
-def load_grid(path: str | Path | dict, base: Path | None = None, check: bool = True) -> Grid:
-    """Read and validate a grid (a YAML file or an equivalent dict). `check=False` leaves out the
-    stages' settings (checked when the sweep wrote its grid.json), and with them loading torch."""
+def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
+    """Read and validate a grid (a YAML file or an equivalent dict), the stages' settings included."""
     if isinstance(path, dict):
         raw, base, src = dict(path), base or Path("."), "grid"
     else:
@@ -103,13 +91,11 @@ def load_grid(path: str | Path | dict, base: Path | None = None, check: bool = T
     reserved = {"data", "subset", "out", "model", "img_size", "progress"}
     for key in set(grid.pretrain) & reserved:
         raise ConfigError(f"{src}: pretrain.{key} is set by the grid itself; remove it")
-    if check:
-        build(_config_class("pretrain"), grid.pretrain, source=f"{src}: pretrain")
+    build(PretrainConfig, grid.pretrain, source=f"{src}: pretrain")
     for m, over in grid.model_overrides.items():
         if m not in grid.models:
             raise ConfigError(f"{src}: model_overrides names {m!r}, which is not in models")
-        if check:
-            build(_config_class("pretrain"), {**grid.pretrain, **over}, source=f"{src}: model_overrides.{m}")
+        build(PretrainConfig, {**grid.pretrain, **over}, source=f"{src}: model_overrides.{m}")
     names = set()
     for i, ev in enumerate(grid.evals):
         ev = dict(ev)
@@ -125,9 +111,7 @@ def load_grid(path: str | Path | dict, base: Path | None = None, check: bool = T
         for key in set(ev) & {"checkpoint", "out", "progress"}:
             raise ConfigError(f"{src}: evals[{i}].{key} is set by the sweep itself; remove it")
         # the checkpoint is the cell's pretraining run; any path stands in for it here
-        if check:
-            build(_config_class(kind), {**ev, "checkpoint": "pretrain/CELL/checkpoint.pt"},
-                  source=f"{src}: evals[{i}] ({name})")
+        build(_CONFIGS[kind], {**ev, "checkpoint": "pretrain/CELL/checkpoint.pt"}, source=f"{src}: evals[{i}] ({name})")
         grid.evals[i] = {"kind": kind, "name": name, **ev}
     if grid.full_seeds is not None and (not grid.full_seeds or len(set(grid.full_seeds)) != len(grid.full_seeds)):
         raise ConfigError(f"{src}: full_seeds must be a non-empty list of distinct seeds")
@@ -166,7 +150,7 @@ def pretrain_config(grid: Grid, cell: Cell, run_dir: Path) -> PretrainConfig:
     # the cell's seed seeds its run too (unless the grid fixes one), so repeats are independent draws
     values = {"seed": cell.seed, **grid.pretrain, **grid.model_overrides.get(cell.model, {}), "data": grid.data,
               "subset": str(sub), "model": cell.model, "img_size": cell.img_size, "out": str(run_dir)}
-    return build(_config_class("pretrain"), _grouped(grid, values), source=f"cell {cell.id}")
+    return build(PretrainConfig, _grouped(grid, values), source=f"cell {cell.id}")
 
 
 def _grouped(grid: Grid, values: dict) -> dict:
@@ -177,4 +161,4 @@ def _grouped(grid: Grid, values: dict) -> dict:
 def eval_config(grid: Grid, ev: dict, checkpoint: Path, out: Path):
     values = {k: v for k, v in ev.items() if k not in ("kind", "name")}
     values = {**values, "checkpoint": str(checkpoint), "out": str(out)}
-    return build(_config_class(ev["kind"]), _grouped(grid, values), source=f"eval {ev['name']}")
+    return build(_CONFIGS[ev["kind"]], _grouped(grid, values), source=f"eval {ev['name']}")

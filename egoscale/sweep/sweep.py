@@ -60,7 +60,7 @@ def main(cfg: SweepConfig) -> int:
         if (folder / "slurm" / "jobs.json").is_file() and (folder / "grid.json").is_file():
             from egoscale.sweep.slurm import slurm_status
 
-            groups = slurm_status(load_grid(json.loads((folder / "grid.json").read_text()), check=False), folder)
+            groups = slurm_status(load_grid(json.loads((folder / "grid.json").read_text())), folder)
         else:
             groups = status(folder)
         for k in ("done", "running", "queued", "failed", "pending"):

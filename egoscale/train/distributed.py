@@ -178,10 +178,6 @@ def shard(model: nn.Module, d: Dist, reshard_after_forward: bool, bf16_params: b
     return model
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-CUDA_GRAPH_MODES = ("reduce-overhead",)  # the compile modes that record CUDA graphs
-
-
 def compile_blocks(model: nn.Module, backend: str = "inductor", mode: str | None = None) -> int:
     """torch.compile each transformer block in place (encoder and decoder); returns how many.
 

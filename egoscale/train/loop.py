@@ -22,9 +22,10 @@ import torch
 import torch.distributed as tdist
 
 from egoscale.constants import PEAK_BF16_TFLOPS
-from egoscale.errors import CheckpointError, ConfigError, EgoscaleError
+from egoscale.errors import CheckpointError, EgoscaleError
 from egoscale.fileio import append_jsonl, remove_stale_temps, write_json_atomic, write_text_atomic
 from egoscale.models.checkpoint import read_checkpoint, save_checkpoint
+from egoscale.train.config import PRECISIONS, PRETRAIN_PRECISIONS, check_precision
 from egoscale.train.distributed import Dist, all_reduce_mean, keep_grad_buffers
 
 CHECKPOINT = "checkpoint.pt"
@@ -70,23 +71,6 @@ def lr_schedule(kind: str, base: float, warmup: int, total: int) -> Callable[[in
         return base * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
     return {"constant": constant, "cosine": cosine}[kind]
-
-
-PRECISIONS = ("auto", "bf16", "fp32")  # evaluations
-PRETRAIN_PRECISIONS = ("auto", "bf16", "bf16-params", "fp32")
-PRECISION_HELP = ("auto (bf16 autocast on CUDA, fp32 on CPU), bf16 (autocast; also on CPUs with bf16 "
-                  "matrix units such as AMX, where it pays for the paper's model sizes but not for the tiny "
-                  "CPU models) or fp32")
-PRETRAIN_PRECISION_HELP = (
-    "auto (bf16 on CUDA, fp32 on CPU), bf16 (autocast: fp32 weights, each op cast to bf16 as it runs), "
-    "bf16-params (the model itself runs in bf16: the fp32 master weights are cast to it once per step and its "
-    "gradients kept in fp32; in one process by a bf16 copy of the model, over several by FSDP2's mixed-precision "
-    "policy) or fp32")
-
-
-def check_precision(precision: str, choices: tuple[str, ...] = PRECISIONS) -> None:
-    if precision not in choices:
-        raise ConfigError(f"--precision {precision!r}: one of {', '.join(choices)}")
 
 
 def resolve_precision(precision: str, device: torch.device, choices: tuple[str, ...] = PRECISIONS) -> str:

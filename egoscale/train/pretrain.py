@@ -8,33 +8,23 @@ import itertools
 import json
 import math
 import os
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from egoscale.config import opt, to_dict
-from egoscale.constants import MASK_RATIO
+from egoscale.config import to_dict
 from egoscale.data.loader import FrameStream, describe_data, make_loader, normalize_batch, resolve_pieces
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
 from egoscale.models.checkpoint import mae_meta, mae_to_released, released_to_mae
 from egoscale.models.flops import mae_train_flops
 from egoscale.models.mae import MaskedAutoencoder
-from egoscale.models.registry import get_spec
 from egoscale.models.vit import choose_attention
-from egoscale.train.distributed import (COMPILE_MODES, CUDA_GRAPH_MODES, cleanup, fully_sharded, init_distributed,
-                                        is_main_process, parallelize)
 from egoscale.runfolder import FolderLock, check_identity, record_config
-from egoscale.train.tracking import TrackingConfig
+from egoscale.train.config import COMPILE_PAYS_STEPS, CUDA_GRAPH_MODES, PRETRAIN_PRECISIONS, PretrainConfig
+from egoscale.train.distributed import cleanup, fully_sharded, init_distributed, is_main_process, parallelize
+from egoscale.train.loop import CHECKPOINT, LoopSettings, Trainer, adamw, lr_schedule, resolve_precision
 from egoscale.train.visualize import reconstruction_grid
-from egoscale.train.loop import (CHECKPOINT, PRETRAIN_PRECISION_HELP, PRETRAIN_PRECISIONS, LoopSettings, Trainer, adamw,
-                                 check_precision, lr_schedule, resolve_precision)
-
-
-# Per-block compilation of the paper's models pays back well within this many steps on one GPU
-# (benchmarks/README.md, "GPU"); shorter runs stay eager unless --compile is given.
-COMPILE_PAYS_STEPS = 1000
 
 
 def resolve_compile(asked: bool | None, device: torch.device, precision: str, world_size: int, fsdp: bool,
@@ -58,116 +48,6 @@ def resolve_workers(asked: int | None, device: torch.device) -> int:
     per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(1, min(8, per_process))
 
-
-@dataclass
-class PretrainConfig(TrackingConfig):
-    """Pretrain a masked autoencoder on frames from `egoscale ingest` (optionally a subset). Runs on a CPU,
-one GPU (bf16), or many under torchrun. Re-running the same command resumes from OUT/checkpoint.pt.
-Defaults follow the paper (Orhan 2023).
-
-examples:
-  egoscale pretrain --model vit_h14 --img-size 476 --data /data/frames \\
-      --subset /data/frames/subsets/0.01_s2.json --out runs/vith14@476_0.01_2 \\
-      --batch-size 34 --lr 1e-4 --budget-hours 48
-  torchrun --nproc-per-node 8 -m egoscale pretrain ...      (DDP over one node)
-  torchrun --nnodes 4 ... -m egoscale pretrain ... --fsdp   (sharded, big models)"""
-
-    data: str = opt("frames", "ingest folder (manifest.json + shards) or a folder of .tar shards")
-    out: str = opt("runs/pretrain", "run folder: checkpoint.pt, metrics.jsonl, summary.json")
-    subset: str | None = opt(None, "subset file from `egoscale subset` (default: all frames)")
-    model: str = opt("vit_s14", "family member (`egoscale models`)")
-    img_size: int | None = opt(None, "image side in px (default: the model's)")
-    patch_size: int | None = opt(None, "override the model's patch size")
-    batch_size: int = opt(256, "images per device per micro-step (paper: 256-512 at 224 px)")
-    accum_steps: int = opt(1, "micro-steps per optimizer step")
-    lr: float | None = opt(None, "learning rate (default: 3e-4, or 1e-4 from ViT-H up)")
-    lr_schedule: str = opt("constant", "constant (paper) or cosine", choices=["constant", "cosine"])
-    warmup_steps: int = opt(0, "linear warmup steps")
-    weight_decay: float = opt(0.0, "AdamW weight decay (paper: 0)")
-    mask_ratio: float = opt(MASK_RATIO, "fraction of patches masked (paper: 0.8)")
-    norm_pix_loss: bool = opt(False, "per-patch normalised pixel targets (paper: off)")
-    decoder_width: int | None = opt(None, "override decoder width (paper: 512)")
-    decoder_depth: int | None = opt(None, "override decoder blocks (paper: 8)")
-    steps: int | None = opt(None, "stop after this many optimizer steps")
-    epochs: float | None = opt(None, "stop after this many passes over the frames")
-    budget_hours: float | None = opt(None, "stop after this much wall-clock time")
-    save_every: int = opt(1000, "checkpoint every N steps (and at the end)")
-    log_every: int = opt(10, "metrics line every N steps")
-    workers: int | None = opt(None, "data loader processes per device (default: 8 per GPU, at most the CPU "
-                                    "cores per process; 4 on the CPU)")
-    shuffle_buffer: int = opt(2000, "frames mixed before batching")
-    seed: int = opt(0, "random seed")
-    device: str = opt("auto", "auto, cuda or cpu")
-    compile: bool | None = opt(None, "torch.compile each transformer block (default: on for a single-GPU bf16 "
-                                     "run without FSDP or gradient checkpointing of at least "
-                                     f"{COMPILE_PAYS_STEPS} steps, where the first step's compilation pays back; "
-                                     "off elsewhere)")
-    compile_mode: str = opt("default", "torch.compile's mode for the blocks: default; reduce-overhead (each compiled "
-                                       "block is also recorded as CUDA graphs and replayed, so the CPU no longer "
-                                       "launches kernels one by one; one CUDA process without FSDP, bf16-params or "
-                                       "gradient checkpointing); max-autotune-no-cudagraphs (kernels chosen by "
-                                       "timing candidates: a much longer first step). Other than default, it "
-                                       "implies --compile", choices=list(COMPILE_MODES))
-    precision: str = opt("auto", PRETRAIN_PRECISION_HELP, choices=list(PRETRAIN_PRECISIONS))
-    grad_checkpointing: bool = opt(False, "recompute activations in backward")
-    fsdp: bool = opt(False, "fully sharded data parallel (multi-GPU, big models)")
-    resume: str = opt("auto", "auto (continue from OUT/checkpoint.pt), none, or a path")
-    progress: bool = opt(True, "show a progress bar")
-    image_every: int = opt(1000, "a reconstruction picture for TensorBoard/W&B every N steps and at the end (0: none)")
-
-    def __post_init__(self):
-        if self.image_every < 0:
-            raise ConfigError(f"--image-every must be at least 0, got {self.image_every}")
-        if not 0 <= self.mask_ratio < 1:
-            raise ConfigError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
-        check_precision(self.precision, PRETRAIN_PRECISIONS)
-        if self.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"--compile-mode {self.compile_mode!r}: one of {', '.join(COMPILE_MODES)}")
-        if self.compile_mode != "default" and self.compile is False:
-            raise ConfigError(f"--compile-mode {self.compile_mode} compiles the blocks: drop --no-compile")
-        if self.compile_mode in CUDA_GRAPH_MODES:
-            # FSDP re-gathers weights into new memory and checkpointing re-runs blocks in backward,
-            # neither of which a recorded graph follows
-            clash = [f for f, on in (("--fsdp", self.fsdp), ("--grad-checkpointing", self.grad_checkpointing),
-                                     ("--precision bf16-params", self.precision == "bf16-params")) if on]
-            if clash:
-                raise ConfigError(f"--compile-mode {self.compile_mode} records CUDA graphs, which do not go with "
-                                  f"{' or '.join(clash)}; use --compile-mode default")
-        for name in ("batch_size", "accum_steps", "save_every", "log_every", "shuffle_buffer"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if (self.workers or 0) < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ConfigError("--workers, --warmup-steps and --weight-decay must be at least 0")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"--steps must be at least 1, got {self.steps}")
-        for name in ("epochs", "budget_hours", "lr"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.img_size is not None and self.img_size < 1 or self.patch_size is not None and self.patch_size < 1:
-            raise ConfigError("--img-size and --patch-size must be positive")
-        for name in ("decoder_width", "decoder_depth"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.steps is None and self.epochs is None and self.budget_hours is None:
-            raise ConfigError("say how long to train: --steps, --epochs or --budget-hours (whichever comes first)")
-        self.spec()  # the model name, sizes and decoder fit together
-
-    def spec(self):
-        spec = get_spec(self.model, patch_size=self.patch_size, img_size=self.img_size)
-        if spec.img_size % spec.patch_size:
-            raise ConfigError(f"--img-size {spec.img_size} is not divisible by the patch size {spec.patch_size} "
-                              f"of {spec.name}")
-        if self.decoder_width:
-            spec = replace(spec, decoder_width=self.decoder_width)
-            if self.decoder_width % spec.decoder_heads:
-                raise ConfigError(f"--decoder-width {self.decoder_width} is not divisible by the decoder's "
-                                  f"{spec.decoder_heads} heads")
-        if self.decoder_depth:
-            spec = replace(spec, decoder_depth=self.decoder_depth)
-        return spec
-
-    def default_lr(self) -> float:
-        return self.lr if self.lr is not None else (1e-4 if self.spec().width >= 1280 else 3e-4)
 
 
 def main(cfg: PretrainConfig) -> int:

@@ -7,38 +7,17 @@ layout and colours; with a broken one it is grey mush.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from egoscale.config import opt
 from egoscale.data.loader import IMAGENET_MEAN, IMAGENET_STD, read_piece, resolve_pieces
 from egoscale.data.shards import IMAGE_EXTS
-from egoscale.errors import ConfigError, DataError
+from egoscale.errors import DataError
 from egoscale.models.checkpoint import load_mae, resolve_checkpoint
-
-
-@dataclass
-class VisualizeConfig:
-    """For N images: original | masked input | reconstruction (visible patches from the input, masked
-ones predicted), one row each, as a PNG."""
-
-    checkpoint: str = opt("checkpoint.pt", "MAE checkpoint (file or run folder)", positional=True, required=True,
-                          metavar="CHECKPOINT")
-    images: str = opt("frames", "folder of images, ingest folder, or folder of shards")
-    out: str = opt("reconstructions.png", "PNG to write")
-    n: int = opt(8, "images", short="-n")
-    mask_ratio: float | None = opt(None, "default: the checkpoint's")
-    seed: int = opt(0, "mask seed")
-
-    def __post_init__(self):
-        if self.n < 1:
-            raise ConfigError(f"--n must be at least 1, got {self.n}")
-        if self.mask_ratio is not None and not 0 <= self.mask_ratio < 1:
-            raise ConfigError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
+from egoscale.train.config import VisualizeConfig
 
 
 def main(cfg: VisualizeConfig) -> int:
