@@ -9,9 +9,21 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from egoscale.errors import CheckpointError
-from egoscale.models import (build_mae, build_vit, export_safetensors, get_spec, load_mae, load_model,
-                             load_vit, read_checkpoint, save_checkpoint, save_mae, save_vit)
+from egoscale.models import (
+    build_mae,
+    build_vit,
+    export_safetensors,
+    get_spec,
+    load_mae,
+    load_model,
+    load_vit,
+    read_checkpoint,
+    save_checkpoint,
+    save_mae,
+    save_vit,
+)
 from egoscale.models.checkpoint import load_into, mae_to_released
+from tests.cli import egoscale
 
 
 def _timm_vit_s14(num_classes=0):
@@ -113,8 +125,7 @@ def test_truncated_and_foreign_files_give_one_clear_error(tmp_path):
     for name in ("cut.pt", "junk.pt"):
         with pytest.raises(CheckpointError, match=rf"{name}: not a readable checkpoint"):
             read_checkpoint(tmp_path / name)
-    r = subprocess.run([sys.executable, "-m", "egoscale", "inspect", str(tmp_path / "cut.pt")],
-                       capture_output=True, text=True)
+    r = egoscale("inspect", tmp_path / "cut.pt")
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "cut.pt" in r.stderr and "Traceback" not in r.stderr
 
@@ -136,16 +147,13 @@ def test_pickled_code_is_refused(tmp_path):
         read_checkpoint(tmp_path / "evil.pt")
 
 
-@pytest.mark.slow
 def test_cli_models_and_inspect(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "egoscale", "models", "vit_h14", "--img-size", "476"],
-                       capture_output=True, text=True)
+    r = egoscale("models", "vit_h14", "--img-size", "476")
     assert r.returncode == 0 and "633,197,800" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "egoscale", "models", "vit_hh14"], capture_output=True, text=True)
+    r = egoscale("models", "vit_hh14")
     assert r.returncode == 2 and "did you mean" in r.stderr
     save_mae(tmp_path / "m.pt", build_mae(get_spec("vit_pico4")), step=3)
-    r = subprocess.run([sys.executable, "-m", "egoscale", "inspect", str(tmp_path / "m.pt")],
-                       capture_output=True, text=True)
+    r = egoscale("inspect", tmp_path / "m.pt")
     assert r.returncode == 0 and "MAE" in r.stdout and "step 3" in r.stdout
 
 

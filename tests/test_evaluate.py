@@ -13,6 +13,7 @@ from egoscale.errors import DataError
 from egoscale.evaluate.finetune import FinetuneConfig, finetune
 from egoscale.evaluate.labelled import label_subset, read_list, scan, topk_correct
 from egoscale.evaluate.probe import ProbeConfig, probe
+from tests.cli import egoscale
 from tests.images import labelled_folder
 
 quiet = lambda *a, **k: None  # noqa: E731
@@ -115,9 +116,8 @@ def test_avg_pool_reads_the_mean_patch_token_and_caches_apart(folder, tmp_path):
 
 
 def test_cli_errors_are_one_line(folder, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "egoscale", "probe", "--checkpoint", "none", "--train",
-                        str(folder / "train"), "--val", str(folder / "val"), "--out", str(tmp_path)],
-                       capture_output=True, text=True)
+    r = egoscale("probe", "--checkpoint", "none", "--train", folder / "train", "--val", folder / "val",
+                 "--out", tmp_path)
     assert r.returncode == 2 and "needs --model" in r.stderr and r.stderr.count("\n") == 1
 
 

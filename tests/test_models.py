@@ -7,8 +7,8 @@ import torch
 
 from egoscale.errors import ConfigError, ModelNotFoundError
 from egoscale.models import build_mae, build_vit, count_params, get_spec
-from egoscale.models.flops import mae_train_flops, vit_gflops
 from egoscale.models.block import Block, gather_rows
+from egoscale.models.flops import mae_train_flops, vit_gflops
 from egoscale.models.mae import masked_patches, num_visible, random_masking
 
 # The paper's parameter counts (classifier form: encoder + BN(affine=False)+Linear 1000-way head).

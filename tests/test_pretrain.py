@@ -17,6 +17,7 @@ from egoscale.models import load_mae
 from egoscale.train.distributed import Dist
 from egoscale.train.loop import LoopSettings, Trainer, TrainingDiverged
 from egoscale.train.pretrain import PretrainConfig, pretrain
+from tests.cli import egoscale
 from tests.videos import write_video
 
 TINY = ["--model", "vit_pico4", "--batch-size", "16", "--workers", "0", "--no-progress", "--log-every", "5",
@@ -78,7 +79,7 @@ def test_bf16_autocast_on_cpu_trains_close_to_fp32(frames, tmp_path):
 @pytest.mark.slow
 def test_two_processes_under_torchrun_match_one_process(frames, tmp_path):
     common = ["pretrain", "--data", str(frames), *TINY, "--steps", "40", "--lr", "1e-3"]
-    r1 = _cli(*common, "--out", str(tmp_path / "one"))
+    r1 = egoscale(*common, "--out", str(tmp_path / "one"))
     assert r1.returncode == 0, r1.stderr[-2000:]
     r2 = _cli(*common[:-4], "--batch-size", "8", "--steps", "40", "--lr", "1e-3", "--out", str(tmp_path / "two"),
               torchrun=2)
@@ -94,7 +95,7 @@ def test_two_processes_under_torchrun_match_one_process(frames, tmp_path):
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_the_run(frames, tmp_path):
     args = ["pretrain", "--data", str(frames), *TINY, "--steps", "80", "--save-every", "10", "--lr", "1e-3"]
-    ref = _cli(*args, "--out", str(tmp_path / "ref"))
+    ref = egoscale(*args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr[-2000:]
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "egoscale", *args, "--out", str(run)],
@@ -106,7 +107,7 @@ def test_sigkill_then_resume_continues_the_run(frames, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "summary.json").exists(), "killed too late to test a resume"
-    r = _cli(*args, "--out", str(run))
+    r = egoscale(*args, "--out", str(run))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from step" in r.stdout
     m = _metrics(run)
@@ -167,7 +168,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_bad_input_is_one_clear_line(frames, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = _cli("pretrain", "--data", str(empty), "--out", str(tmp_path / "x"), "--steps", "1")
+    r = egoscale("pretrain", "--data", str(empty), "--out", str(tmp_path / "x"), "--steps", "1")
     assert r.returncode == 2 and "no shards found" in r.stderr and r.stderr.count("\n") == 1
     with pytest.raises(ConfigError, match="not divisible by the patch size"):
         PretrainConfig(model="vit_s14", img_size=230, steps=1).spec()
@@ -207,7 +208,7 @@ def test_cpu_training_reuses_freed_memory_instead_of_faulting_it_in_again():
 def test_visualize_writes_a_grid(frames, tmp_path):
     pretrain(PretrainConfig(data=str(frames), out=str(tmp_path / "run"), model="vit_pico4", batch_size=8, steps=2,
                             workers=0, progress=False), log=lambda *a: None)
-    r = _cli("visualize", str(tmp_path / "run"), "--images", str(frames), "--out", str(tmp_path / "v.png"), "-n", "3")
+    r = egoscale("visualize", tmp_path / "run", "--images", frames, "--out", tmp_path / "v.png", "-n", "3")
     assert r.returncode == 0, r.stderr
     from PIL import Image
     img = Image.open(tmp_path / "v.png")
@@ -357,10 +358,10 @@ def test_bf16_params_pretraining_runs_resumes_and_draws_pictures(frames, tmp_pat
     run = tmp_path / "p"
     args = ["pretrain", "--data", str(frames), *TINY, "--steps", "10", "--precision", "bf16-params",
             "--save-every", "5", "--image-every", "5", "--out", str(run)]
-    r = _cli(*args)
+    r = egoscale(*args)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "bf16-params" in r.stdout
-    r = _cli(*args[:args.index("--steps") + 1], "20", *args[args.index("--steps") + 2:])
+    r = egoscale(*args[:args.index("--steps") + 1], "20", *args[args.index("--steps") + 2:])
     assert r.returncode == 0 and "resumed from step 10" in r.stdout, r.stderr[-2000:]
     assert [m["step"] for m in _metrics(run)] == [5, 10, 15, 20]
     assert json.loads((run / "summary.json").read_text())["steps"] == 20
@@ -390,7 +391,7 @@ def test_compile_and_loader_workers_default_to_what_pays(monkeypatch):
     # processes sharing a node (torchrun, a GPU sweep's cells) share its cores
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(os.cpu_count()))
     assert resolve_workers(None, cuda) == 1
-    r = subprocess.run([sys.executable, "-m", "egoscale", "pretrain", "--help"], capture_output=True, text=True)
+    r = egoscale("pretrain", "--help")
     assert "--no-compile" in r.stdout and "(default: None)" not in r.stdout
 
 
@@ -403,8 +404,8 @@ def test_cuda_graphs_are_refused_in_one_line_where_they_cannot_run(frames, tmp_p
     with pytest.raises(ConfigError, match="one of default"):
         PretrainConfig(data=str(frames), steps=1, compile_mode="fast")
     # the graphs are recorded on a GPU: refused on the CPU before anything is built or written
-    r = _cli("pretrain", "--data", str(frames), "--out", str(tmp_path / "run"), *TINY, "--steps", "2",
-             "--device", "cpu", "--compile-mode", "reduce-overhead")
+    r = egoscale("pretrain", "--data", str(frames), "--out", str(tmp_path / "run"), *TINY, "--steps", "2",
+                 "--device", "cpu", "--compile-mode", "reduce-overhead")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs one CUDA process (here: cpu x1)" in r.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
@@ -454,7 +455,7 @@ def test_a_run_resumes_sharded_from_an_unsharded_checkpoint_and_back(frames, tmp
 
     run = tmp_path / "run"
     base = ["pretrain", "--data", str(frames), *TINY, "--save-every", "2", "--out", str(run)]
-    assert _cli(*base, "--steps", "4").returncode == 0
+    assert egoscale(*base, "--steps", "4").returncode == 0
     ck = read_checkpoint(run / "checkpoint.pt")
     names = list(ck["optimizer"]["state"])
     assert all(isinstance(n, str) for n in names) and "mask_token" in names
@@ -465,7 +466,7 @@ def test_a_run_resumes_sharded_from_an_unsharded_checkpoint_and_back(frames, tmp
                                         for g in ck["optimizer"]["param_groups"]]}
     save_checkpoint(run / "checkpoint.pt", ck)
     for steps, extra in (("8", ["--precision", "bf16-params"]), ("12", [])):
-        r = _cli(*base, "--steps", steps, *extra)
+        r = egoscale(*base, "--steps", steps, *extra)
         assert r.returncode == 0 and f"resumed from step {int(steps) - 4}" in r.stdout, r.stderr[-2000:]
     # Adam's step counters went on from the first run's: the moments were restored, not restarted
     state = read_checkpoint(run / "checkpoint.pt")["optimizer"]["state"]

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from egoscale.errors import DataError
-from egoscale.scaling.fit import FitConfig, run_fit
-from egoscale.scaling.extrapolate import at, scale_together
 from egoscale.scaling.estimation import FORMS, bootstrap, fit_form, predict_interval
+from egoscale.scaling.extrapolate import at, scale_together
+from egoscale.scaling.fit import FitConfig, run_fit
 from egoscale.scaling.results import import_logs, read_table, write_table
+from tests.cli import egoscale
 
 quiet = lambda *a, **k: None  # noqa: E731
 TRUE = {
@@ -160,7 +161,7 @@ def test_importer_names_the_file_and_line_of_a_malformed_line(tmp_path):
 
 def test_cli_fit_extrapolate_and_report(tmp_path):
     write_table(grid("logit_linear", TRUE["logit_linear"]), tmp_path / "r.csv")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "egoscale", *a], capture_output=True, text=True)  # noqa
+    run = egoscale
     r = run("fit", str(tmp_path / "r.csv"), "--out", str(tmp_path / "fit.json"), "--bootstrap", "20")
     assert r.returncode == 0, r.stderr
     r = run("extrapolate", str(tmp_path / "fit.json"), "--at", "params=2.5e9,hours=20000,resolution=952")
@@ -340,8 +341,7 @@ def test_the_papers_claim_is_checked_form_by_form(tmp_path):
         got = check_claim(fit, "paper", str(target))["forms"]["logit_linear"]
         assert says in got["claim"], (target, got)
         assert got["k_to_target"] is not None or says == "outside"
-    run = subprocess.run([sys.executable, "-m", "egoscale", "extrapolate", str(tmp_path / "f.json"), "--claim",
-                          "paper", "--target", "0.9"], capture_output=True, text=True)
+    run = egoscale("extrapolate", tmp_path / "f.json", "--claim", "paper", "--target", "0.9")
     assert run.returncode == 0 and "2.5e+09 params" in run.stdout and run.stdout.count("90% PI") == 3
 
 

