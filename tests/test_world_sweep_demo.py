@@ -103,7 +103,9 @@ def test_full_data_repeats_are_independent_runs_on_the_whole_data(tiny_study, tm
 
 
 @pytest.mark.slow
-def test_sweep_runs_cells_in_parallel_worker_processes(tiny_study, tmp_path):
+def test_sweep_runs_cells_in_parallel_worker_processes(tiny_study, tmp_path, monkeypatch):
+    import concurrent.futures
+
     grid = load_grid(_grid(tiny_study))
     lines = []
     counts = run_local(grid, tmp_path / "runs", log=lines.append, parallel=2)
@@ -111,7 +113,12 @@ def test_sweep_runs_cells_in_parallel_worker_processes(tiny_study, tmp_path):
     assert len(status(tmp_path / "runs")["done"]) == 6
     assert len((tmp_path / "runs" / "results.csv").read_text().splitlines()) == 1 + 3
     assert sum("pretrain vit_pico4@32_0.5_s2: done" in m for m in lines) == 1  # workers' lines reach the log
+    # run again when every cell is done: no worker processes are started, and a results table removed
+    # since is written again
+    (tmp_path / "runs" / "results.csv").unlink()
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", None)
     assert run_local(grid, tmp_path / "runs", log=quiet, parallel=2)["skipped"] == 6
+    assert len((tmp_path / "runs" / "results.csv").read_text().splitlines()) == 1 + 3
 
 
 @pytest.mark.slow

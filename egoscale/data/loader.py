@@ -91,23 +91,6 @@ def resolve_pieces(data: str | Path, subset: str | Path | None = None,
     return pieces, total
 
 
-def describe_data(data: str | Path, subset: str | Path | None = None) -> dict:
-    """What a run trains on, to be recorded in its checkpoints: the data fraction, subset seed,
-    frames, hours and frames per source (None where the input does not say: plain shards)."""
-    from egoscale.data.subset import load_manifest, load_subset
-
-    if subset is not None:
-        s = load_subset(subset)
-        return {"fraction": s.get("fraction"), "subset_seed": s.get("seed"), "frames": s.get("frames"),
-                "hours": s.get("hours"), "sources": s.get("sources"), "subset": s.get("name")}
-    if (Path(data) / "manifest.json").is_file():
-        man = load_manifest(data)
-        t = man["total"]
-        return {"fraction": 1.0, "subset_seed": None, "frames": t["frames"], "hours": t["hours"],
-                "sources": {k: v.get("frames") for k, v in man.get("sources", {}).items()} or None, "subset": None}
-    return {"fraction": None, "subset_seed": None, "frames": None, "hours": None, "sources": None, "subset": None}
-
-
 def read_piece(piece: Piece, index_cache: dict) -> list[bytes]:
     """Image bytes of the samples in a piece, in order. `index_cache` keeps each shard's index
     (memory-mapped from its index file) for the pieces that follow."""

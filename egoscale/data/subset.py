@@ -153,3 +153,18 @@ def load_subset(path: str | Path) -> dict:
     if sub["frames"] == 0:
         raise DataError(f"{path}: the subset is empty")
     return sub
+
+
+def describe_data(data: str | Path, subset: str | Path | None = None) -> dict:
+    """What a run trains on, to be recorded in its checkpoints: the data fraction, subset seed,
+    frames, hours and frames per source (None where the input does not say: plain shards)."""
+    if subset is not None:
+        s = load_subset(subset)
+        return {"fraction": s.get("fraction"), "subset_seed": s.get("seed"), "frames": s.get("frames"),
+                "hours": s.get("hours"), "sources": s.get("sources"), "subset": s.get("name")}
+    if (Path(data) / "manifest.json").is_file():
+        man = load_manifest(data)
+        t = man["total"]
+        return {"fraction": 1.0, "subset_seed": None, "frames": t["frames"], "hours": t["hours"],
+                "sources": {k: v.get("frames") for k, v in man.get("sources", {}).items()} or None, "subset": None}
+    return {"fraction": None, "subset_seed": None, "frames": None, "hours": None, "sources": None, "subset": None}

@@ -28,22 +28,6 @@ from egoscale.models.vit import VisionTransformer, count_params
 MIN_TRAIN_IMAGES = 2
 
 
-# Settings that make an evaluation folder's results (and cached features) what they are.
-IDENTITY = ("checkpoint", "train", "val", "model", "condition", "label_fraction", "sampling", "train_list", "seed",
-            "img_size", "pool")
-
-
-def eval_record(cfg: EvalData) -> dict:
-    """What an evaluation folder's config.json records: the flags, paths made absolute."""
-    from egoscale.config import to_dict
-
-    rec = to_dict(cfg)
-    for k in ("train", "val", "train_list", "checkpoint"):
-        if rec.get(k) and Path(rec[k]).exists():
-            rec[k] = str(Path(rec[k]).resolve())
-    return rec
-
-
 @dataclass
 class LabelledSplit:
     """The labelled images of one evaluation: the whole train folder, the chosen subset, val."""

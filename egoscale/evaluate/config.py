@@ -8,8 +8,9 @@ check answer at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from egoscale.config import opt
+from egoscale.config import opt, to_dict
 from egoscale.errors import ConfigError
 from egoscale.evaluate.labelled import CONDITIONS
 from egoscale.train.config import PRECISION_HELP, PRECISIONS, check_precision
@@ -66,6 +67,20 @@ def resolve_fraction(condition: str | None, label_fraction: float | None) -> tup
     if condition not in CONDITIONS:
         raise ConfigError(f"--condition {condition!r}: choose permissive, stringent or full")
     return condition, CONDITIONS[condition]
+
+
+# Settings that make an evaluation folder's results (and cached features) what they are.
+IDENTITY = ("checkpoint", "train", "val", "model", "condition", "label_fraction", "sampling", "train_list", "seed",
+            "img_size", "pool")
+
+
+def eval_record(cfg: EvalData) -> dict:
+    """What an evaluation folder's config.json records: the flags, paths made absolute."""
+    rec = to_dict(cfg)
+    for k in ("train", "val", "train_list", "checkpoint"):
+        if rec.get(k) and Path(rec[k]).exists():
+            rec[k] = str(Path(rec[k]).resolve())
+    return rec
 
 
 @dataclass

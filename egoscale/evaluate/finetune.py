@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from egoscale.config import to_dict
-from egoscale.evaluate.common import (IDENTITY, ImageList, describe_result, eval_record, load_backbone,
+from egoscale.evaluate.common import (ImageList, describe_result, load_backbone,
                                       prepare_labelled, record_run, result_row, train_transform, val_transform)
-from egoscale.evaluate.config import FinetuneConfig
+from egoscale.evaluate.config import IDENTITY, FinetuneConfig, eval_record
 from egoscale.evaluate.labelled import topk_correct
 from egoscale.fileio import write_json_atomic
 from egoscale.models.checkpoint import vit_meta

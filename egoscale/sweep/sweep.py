@@ -179,10 +179,10 @@ def check_grid(grid: Grid, out: Path) -> None:
     Cells that exist in the folder are compared, setting by setting, with what this grid asks
     of them (the same identity settings a resumed run is held to); new cells are welcome.
     """
-    from egoscale.evaluate.common import IDENTITY as EVAL_IDENTITY
-    from egoscale.evaluate.common import eval_record
+    from egoscale.evaluate.config import IDENTITY as EVAL_IDENTITY
+    from egoscale.evaluate.config import eval_record
     from egoscale.runfolder import CONFIG, describe_differences, differences
-    from egoscale.train.pretrain import IDENTITY, run_record
+    from egoscale.train.config import IDENTITY, run_record
 
     changed = []
     for c in cells(grid):
@@ -230,9 +230,17 @@ def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: 
         for k in counts:
             counts[k] += c[k]
 
+    # finished cells are counted here, so that re-running a finished sweep starts no worker processes
+    stages = ["pretrain", *(ev["name"] for ev in grid.evals)]
+    numbered = []
+    for i, cell in enumerate(todo, 1):
+        if all(_state(stage_dir(grid, out, cell, st))["state"] == "done" for st in stages):
+            counts["skipped"] += len(stages)
+        else:
+            numbered.append((i, cell))
     slots = gpus or parallel
-    if slots <= 1 or len(todo) <= 1:
-        for i, cell in enumerate(todo, 1):
+    if slots <= 1 or len(numbered) <= 1:
+        for i, cell in numbered:
             add(_run_whole_cell(grid, out, cell, f"[{i}/{len(todo)}]", progress, log))
     else:
         import multiprocessing as mp
@@ -243,7 +251,7 @@ def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: 
         threads = max(1, (os.cpu_count() or 1) // slots)
         # longest cells first (by estimated FLOPs), so that no long cell runs alone at the end
         cost = {r["cell"]: r["flops"] or 0.0 for r in estimate(grid)}
-        left = {cell.id: (i, cell) for i, cell in sorted(enumerate(todo, 1), key=lambda ic: -cost.get(ic[1].id, 0.0))}
+        left = {cell.id: (i, cell) for i, cell in sorted(numbered, key=lambda ic: -cost.get(ic[1].id, 0.0))}
         for attempt in range(1 + WORKER_RESTARTS):
             devices = ctx.Queue()
             for k in range(slots):
@@ -271,6 +279,7 @@ def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: 
             _mark_failed(grid, out, cell, "its worker process died (killed by the OS? out of memory?) "
                          f"{1 + WORKER_RESTARTS} times")
             counts["failed"] += 1
+    update_results(out, grid)  # also when every cell was done already (a results.csv removed since is rebuilt)
     log(f"sweep: {counts['done']} cells run, {counts['skipped']} already done, {counts['failed']} failed"
         + (f" ({counts['blocked']} evaluations blocked by failed pretraining)" if counts["blocked"] else ""))
     return counts

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from egoscale.config import opt
+from egoscale.config import opt, to_dict
 from egoscale.constants import MASK_RATIO
+from egoscale.data.subset import describe_data
 from egoscale.errors import ConfigError
 from egoscale.models.registry import get_spec
 from egoscale.train.tracking import TrackingConfig
@@ -149,6 +150,21 @@ examples:
 
     def default_lr(self) -> float:
         return self.lr if self.lr is not None else (1e-4 if self.spec().width >= 1280 else 3e-4)
+
+
+# Settings that make a pretraining run what it is: a run folder resumes only with the same ones.
+IDENTITY = ("model", "img_size", "patch_size", "decoder_width", "decoder_depth", "mask_ratio", "norm_pix_loss",
+            "data_fraction", "data_frames", "data_subset")
+
+
+def run_record(cfg: PretrainConfig, data: dict | None = None) -> dict:
+    """What a run folder's config.json records: the flags, with the model and the data as resolved
+    (so that a moved data folder or a default spelled out is not a change)."""
+    spec = cfg.spec()
+    data = data if data is not None else describe_data(cfg.data, cfg.subset)
+    return {**to_dict(cfg), "model": spec.name, "img_size": spec.img_size, "patch_size": spec.patch_size,
+            "decoder_width": spec.decoder_width, "decoder_depth": spec.decoder_depth,
+            "data_fraction": data["fraction"], "data_frames": data["frames"], "data_subset": data["subset"]}
 
 
 @dataclass

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from egoscale.config import to_dict
-from egoscale.data.loader import FrameStream, describe_data, make_loader, normalize_batch, resolve_pieces
+from egoscale.data.loader import FrameStream, make_loader, normalize_batch, resolve_pieces
+from egoscale.data.subset import describe_data
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
 from egoscale.models.checkpoint import mae_meta, mae_to_released, released_to_mae
@@ -21,7 +22,8 @@ from egoscale.models.flops import mae_train_flops
 from egoscale.models.mae import MaskedAutoencoder
 from egoscale.models.vit import choose_attention
 from egoscale.runfolder import FolderLock, check_identity, record_config
-from egoscale.train.config import COMPILE_PAYS_STEPS, CUDA_GRAPH_MODES, PRETRAIN_PRECISIONS, PretrainConfig
+from egoscale.train.config import (COMPILE_PAYS_STEPS, CUDA_GRAPH_MODES, IDENTITY, PRETRAIN_PRECISIONS, PretrainConfig,
+                                   run_record)
 from egoscale.train.distributed import cleanup, fully_sharded, init_distributed, is_main_process, parallelize
 from egoscale.train.loop import CHECKPOINT, LoopSettings, Trainer, adamw, lr_schedule, resolve_precision
 from egoscale.train.visualize import reconstruction_grid
@@ -59,20 +61,6 @@ def main(cfg: PretrainConfig) -> int:
 
 
 # Settings that make a run folder's weights what they are: a resumed run must not change them.
-IDENTITY = ("model", "img_size", "patch_size", "decoder_width", "decoder_depth", "mask_ratio", "norm_pix_loss",
-            "data_fraction", "data_frames", "data_subset")
-
-
-def run_record(cfg: PretrainConfig, data: dict | None = None) -> dict:
-    """What a run folder's config.json records: the flags, with the model and the data as resolved
-    (so that a moved data folder or a default spelled out is not a change)."""
-    spec = cfg.spec()
-    data = data if data is not None else describe_data(cfg.data, cfg.subset)
-    return {**to_dict(cfg), "model": spec.name, "img_size": spec.img_size, "patch_size": spec.patch_size,
-            "decoder_width": spec.decoder_width, "decoder_depth": spec.decoder_depth,
-            "data_fraction": data["fraction"], "data_frames": data["frames"], "data_subset": data["subset"]}
-
-
 def pretrain(cfg: PretrainConfig, log=print) -> dict:
     """Run (or resume) MAE pretraining; returns the summary."""
     spec = cfg.spec()
