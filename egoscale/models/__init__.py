@@ -1,8 +1,9 @@
 """The ViT encoder family, the masked autoencoder, and checkpoint I/O.
 
 Names are imported from their modules on first use: the registry and the FLOP counts need
-neither torch nor timm, so `egoscale fit`, `extrapolate` and `sweep status` start without
-loading them (timm's import alone brings in torchvision and torch's compiler).
+neither torch nor timm, so every command's --help and settings check, `egoscale fit`,
+`extrapolate`, `sweep status` and `sweep --dry-run` start without loading them (timm's import
+alone brings in torchvision and torch's compiler).
 """
 
 from importlib import import_module

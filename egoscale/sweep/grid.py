@@ -32,7 +32,7 @@ from egoscale.train.config import PretrainConfig
 
 # each stage's config class: a grid's sections are checked against their fields
 _CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "probe": ProbeConfig}
-EVAL_KINDS = ("finetune", "probe")
+EVAL_KINDS = tuple(k for k in _CONFIGS if k != "pretrain")
 
 
 _PATH_KEYS = {"data", "subsets", "train", "val", "train_list"}
