@@ -34,14 +34,14 @@ def _timed(fn, warm: int = 1, reps: int = 2) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def _time_one(spec, batch: int) -> dict:
+def _time_one(spec, batch: int, mae_settings: dict) -> dict:
     import torch
 
     from egoscale.models import build_mae, build_vit
     from egoscale.train.loop import adamw
 
     x = torch.randn(batch, 3, spec.img_size, spec.img_size)
-    mae = build_mae(spec, mask_ratio=0.75)
+    mae = build_mae(spec, **mae_settings)
     opt = adamw(mae.parameters(), 1e-4, torch.device("cpu"))
     vit = build_vit(spec, num_classes=8, global_pool="avg")
     vopt = adamw(vit.parameters(), 1e-4, torch.device("cpu"))
@@ -65,7 +65,8 @@ def _time_one(spec, batch: int) -> dict:
             "extract_image": _timed(extract) / batch}
 
 
-def time_machine(models: list[str], sizes: list[int], batch: int, threads: int) -> dict[str, dict]:
+def time_machine(models: list[str], sizes: list[int], batch: int, threads: int,
+                 mae_settings: dict | None = None) -> dict[str, dict]:
     """Seconds per pretraining step, per finetuning step and per extracted image, for each
     model@size, measured here on `threads` threads (what one sweep worker gets)."""
     import torch
@@ -75,24 +76,28 @@ def time_machine(models: list[str], sizes: list[int], batch: int, threads: int) 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return {f"{name}@{size}": _time_one(get_spec(name, img_size=size), batch) for name in models for size in sizes}
+        return {f"{name}@{size}": _time_one(get_spec(name, img_size=size), batch, mae_settings or {})
+                for name in models for size in sizes}
     finally:
         torch.set_num_threads(before)
 
 
 def predict_sweep_seconds(cells: list[tuple[str, int]], steps: int, timing: dict[str, dict], s: dict,
-                          parallel: int) -> float:
-    """The sweep's wall time: each cell's pretraining, finetuning and probe, `parallel` at a time
-    (longest first, so the last round is the shortest cells)."""
+                          parallel: int, baselines: list[tuple[str, int]] = ()) -> float:
+    """The sweep's wall time: each cell's pretraining, finetuning and probe, and each baseline's
+    finetuning and probe (no pretraining), `parallel` at a time (longest first, so the last round is
+    the shortest cells)."""
     n_train = s["categories"] * s["train_per_class"]
     n_val = s["categories"] * s["val_per_class"]
-    per = []
-    for model, size in cells:
-        t = timing[f"{model}@{size}"]
+
+    def evaluations(t: dict) -> float:
         ft_steps = s["epochs"] * math.ceil(n_train / 32)
         # finetuning evaluates the val set after every epoch; the probe extracts train and val once
         extract = (s["epochs"] * n_val + n_train + n_val) * t["extract_image"]
-        per.append(steps * t["pretrain_step"] + ft_steps * t["finetune_step"] + extract + CELL_OVERHEAD_S)
+        return ft_steps * t["finetune_step"] + extract + CELL_OVERHEAD_S
+
+    per = [steps * timing[f"{m}@{z}"]["pretrain_step"] + evaluations(timing[f"{m}@{z}"]) for m, z in cells]
+    per += [evaluations(timing[f"{m}@{z}"]) for m, z in baselines]
     workers = [0.0] * max(1, parallel)
     for p in sorted(per, reverse=True):  # longest first, each to the worker that frees up first
         workers[workers.index(min(workers))] += p
@@ -100,10 +105,12 @@ def predict_sweep_seconds(cells: list[tuple[str, int]], steps: int, timing: dict
 
 
 def plan(out: Path, s: dict, cells: list[tuple[str, int]], parallel: int, threads: int, budget_min: float | None,
-         elapsed_s: float, log, timing: dict | None = None) -> dict:
+         elapsed_s: float, log, timing: dict | None = None, baselines: list[tuple[str, int]] = (),
+         mae_settings: dict | None = None) -> dict:
     """The demo's pretraining steps for this machine and budget (reused from OUT/plan.json).
 
-    `timing` (from `time_machine`) is measured here unless given."""
+    `timing` (from `time_machine`, with the runs' `mae_settings`: mask ratio, targets) is measured
+    here unless given; `baselines` are the model@size evaluated without pretraining."""
     path = Path(out) / PLAN
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -116,19 +123,23 @@ def plan(out: Path, s: dict, cells: list[tuple[str, int]], parallel: int, thread
     t0 = time.time()
     models = sorted({m for m, _ in cells})
     sizes = sorted({z for _, z in cells})
-    timing = timing or time_machine(models, sizes, s["batch"], threads)
+    timing = timing or time_machine(models, sizes, s["batch"], threads, mae_settings)
     elapsed_s += time.time() - t0
     budget = budget_min * 60
     left = budget * (1 - REPORT_RESERVE) - elapsed_s
     design = s["steps"]
     fewest = min(MIN_STEPS, design)
-    fits = [n for n in range(design, fewest - 1, -10) if predict_sweep_seconds(cells, n, timing, s, parallel) <= left]
+
+    def predict(n: int) -> float:
+        return predict_sweep_seconds(cells, n, timing, s, parallel, baselines)
+
+    fits = [n for n in range(design, fewest - 1, -10) if predict(n) <= left]
     steps = fits[0] if fits else fewest
-    predicted = predict_sweep_seconds(cells, steps, timing, s, parallel)
+    predicted = predict(steps)
     if steps >= design:
         why = f"the size's design length ({design} steps) fits the {budget_min:g}-minute budget on this machine"
     elif fits:
-        why = (f"{design} steps would take about {predict_sweep_seconds(cells, design, timing, s, parallel) / 60:.1f} "
+        why = (f"{design} steps would take about {predict(design) / 60:.1f} "
                f"min of sweep here; {steps} steps fit the {budget_min:g}-minute budget")
     else:
         why = (f"even {fewest} steps (the fewest that teach these models anything) take about "

@@ -45,3 +45,5 @@ def test_the_sweep_prediction_runs_cells_longest_first_on_each_free_worker():
     # 10 steps: cells of 10+2, 10+2 and 30+2 s; two workers: 32 on one, 24 on the other
     assert predict_sweep_seconds(cells, 10, timing, size, 2) == 32
     assert predict_sweep_seconds(cells, 10, timing, size, 1) == 56
+    # a random-weight baseline is evaluated (2 s here) but never pretrained
+    assert predict_sweep_seconds(cells, 10, timing, size, 1, baselines=[("b", 8)]) == 58

@@ -110,6 +110,8 @@ MISTAKES = [
     (["inspect", "{root}/truncated.pt"], "truncated"),
     (["convert", "{root}/notes.pt", "{root}/out.safetensors"], "notes.pt"),
     (["demo", "--size", "huge"], "huge"),
+    (["demo", "--quick", "--minutes", "3"], "--quick always runs its 20 steps"),
+    (["probe", "--checkpoint", "{root}/missing.pt", "--init-seed", "1"], "--init-seed"),
 ]
 
 

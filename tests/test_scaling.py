@@ -373,3 +373,70 @@ def test_coverage_short_of_the_bar_fails_only_beyond_chance_in_few_runs():
     assert coverage_shortfall(3, 6, 0.85) < 0.05
     # the same share over many runs is evidence
     assert coverage_shortfall(50, 60, 0.85) > 0.05 and coverage_shortfall(45, 60, 0.85) < 0.05
+
+
+def test_gains_over_random_baselines_in_the_fit_and_the_report(tmp_path):
+    # A demo-shaped table: 2 models x 2 sizes x 2 data sizes, 2 seeds per cell, and each
+    # model@size evaluated with random weights twice. Known gains: the small model at 32 px gains
+    # 12 points at 1 h, the large one at 48 px 20; the large one's random weights are better.
+    from egoscale.scaling.report import report
+
+    rng = np.random.default_rng(0)
+    rows, truth = [], {}
+    for model, N, base in (("a", 2e5, 0.25), ("b", 8e5, 0.30)):
+        for R in (32, 48):
+            for s in (1, 2):
+                rows.append(dict(model=model, params=N, img_size=R, data_hours=0.0, data_fraction=0.0, seed=s,
+                                 pretrain_steps=0, eval="linear_probe", condition="full", baseline="random",
+                                 top1=base + rng.normal(0, 0.004)))
+            for D in (0.01, 1.0):
+                gain = (0.02 if D < 1 else 0.12) + (0.05 if model == "b" else 0) + (0.03 if R == 48 else 0)
+                truth[(model, D, float(R))] = gain
+                for s in (1, 2):
+                    rows.append(dict(model=model, params=N, img_size=R, data_hours=D, data_fraction=D, seed=s,
+                                     pretrain_steps=400, eval="linear_probe", condition="full",
+                                     top1=base + gain + rng.normal(0, 0.004)))
+    write_table(rows, tmp_path / "results.csv")
+    assert sum(r["baseline"] == "random" for r in read_table(tmp_path / "results.csv")) == 8
+    fit = run_fit(FitConfig(table=str(tmp_path / "results.csv"), out=str(tmp_path / "fit.json"), bootstrap=20),
+                  log=quiet)
+    # the baselines are the reference, not data at zero hours
+    assert fit["n_rows"] == 16 and len(fit["baselines"]) == 8 and not fit["dropped"]
+    gains = {(g["model"], g["data_hours"], g["img_size"]): g for g in fit["gains"]}
+    assert set(gains) == set(truth)
+    for k, g in gains.items():
+        assert g["gain"] == pytest.approx(truth[k], abs=0.015)
+        assert g["interval"][0] < g["gain"] < g["interval"][1] and g["verdict"] == "above"
+        assert g["random_noise_known"]
+    # trends of the gains: the model's better random weights do not count as something pretraining bought
+    raw = {t["axis"]: t for t in fit["trends"]}
+    gain_trend = {t["axis"]: t for t in fit["gain_trends"]}
+    assert raw["model"]["effect"] == pytest.approx(0.10, abs=0.01)
+    assert gain_trend["model"]["effect"] == pytest.approx(0.05, abs=0.01)
+    assert gain_trend["data"]["effect"] == pytest.approx(raw["data"]["effect"], abs=1e-9)  # the same baseline
+    # ... and their intervals hold the baselines' noise too, along model and resolution only
+    width = {a: gain_trend[a]["interval"][1] - gain_trend[a]["interval"][0] for a in gain_trend}
+    assert width["model"] > raw["model"]["interval"][1] - raw["model"]["interval"][0]
+    assert width["data"] == pytest.approx(raw["data"]["interval"][1] - raw["data"]["interval"][0])
+    # --gains fits the gains themselves
+    g = run_fit(FitConfig(table=str(tmp_path / "results.csv"), out=str(tmp_path / "fit_gains.json"), bootstrap=20,
+                          gains=True), log=quiet)
+    by = {(r["model"], r["data_hours"], r["img_size"], r["seed"]): r for r in g["data"]}
+    r = by[("b", 1.0, 48.0, 1)]
+    assert r["top1"] == pytest.approx(r["top1_pretrained"] - r["top1_random"])
+    assert r["top1"] == pytest.approx(truth[("b", 1.0, 48.0)], abs=0.015)
+    assert {t["axis"]: t["effect"] for t in g["trends"]} == {t["axis"]: t["effect"] for t in g["gain_trends"]}
+    html = report(str(tmp_path / "fit.json"), str(tmp_path / "report")).read_text()
+    assert "What pretraining bought" in html and "gain_over_random" in (tmp_path / "report" / "report.md").read_text()
+    assert "Pretraining on 1 h bought" in html and "above random in 4" in html
+    assert (tmp_path / "report" / "gain_over_random.png").stat().st_size > 10_000
+    # a baseline missing for one model@size: those rows cannot be read as gains, and say why
+    no_b = [x for x in rows if not (x.get("baseline") and x["model"] == "b")]
+    write_table(no_b, tmp_path / "partial.csv")
+    p = run_fit(FitConfig(table=str(tmp_path / "partial.csv"), out=str(tmp_path / "p.json"), bootstrap=20,
+                          gains=True), log=quiet)
+    assert p["n_rows"] == 8 and len(p["dropped"]) == 8
+    assert all("no random baseline of b" in d["dropped_because"] for d in p["dropped"])
+    write_table([x for x in rows if not x.get("baseline")], tmp_path / "none.csv")
+    with pytest.raises(DataError, match="--gains needs random-initialisation baselines"):
+        run_fit(FitConfig(table=str(tmp_path / "none.csv"), out=str(tmp_path / "n.json"), gains=True), log=quiet)

@@ -10,11 +10,12 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from egoscale.constants import ASSUMED_GPU_TFLOPS, ASSUMED_MFU
 from egoscale.data.video import probe, sample_chunk
 from egoscale.errors import ConfigError
-from egoscale.sweep.grid import cells, load_grid
+from egoscale.sweep.grid import all_cells, cells, load_grid
 from egoscale.sweep.slurm import slurm_jobs
 from egoscale.sweep.sweep import estimate, run_local, status
 from egoscale.world.world import WorldConfig, make_world
@@ -100,6 +101,38 @@ def test_full_data_repeats_are_independent_runs_on_the_whole_data(tiny_study, tm
     with pytest.raises(ConfigError, match="model_overrides.vit_pico4.seed"):
         load_grid(fixed)
     load_grid(_grid(tiny_study, pretrain={"seed": 0, "steps": 3}))  # one run per whole-data cell: fine
+
+
+def test_random_baselines_are_evaluated_once_per_seed_and_marked_in_the_table(tiny_study, tmp_path):
+    # `baselines: [random]`: every model@size evaluated untrained, once per seed (each its own
+    # initialisation), by every evaluation, without pretraining; the table marks them (steps 0)
+    grid = load_grid(_grid(tiny_study, fractions=[1.0], seeds=[1, 2], baselines=["random"]))
+    assert [c.id for c in all_cells(grid)] == ["vit_pico4@32_1_s1", "vit_pico4@32_random_s1",
+                                               "vit_pico4@32_random_s2"]
+    out = tmp_path / "runs"
+    assert run_local(grid, out, log=quiet) == {"done": 4, "skipped": 0, "failed": 0, "blocked": 0}
+    assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["vit_pico4@32_1_s1"]  # no pretraining for them
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    base = sorted((r for r in rows if r["baseline"] == "random"), key=lambda r: r["seed"])
+    assert [r["seed"] for r in base] == ["1", "2"] and [r["baseline"] for r in rows].count("") == 1
+    assert all(r["pretrain_steps"] == "0" and float(r["data_hours"]) == 0 and r["model"] == "vit_pico4"
+               and r["img_size"] == "32" and r["eval"] == "linear_probe" for r in base)
+    # two seeds, two initialisations: not the same features
+    feats = [torch.load(next((out / "eval" / f"vit_pico4@32_random_s{s}_probe").glob("features*/val/*.pt")),
+                        weights_only=True)["features"] for s in (1, 2)]
+    assert not torch.equal(*feats)
+    assert sorted(status(out, grid)["done"]) == ["eval/vit_pico4@32_1_s1_probe", "eval/vit_pico4@32_random_s1_probe",
+                                                "eval/vit_pico4@32_random_s2_probe", "pretrain/vit_pico4@32_1_s1"]
+    assert run_local(grid, out, log=quiet) == {"done": 0, "skipped": 4, "failed": 0, "blocked": 0}
+    # on SLURM a baseline is an evaluation job that waits for nothing
+    jobs = {j["name"]: j for j in slurm_jobs(grid, out)}
+    assert jobs["probe_vit_pico4@32_random_s1"]["depends_on"] is None
+    assert jobs["probe_vit_pico4@32_1_s1"]["depends_on"] == "pt_vit_pico4@32_1_s1"
+    assert "pt_vit_pico4@32_random_s1" not in jobs
+    with pytest.raises(ConfigError, match="baselines: 'pretrained' is not one of random"):
+        load_grid(_grid(tiny_study, baselines=["pretrained"]))
+    with pytest.raises(ConfigError, match="registered patch size"):
+        load_grid(_grid(tiny_study, baselines=["random"], pretrain={"steps": 3, "patch_size": 8}))
 
 
 @pytest.mark.slow
@@ -207,21 +240,26 @@ def test_quick_demo_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "report:" in r.stdout and "[7/7] report" in r.stdout
     assert all(f"measured {a} (" in r.stdout for a in ("data", "model", "resolution"))
-    rows = (out / "runs" / "results.csv").read_text().splitlines()[1:]
-    # 3 models x 2 image sizes x (1 + 2 fractions x 2 seeds) cells, each finetuned and probed
-    assert len(rows) == 3 * 2 * 5 * 2
+    rows = list(csv.DictReader(open(out / "runs" / "results.csv")))
+    # 3 models x 2 image sizes x (1 + 2 fractions x 2 seeds) cells, each finetuned and probed, and each
+    # model@size with random weights, once per seed, evaluated the same way
+    assert len(rows) == 3 * 2 * 5 * 2 + 3 * 2 * 2 * 2
+    assert sum(r["baseline"] == "random" and r["pretrain_steps"] == "0" for r in rows) == 24
     html = (out / "report" / "report.html").read_text()
-    # 6 plots of the fit, and the sweep's frames, labelled images, loss curves and reconstructions
-    assert html.count("data:image/png;base64,") == 10 and "not drawn" not in html
+    # 7 plots of the fit (gains over random weights first), and the sweep's frames, labelled images,
+    # loss curves and reconstructions
+    assert html.count("data:image/png;base64,") == 11 and "not drawn" not in html
     assert "How this demo was sized" in html and "Pretraining steps per run: 20." in html
-    assert json.loads((out / "plan.json").read_text())["steps"] == 20  # the quick design length fits 2 minutes
+    assert json.loads((out / "plan.json").read_text())["steps"] == 20  # quick has no budget: always 20
+    assert "What pretraining bought" in html and "over random weights" in r.stdout
     assert "Measured trends" in html and "<li>data (" in html and "vit_micro4 @32 px" in html
     assert (out / "report" / "reconstructions.png").is_file()
     fit = json.loads((out / "fit.json").read_text())
-    assert fit["n_rows"] == 30 and set(fit["splits"]) >= {"largest-data", "largest-model", "largest-resolution"}
+    assert fit["n_rows"] == 30 and len(fit["baselines"]) == 12 and len(fit["gains"]) == 18
+    assert set(fit["splits"]) >= {"largest-data", "largest-model", "largest-resolution"}
     again = subprocess.run([sys.executable, "-m", "egoscale", "demo", "--quick", "--out", str(out), "--no-progress"],
                            capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "sweep: 0 cells run, 90 already done, 0 failed" in again.stdout
+    assert again.returncode == 0 and "sweep: 0 cells run, 114 already done, 0 failed" in again.stdout
     assert np.isfinite(fit["noise_sigma"])
 
 

@@ -24,6 +24,10 @@ from egoscale.models.checkpoint import load_vit, read_checkpoint, resolve_checkp
 from egoscale.models.registry import get_spec, parse_released
 from egoscale.models.vit import VisionTransformer, count_params
 
+# What a randomly initialised encoder's result row says of its (absent) pretraining.
+RANDOM_BASELINE = {"baseline": "random", "pretrain_steps": 0, "pretrain_images": 0, "pretrain_flops": 0,
+                   "data_fraction": 0.0, "data_hours": 0.0, "data_frames": 0}
+
 # BatchNorm in the classifier head needs at least two images in every training batch.
 MIN_TRAIN_IMAGES = 2
 
@@ -72,11 +76,13 @@ def record_run(out: Path, data: LabelledSplit, record: dict, changed: dict) -> N
     record_config(out, record, changed)
 
 
-def load_backbone(checkpoint: str, model: str | None, img_size: int | None,
-                  num_classes: int, pool: str = "token") -> tuple[VisionTransformer, dict]:
+def load_backbone(checkpoint: str, model: str | None, img_size: int | None, num_classes: int, pool: str = "token",
+                  init_seed: int | None = None) -> tuple[VisionTransformer, dict]:
     """The encoder to evaluate (fresh BN+Linear head for `num_classes`) and its provenance.
 
-    `checkpoint="none"` gives a randomly initialised `model` (the baseline). The provenance
+    `checkpoint="none"` gives a randomly initialised `model` (the baseline; `init_seed` seeds its
+    weights, else the caller's torch seed does), marked as such in the result row: no pretraining
+    steps, no video, `baseline: random`. The provenance
     (pretraining data fraction, hours, frames, steps, seed) is read from the checkpoint's own
     `egoscale` entry, written by the run that made it, or from a released file's name.
     """
@@ -84,8 +90,11 @@ def load_backbone(checkpoint: str, model: str | None, img_size: int | None,
         if not model:
             raise ConfigError("--checkpoint none needs --model (a randomly initialised baseline)")
         spec = get_spec(model, img_size=img_size)
+        if init_seed is not None:
+            torch.manual_seed(init_seed)
         return (VisionTransformer(spec, num_classes=num_classes, global_pool=pool),
-                {"checkpoint": "none (random init)", "pool": pool})
+                {"checkpoint": "none (random init)", "pool": pool, **RANDOM_BASELINE,
+                 "init_seed": init_seed})
     path = resolve_checkpoint(checkpoint)
     obj = read_checkpoint(path)
     released = parse_released(str(checkpoint))
@@ -161,8 +170,11 @@ def train_transform(size: int, scale=(0.08, 1.0)):
 
 
 def val_transform(size: int):
-    """Resize(size + 32) then CenterCrop(size), as in the paper."""
-    return T.Compose([T.Resize(size + 32), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    """Resize then CenterCrop(size): the paper's Resize(size + 32), but keeping at least 87.5 % of the
+    side (ImageNet's 224/256), which the 32-px margin alone would not at small sizes (at 32 px it
+    would keep the central quarter of the image)."""
+    short = min(size + 32, round(size / 0.875))
+    return T.Compose([T.Resize(short), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 class ImageList(torch.utils.data.Dataset):

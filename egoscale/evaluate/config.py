@@ -34,6 +34,7 @@ class EvalData:
                         "from every class, at least one)", choices=["random", "per-class"])
     train_list: str | None = opt(None, "reuse the exact training files of an earlier run (its train_files.txt)")
     seed: int = opt(0, "seed of the label subset and of training")
+    init_seed: int | None = opt(None, "with --checkpoint none: seed of the random initialisation (default: --seed)")
     img_size: int | None = opt(None, "image side in px (default: the checkpoint's)")
     pool: str = opt("token", "features the head reads: token (class token, the paper's) or avg (mean of "
                     "the patch tokens)", choices=["token", "avg"])
@@ -55,6 +56,8 @@ class EvalData:
         check_precision(self.precision)
         if self.checkpoint == "none" and not self.model:
             raise ConfigError("--checkpoint none needs --model (a randomly initialised baseline)")
+        if self.init_seed is not None and self.checkpoint != "none":
+            raise ConfigError("--init-seed seeds a random initialisation: it needs --checkpoint none")
 
 
 def resolve_fraction(condition: str | None, label_fraction: float | None) -> tuple[str, float]:
@@ -71,7 +74,7 @@ def resolve_fraction(condition: str | None, label_fraction: float | None) -> tup
 
 # Settings that make an evaluation folder's results (and cached features) what they are.
 IDENTITY = ("checkpoint", "train", "val", "model", "condition", "label_fraction", "sampling", "train_list", "seed",
-            "img_size", "pool")
+            "init_seed", "img_size", "pool")
 
 
 def eval_record(cfg: EvalData) -> dict:

@@ -93,7 +93,7 @@ def finetune(cfg: FinetuneConfig, log=print) -> dict:
 def _finetune(cfg: FinetuneConfig, d: Dist, out: Path, record: dict, changed: dict, log) -> dict:
     data = prepare_labelled(cfg)
     torch.manual_seed(cfg.seed)
-    vit, info = load_backbone(cfg.checkpoint, cfg.model, cfg.img_size, data.classes, cfg.pool)
+    vit, info = load_backbone(cfg.checkpoint, cfg.model, cfg.img_size, data.classes, cfg.pool, cfg.init_seed)
     vit = vit.to(d.device)
     size = vit.spec.img_size
     lr = cfg.lr if cfg.lr is not None else (5e-5 if size >= 448 else 1e-4)

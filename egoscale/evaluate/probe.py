@@ -102,7 +102,7 @@ def _probe(cfg: ProbeConfig, out: Path, record: dict, changed: dict, log) -> dic
     bf16 = use_bf16(cfg.precision, device)
     data = prepare_labelled(cfg)
     torch.manual_seed(cfg.seed)
-    vit, info = load_backbone(cfg.checkpoint, cfg.model, cfg.img_size, 0, cfg.pool)
+    vit, info = load_backbone(cfg.checkpoint, cfg.model, cfg.img_size, 0, cfg.pool, cfg.init_seed)
     vit = vit.to(device)
     size = vit.spec.img_size
     log(f"probe {vit.spec.name} at {size}px: {len(data.train)} train / {len(data.val)} val images, "

@@ -13,6 +13,8 @@ from egoscale.config import opt
 from egoscale.errors import ConfigError, DataError
 from egoscale.fileio import write_json_atomic
 from egoscale.scaling.extrapolate import turning_point
+from egoscale.scaling.baselines import (baseline_variances, describe_bought, gain_table, is_baseline,
+                                        subtract_baselines)
 from egoscale.scaling.estimation import FORMS, bootstrap, cell_index, fit_form, predict_interval, seed_noise
 from egoscale.scaling.results import read_table
 from egoscale.scaling.trends import describe, measured_trends
@@ -39,6 +41,8 @@ example:
                              "(repeatable; default with auto: the three 'largest' splits that exist)",
                              action="append", metavar="SPLIT")
     eval: str | None = opt(None, "use only rows of this evaluation (e.g. finetune, linear_probe)")
+    gains: bool = opt(False, "fit each run's gain over the random-initialisation baseline of its model@size "
+                      "(rows marked baseline=random in the table) instead of its accuracy")
     condition: str | None = opt(None, "use only rows of this finetuning condition (e.g. permissive)")
     bootstrap: int = opt(200, "bootstrap refits for intervals")
     level: float = opt(0.9, "interval level")
@@ -58,24 +62,37 @@ example:
             raise ConfigError("--level must be in (0, 1)")
 
 
-def _rows(cfg: FitConfig) -> tuple[list[dict], list[dict]]:
+def _rows(cfg: FitConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """The rows to fit, the rows left out (each with why) and the random baselines of the rows' evaluation."""
     rows = read_table(cfg.table)
-    used, dropped = [], []
+    used, dropped, baselines = [], [], []
     for r in rows:
         why = None
         if cfg.eval and r.get("eval") != cfg.eval:
             why = f"eval is {r.get('eval')!r}, not {cfg.eval!r}"
         elif cfg.condition and r.get("condition") != cfg.condition:
             why = f"condition is {r.get('condition')!r}, not {cfg.condition!r}"
+        elif is_baseline(r):  # no pretraining, no data: the reference the pretrained rows are read against
+            baselines.append(r)
+            continue
         else:
             for k in ("params", "data_hours", "img_size", cfg.metric):
                 if r.get(k) is None or not np.isfinite(r[k]) or (k != cfg.metric and r[k] <= 0):
                     why = f"no usable {k}"
                     break
         (dropped if why else used).append({**r, "dropped_because": why} if why else r)
+    if len({(r.get("eval"), r.get("condition")) for r in used}) > 1 and cfg.gains:
+        raise ConfigError(f"{cfg.table}: rows of several evaluations; pick one with --eval (and --condition) to read "
+                          "them against their random baselines")
+    if cfg.gains:
+        if not baselines:
+            raise DataError(f"{cfg.table}: --gains needs random-initialisation baselines (rows with baseline=random; "
+                            "a grid's `baselines: [random]` or `egoscale probe --checkpoint none` makes them)")
+        used, missing = subtract_baselines(used, baselines, cfg.metric)
+        dropped += missing
     if len(used) < 3:
         raise DataError(f"{cfg.table}: only {len(used)} usable rows for --metric {cfg.metric}; need at least 3")
-    return reference_params(used), dropped
+    return reference_params(used), dropped, reference_params(baselines)
 
 
 def reference_params(rows: list[dict]) -> list[dict]:
@@ -205,7 +222,7 @@ def main(cfg: FitConfig) -> int:
 
 def run_fit(cfg: FitConfig, log=print) -> dict:
     t0 = time.time()
-    rows, dropped = _rows(cfg)
+    rows, dropped, baselines = _rows(cfg)
     X, y = _arrays(rows, cfg.metric)
     noise = seed_noise(X, y)
     names = list(FORMS) if cfg.form in ("auto", "all") else [cfg.form]
@@ -324,10 +341,28 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
         chosen = min(fitted, key=lambda k: fitted[k]["rmse"])
         why = "no held-out split was possible; chosen by in-sample RMSE, which favours flexible forms"
     result["chosen"], result["why"] = chosen, why
-    result["trends"] = measured_trends(rows, cfg.metric, cfg.level)
+    if baselines and len({(r.get("eval"), r.get("condition")) for r in rows}) > 1:
+        log("random baselines not read: the rows hold several evaluations (pick one with --eval)")
+        baselines = []
+    if baselines:
+        # what pretraining bought, cell by cell, and the trends of those gains
+        pretrained = [{**r, cfg.metric: r[f"{cfg.metric}_pretrained"]} for r in rows] if cfg.gains else rows
+        result["baselines"] = baselines
+        result["gains"] = gain_table(pretrained, baselines, cfg.metric, cfg.level)
+        gains = rows if cfg.gains else subtract_baselines(rows, baselines, cfg.metric)[0]
+        result["gain_trends"] = measured_trends(gains, cfg.metric, cfg.level,
+                                                baseline_variances(rows, baselines, cfg.metric))
+    result["trends"] = (result["gain_trends"] if cfg.gains else measured_trends(rows, cfg.metric, cfg.level))
     result["seconds"] = round(time.time() - t0, 2)
     write_json_atomic(cfg.out, result)
     log(f"chosen: {chosen} — {why}")
     for t in result["trends"]:
         log(f"measured: {describe(t)}")
+    if baselines:
+        bought = describe_bought(result["gains"])
+        if bought:
+            log(f"random baselines: {bought}")
+        if not cfg.gains:
+            for t in result["gain_trends"]:
+                log(f"measured gain over random: {describe(t)}")
     return result

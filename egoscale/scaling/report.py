@@ -18,6 +18,7 @@ from egoscale.fileio import write_text_atomic
 from egoscale.scaling.extrapolate import (TARGETS, cheapest, check_claim, curve, load_fit, resolve_target,
                                          scale_together, verdict)
 from egoscale.scaling.forms import FORMS
+from egoscale.scaling.baselines import describe_bought
 from egoscale.scaling.trends import cell_table, describe, measured_trends
 
 COLORS = {"logit_linear": "tab:blue", "power_error": "tab:red", "logit_interaction": "tab:green"}
@@ -209,6 +210,66 @@ def _md_table(header, rows):
                      + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
+def plot_gains(fit, out: Path) -> Path:
+    """Each cell's gain over random weights against data size, one line per model@size, with its
+    interval; the zero line is what the untrained encoder gives."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    combos = sorted({(g["model"], g["img_size"]) for g in fit["gains"]}, key=lambda k: (k[1], str(k[0])))
+    cmap = plt.get_cmap("viridis")
+    for i, (m, px) in enumerate(combos):
+        gs = sorted((g for g in fit["gains"] if (g["model"], g["img_size"]) == (m, px)), key=lambda g: g["data_hours"])
+        x = np.array([g["data_hours"] for g in gs]) * (1 + 0.04 * (i - len(combos) / 2))  # spread the bars
+        y = np.array([g["gain"] for g in gs]) * 100
+        err = np.array([[g["gain"] - g["interval"][0], g["interval"][1] - g["gain"]] for g in gs]).T * 100
+        ax.errorbar(x, y, yerr=err, color=cmap(i / max(1, len(combos) - 1)), marker="o", ms=4, lw=1.2, capsize=2,
+                    label=f"{m} @{px:.0f}px")
+    ax.axhline(0, color="k", lw=1, ls="--")
+    ax.text(ax.get_xlim()[0], 0, " random weights", va="bottom", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("hours of video (D)")
+    ax.set_ylabel(f"gain in {fit['metric']} over random weights (points)")
+    ax.set_title(f"what pretraining bought ({fit.get('level', 0.9):.0%} intervals from seed noise)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _baselines_section(fit) -> list[str]:
+    """Each cell beside the same encoder untrained: the gain, its interval, the gain's trends."""
+    if not fit.get("gains"):
+        return []
+    hours = sorted({g["data_hours"] for g in fit["gains"]})
+    combos = sorted({(g["model"], g["img_size"]) for g in fit["gains"]}, key=lambda k: (k[1], str(k[0])))
+    by = {(g["model"], g["img_size"], g["data_hours"]): g for g in fit["gains"]}
+    rows = []
+    for m, px in combos:
+        random = next(g["random"] for g in fit["gains"] if (g["model"], g["img_size"]) == (m, px))
+        cells = []
+        for h in hours:
+            g = by.get((m, px, h))
+            mark = "" if g is None or g["verdict"] == "within noise" else (" ▲" if g["verdict"] == "above" else " ▼")
+            cells.append("" if g is None else f"{g['gain'] * 100:+.1f} [{g['interval'][0] * 100:+.1f}, "
+                                              f"{g['interval'][1] * 100:+.1f}]{mark}")
+        rows.append([f"{m} @{px:.0f} px", f"{random * 100:.1f}", *cells])
+    level = fit["gains"][0]["level"]
+    known = all(g["random_noise_known"] for g in fit["gains"])
+    bought = describe_bought(fit["gains"])
+    return (["## What pretraining bought", "",
+             f"Each cell's mean {fit['metric']} minus that of the same model at the same image size with random "
+             f"weights, evaluated the same way (▲ above, ▼ below random beyond seed noise; {level:.0%} intervals "
+             "from the cell's seed noise and the baseline's" + ("" if known else
+                                                                ", which is unknown without repeated baselines "
+                                                                "and left out") + ").", "",
+             _sentence(bought), "",
+             _md_table(["model @ image size", f"random weights ({fit['metric']}, pts)",
+                        *[f"gain at {h:.3g} h" for h in hours]], rows), ""]
+            + [f"- gain over random weights, {describe(t)}" for t in fit.get("gain_trends", [])]
+            + [""])
+
+
 def _trends_section(fit) -> list[str]:
     """What the runs show per axis, with seed intervals, before any form is fitted."""
     # fit.json has them since they were added; older fits get them computed from their rows
@@ -241,6 +302,8 @@ def report(fit_path: str, out: str, target: str | None = None,
              plot_extrapolation(fit, out_dir / "extrapolation.png", tval)]
     if tval is not None:
         plots.append(plot_frontier(fit, out_dir / "compute_frontier.png", tval))
+    if fit.get("gains"):
+        plots.insert(0, plot_gains(fit, out_dir / "gain_over_random.png"))
     fitted = {k: v for k, v in fit["forms"].items() if "theta" in v}
     md = [f"# Scaling report: {fit['metric']}", "",
           f"{fit['n_rows']} runs from `{fit['table']}`"
@@ -248,7 +311,7 @@ def report(fit_path: str, out: str, target: str | None = None,
           + "; seed noise (pooled within-cell s.d.) "
           f"{fit['noise_sigma'] * 100:.2f} points; {len(fit['dropped'])} rows not used (listed in fit.json).", "",
           f"**Chosen form: {fit['chosen']}** — {fit['why']}.", ""]
-    md += _trends_section(fit) + ["## Forms", ""]
+    md += _trends_section(fit) + _baselines_section(fit) + ["## Forms", ""]
     rows = []
     for name, e in fitted.items():
         cov = [h["coverage"] for h in e["holdout"] if "coverage" in h]

@@ -19,7 +19,7 @@ from egoscale.models.registry import RELEASED_FORMAT, get_spec, parse_released
 
 COLUMNS = ["model", "params", "img_size", "patch_size", "data_fraction", "data_hours", "data_frames", "seed",
            "pretrain_seed", "pretrain_steps", "pretrain_images", "pretrain_flops", "eval", "condition",
-           "label_fraction", "top1", "top5", "top1_last", "top5_last", "source"]
+           "label_fraction", "top1", "top5", "top1_last", "top5_last", "baseline", "source"]
 NUMERIC = {"params", "img_size", "patch_size", "data_fraction", "data_hours", "data_frames", "seed", "pretrain_seed",
            "pretrain_steps", "pretrain_images", "pretrain_flops", "label_fraction", "top1", "top5", "top1_last",
            "top5_last"}
@@ -96,12 +96,15 @@ def row_from_result(result: dict, source: str) -> dict:
     return {"model": result.get("model"), "params": result.get("params"), "img_size": result.get("img_size"),
             "patch_size": result.get("patch_size"), "data_fraction": result.get("data_fraction"),
             "data_hours": result.get("data_hours"), "data_frames": result.get("data_frames"),
-            "seed": result.get("data_seed"), "pretrain_seed": result.get("pretrain_seed"),
+            "pretrain_seed": result.get("pretrain_seed"),
             "pretrain_steps": result.get("pretrain_steps"),
             "pretrain_images": result.get("pretrain_images"), "pretrain_flops": result.get("pretrain_flops"),
             "eval": result.get("eval"), "condition": result.get("condition"),
             "label_fraction": result.get("label_fraction"), "top1": result.get("top1"), "top5": result.get("top5"),
-            "top1_last": result.get("top1_last"), "top5_last": result.get("top5_last"), "source": source}
+            "top1_last": result.get("top1_last"), "top5_last": result.get("top5_last"),
+            # "random" for an untrained encoder's evaluation (steps 0), empty for a pretrained one
+            "baseline": result.get("baseline"),
+            "seed": result.get("init_seed") if result.get("baseline") else result.get("data_seed"), "source": source}
 
 
 def collect(runs_dir: str | Path, files: list[Path] | None = None) -> list[dict]:

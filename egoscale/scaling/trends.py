@@ -47,8 +47,13 @@ def _order(rows: list[dict], col: str) -> dict:
     return {m: i for i, m in enumerate(sorted(size, key=size.get))}
 
 
-def axis_trend(rows: list[dict], metric: str, axis: str, level: float = 0.9) -> dict | None:
-    """The measured effect of one axis (see the module docstring); None if it has one value."""
+def axis_trend(rows: list[dict], metric: str, axis: str, level: float = 0.9,
+               extra_var: dict[tuple, float] | None = None) -> dict | None:
+    """The measured effect of one axis (see the module docstring); None if it has one value.
+
+    `extra_var`: (model, image size) -> a variance to add to every cell mean of that model@size,
+    for metrics with a per-model@size quantity subtracted (gains over a random baseline,
+    `baselines.py`). Along the data axis both ends share it, so it cancels there."""
     col = AXES[axis]
     i = _KEYS.index(col)
     cells = cell_means(rows, metric)
@@ -56,18 +61,22 @@ def axis_trend(rows: list[dict], metric: str, axis: str, level: float = 0.9) -> 
     values = sorted(rank, key=rank.get)
     if len(values) < 2:
         return None
-    sigma, borrowed = _noise_by_hours(rows, metric)
+    sigma, borrowed = noise_by_hours(rows, metric)
+    extra_var = extra_var or {}
     lines: dict[tuple, dict] = {}  # the other two axes -> {this axis's value: (data size, seeds)}
     for k, ys in cells.items():
         lines.setdefault(k[:i] + k[i + 1:], {})[k[i]] = (k[1], ys)
     diffs, var, rising, monotone = [], 0.0, 0, 0
-    for line in lines.values():
+    for key, line in lines.items():
         if values[0] not in line or values[-1] not in line:
             continue
         (lo_h, lo), (hi_h, hi) = line[values[0]], line[values[-1]]
         d = np.mean(hi) - np.mean(lo)
         diffs.append(d)
         var += sigma[lo_h] ** 2 / len(lo) + sigma[hi_h] ** 2 / len(hi)
+        if axis != "data":  # the two ends are different model@size, each with its own baseline
+            ends = [key[:i] + (v,) + key[i:] for v in (values[0], values[-1])]
+            var += sum(extra_var.get((e[0], e[2]), 0.0) for e in ends)
         rising += d > 0
         means = [np.mean(line[v][1]) for v in values if v in line]
         monotone += bool(np.all(np.diff(means) > 0))
@@ -83,7 +92,7 @@ def axis_trend(rows: list[dict], metric: str, axis: str, level: float = 0.9) -> 
             "clear": bool(effect - half > 0 or effect + half < 0)}
 
 
-def _noise_by_hours(rows: list[dict], metric: str) -> tuple[dict[float, float], list[float]]:
+def noise_by_hours(rows: list[dict], metric: str) -> tuple[dict[float, float], list[float]]:
     """Seed s.d. per data size (pooled over that size's repeated cells) and the sizes without repeats."""
     def pooled(rs):
         X = tuple(np.array([r[k] for r in rs], float) for k in ("params", "data_hours", "img_size"))
@@ -96,8 +105,9 @@ def _noise_by_hours(rows: list[dict], metric: str) -> tuple[dict[float, float], 
     return {h: s or fallback for h, s in sigma.items()}, borrowed
 
 
-def measured_trends(rows: list[dict], metric: str, level: float = 0.9) -> list[dict]:
-    return [t for a in AXES if (t := axis_trend(rows, metric, a, level)) is not None]
+def measured_trends(rows: list[dict], metric: str, level: float = 0.9,
+                    extra_var: dict[tuple, float] | None = None) -> list[dict]:
+    return [t for a in AXES if (t := axis_trend(rows, metric, a, level, extra_var)) is not None]
 
 
 def _value(col: str, v) -> str:

@@ -8,6 +8,8 @@
     seeds: [1, 2, 3]                   # subset seeds; each also seeds its pretraining run
     full_seeds: [1]                    # runs on the whole data (fraction 1); default: the first seed
                                        # (more than one: pretrain must not fix `seed`)
+    baselines: [random]                # also evaluate every model@size with random weights (one
+                                       # evaluation per seed, no pretraining): what pretraining buys
     pretrain: {batch_size: 512, budget_hours: 48}          # PretrainConfig fields
     model_overrides: {vit_h14: {lr: 1.0e-4}}                # per model
     evals:
@@ -50,6 +52,10 @@ class Grid:
     # (init, masks, crops, order). Repeating them is the cheapest way to tell a model or resolution
     # trend from seed noise where the runs are most accurate.
     full_seeds: list[int] | None = None
+    # Evaluations without pretraining: "random" evaluates every model@size with randomly
+    # initialised weights (one per seed, each its own initialisation), by every evaluation. An
+    # accuracy means something only beside what the same encoder gives untrained.
+    baselines: list[str] = field(default_factory=list)
     pretrain: dict = field(default_factory=dict)
     model_overrides: dict = field(default_factory=dict)
     evals: list[dict] = field(default_factory=list)
@@ -58,15 +64,21 @@ class Grid:
     name: str = "sweep"
 
 
+BASELINES = ("random",)
+
+
 @dataclass(frozen=True)
 class Cell:
     model: str
     img_size: int
     fraction: float
     seed: int
+    baseline: str | None = None  # "random": no pretraining, the evaluations read randomly initialised weights
 
     @property
     def id(self) -> str:
+        if self.baseline:
+            return f"{self.model}@{self.img_size}_{self.baseline}_s{self.seed}"
         return f"{self.model}@{self.img_size}_{self.fraction:g}_s{self.seed}"
 
 
@@ -124,6 +136,17 @@ def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
     for f in grid.fractions:
         if not 0 < f <= 1:
             raise ConfigError(f"{src}: fraction {f} outside (0, 1]")
+    for b in grid.baselines:
+        if b not in BASELINES:
+            raise ConfigError(f"{src}: baselines: {b!r} is not one of {', '.join(BASELINES)}")
+    if grid.baselines and not grid.evals:
+        raise ConfigError(f"{src}: baselines need at least one entry in evals (a baseline is an evaluation)")
+    patched = ["pretrain"] * ("patch_size" in grid.pretrain) + [f"model_overrides.{m}" for m, o in
+                                                                grid.model_overrides.items() if "patch_size" in o]
+    if grid.baselines and patched:
+        # an evaluation builds a random encoder from the registry's shape; it must be the pretrained one's
+        raise ConfigError(f"{src}: baselines build each model with its registered patch size, but {patched[0]}."
+                          "patch_size changes it; register a model with that patch size instead")
     return grid
 
 
@@ -139,6 +162,22 @@ def cells(grid: Grid) -> list[Cell]:
 
 def full_seeds(grid: Grid) -> list[int]:
     return grid.full_seeds or grid.seeds[:1]
+
+
+def baseline_cells(grid: Grid) -> list[Cell]:
+    """The grid's evaluations without pretraining: every model@size, once per seed."""
+    return [Cell(m, s, 0.0, seed, baseline=b) for b in grid.baselines for m in grid.models for s in grid.img_sizes
+            for seed in grid.seeds]
+
+
+def all_cells(grid: Grid) -> list[Cell]:
+    """Pretraining cells, then baseline cells."""
+    return cells(grid) + baseline_cells(grid)
+
+
+def stages(grid: Grid, cell: Cell) -> list[str]:
+    """What a cell runs, in order: its pretraining (none for a baseline), then each evaluation by name."""
+    return ["pretrain"] * (cell.baseline is None) + [ev["name"] for ev in grid.evals]
 
 
 def pretrain_config(grid: Grid, cell: Cell, run_dir: Path) -> PretrainConfig:
@@ -158,7 +197,13 @@ def _grouped(grid: Grid, values: dict) -> dict:
     return {"wandb_group": grid.name, **values} if values.get("wandb") else values
 
 
-def eval_config(grid: Grid, ev: dict, checkpoint: Path, out: Path):
+def eval_config(grid: Grid, ev: dict, checkpoint: Path | None, out: Path, cell: Cell | None = None):
+    """An evaluation's settings: of `checkpoint`, or for a baseline cell of its randomly initialised model
+    (seeded by the cell's seed; the label subset stays the grid's)."""
     values = {k: v for k, v in ev.items() if k not in ("kind", "name")}
-    values = {**values, "checkpoint": str(checkpoint), "out": str(out)}
+    if cell is not None and cell.baseline:
+        values = {**values, "checkpoint": "none", "model": cell.model, "img_size": cell.img_size,
+                  "init_seed": cell.seed, "out": str(out)}
+    else:
+        values = {**values, "checkpoint": str(checkpoint), "out": str(out)}
     return build(_CONFIGS[ev["kind"]], _grouped(grid, values), source=f"eval {ev['name']}")

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from egoscale.sweep.grid import cells, load_grid
+from egoscale.sweep.grid import all_cells, load_grid
 
 
 def _first_node() -> str:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     out, stage, cell_id = (argv if argv is not None else sys.argv[1:])[:3]
     out = Path(out)
     grid = load_grid(json.loads((out / "grid.json").read_text()))
-    cell = next((c for c in cells(grid) if c.id == cell_id), None)
+    cell = next((c for c in all_cells(grid) if c.id == cell_id), None)
     if cell is None:
         print(f"egoscale sweep job: no cell {cell_id!r} in {out / 'grid.json'}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
-from egoscale.sweep.grid import Grid, cells
+from egoscale.sweep.grid import Grid, all_cells, stages
 from egoscale.sweep.sweep import _state, stage_dir, update_results
 
 SLURM_DEFAULTS = {"partition": None, "gpus_per_node": 8, "nodes": 1, "timeout_min": 2880, "cpus_per_task": 32,
@@ -49,8 +49,8 @@ def slurm_jobs(grid: Grid, out: str | Path) -> list[dict]:
     python = sl["python"] or sys.executable
     g, n = sl["gpus_per_node"], sl["nodes"]
     jobs = []
-    for cell in cells(grid):
-        for stage in ["pretrain", *(e["name"] for e in grid.evals)]:
+    for cell in all_cells(grid):
+        for stage in stages(grid, cell):
             pre = stage == "pretrain"
             cmd = [python, "-m", "egoscale.sweep.job", str(out), stage, cell.id]
             jobs.append({"name": f"{'pt' if pre else stage}_{cell.id}", "stage": stage, "cell": cell.id,
@@ -60,7 +60,7 @@ def slurm_jobs(grid: Grid, out: str | Path) -> list[dict]:
                          "timeout_min": sl["timeout_min"] if pre else sl["eval_timeout_min"],
                          "partition": sl["partition"], "account": sl["account"], "constraint": sl["constraint"],
                          "mem_gb": sl["mem_gb"], "requeue": True,
-                         "depends_on": None if pre else f"pt_{cell.id}"})
+                         "depends_on": None if pre or cell.baseline else f"pt_{cell.id}"})
     return jobs
 
 

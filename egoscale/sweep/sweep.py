@@ -4,6 +4,7 @@ results table current.
 Layout under OUT:
     pretrain/{model}@{size}_{fraction}_s{seed}/     a pretraining run (checkpoint.pt, summary.json, ...)
     eval/{cell}_{eval name}/                       an evaluation (result.json, metrics.jsonl, ...)
+    eval/{model}@{size}_random_s{seed}_{eval name}/ a random-initialisation baseline (grid `baselines`)
     */cell.json                                    state: running / done / failed (+ error, log)
     results.csv                                    one row per finished evaluation
 """
@@ -25,7 +26,7 @@ from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
 from egoscale.models.flops import mae_train_flops
 from egoscale.models.registry import get_spec
-from egoscale.sweep.grid import Cell, Grid, cells, eval_config, load_grid, pretrain_config
+from egoscale.sweep.grid import Cell, Grid, all_cells, cells, eval_config, load_grid, pretrain_config, stages
 
 
 @dataclass
@@ -129,8 +130,7 @@ def status(out: str | Path, grid: Grid | None = None) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {"done": [], "running": [], "failed": [], "pending": []}
     folders = sorted([*out.glob("pretrain/*"), *out.glob("eval/*")])
     if grid is not None:
-        folders = ([pretrain_dir(out, c) for c in cells(grid)]
-                   + [eval_dir(out, c, e) for c in cells(grid) for e in grid.evals])
+        folders = [stage_dir(grid, out, c, st) for c in all_cells(grid) for st in stages(grid, c)]
     for f in folders:
         st = _state(f)
         s = st["state"]
@@ -168,7 +168,7 @@ def update_results(out: Path, grid: Grid) -> None:
     """results.csv from the evaluations of this grid's cells (a folder's other results stay out)."""
     from egoscale.scaling.results import collect, write_table
 
-    files = [eval_dir(out, c, e) / "result.json" for c in cells(grid) for e in grid.evals]
+    files = [eval_dir(out, c, e) / "result.json" for c in all_cells(grid) for e in grid.evals]
     if any(f.is_file() for f in files):
         write_table(collect(out / "eval", [f for f in files if f.is_file()]), out / "results.csv")
 
@@ -185,9 +185,9 @@ def check_grid(grid: Grid, out: Path) -> None:
     from egoscale.train.config import IDENTITY, run_record
 
     changed = []
-    for c in cells(grid):
+    for c in all_cells(grid):
         pdir = pretrain_dir(out, c)
-        if (pdir / CONFIG).is_file():
+        if not c.baseline and (pdir / CONFIG).is_file():
             diff = differences(json.loads((pdir / CONFIG).read_text()), run_record(pretrain_config(grid, c, pdir)),
                                IDENTITY)
             if diff:
@@ -195,7 +195,7 @@ def check_grid(grid: Grid, out: Path) -> None:
         for ev in grid.evals:
             edir = eval_dir(out, c, ev)
             if (edir / CONFIG).is_file():
-                rec = eval_record(eval_config(grid, ev, pdir / "checkpoint.pt", edir))
+                rec = eval_record(eval_config(grid, ev, pdir / "checkpoint.pt", edir, c))
                 diff = differences(json.loads((edir / CONFIG).read_text()), rec, EVAL_IDENTITY)
                 if diff:
                     changed.append(f"{c.id} {ev['name']} ({describe_differences(diff)})")
@@ -223,7 +223,7 @@ def run_local(grid: Grid, out: str | Path, log=print, progress: bool = False, pa
 
 
 def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: int) -> dict:
-    todo = cells(grid)
+    todo = all_cells(grid)
     counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
 
     def add(c: dict) -> None:
@@ -231,11 +231,10 @@ def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: 
             counts[k] += c[k]
 
     # finished cells are counted here, so that re-running a finished sweep starts no worker processes
-    stages = ["pretrain", *(ev["name"] for ev in grid.evals)]
     numbered = []
     for i, cell in enumerate(todo, 1):
-        if all(_state(stage_dir(grid, out, cell, st))["state"] == "done" for st in stages):
-            counts["skipped"] += len(stages)
+        if all(_state(stage_dir(grid, out, cell, st))["state"] == "done" for st in stages(grid, cell)):
+            counts["skipped"] += len(stages(grid, cell))
         else:
             numbered.append((i, cell))
     slots = gpus or parallel
@@ -288,7 +287,7 @@ def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: 
 def _mark_failed(grid: Grid, out: Path, cell: Cell, error: str) -> None:
     """Record a cell that never reported back: its pretraining, or else its unfinished evaluations."""
     pdir = pretrain_dir(out, cell)
-    if _state(pdir)["state"] != "done":
+    if not cell.baseline and _state(pdir)["state"] != "done":
         _set_state(pdir, state="failed", error=error, pid=None)
         return
     for ev in grid.evals:
@@ -319,8 +318,8 @@ def _run_whole_cell(grid: Grid, out: Path, cell: Cell, label: str, progress: boo
                     update: bool = True) -> dict:
     """One cell's pretraining (unless done) and each of its evaluations (unless done)."""
     counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
-    for stage in ["pretrain", *(ev["name"] for ev in grid.evals)]:
-        if stage != "pretrain" and _state(pretrain_dir(out, cell))["state"] != "done":
+    for stage in stages(grid, cell):
+        if stage != "pretrain" and not cell.baseline and _state(pretrain_dir(out, cell))["state"] != "done":
             counts["blocked"] += 1  # its pretraining failed
             continue
         if _state(stage_dir(grid, out, cell, stage))["state"] == "done":
@@ -357,7 +356,7 @@ def run_stage(grid: Grid, out: Path, cell: Cell, stage: str, label: str, progres
         fn = pretrain
     else:
         ev = next(e for e in grid.evals if e["name"] == stage)
-        cfg = eval_config(grid, ev, pretrain_dir(out, cell) / "checkpoint.pt", folder)
+        cfg = eval_config(grid, ev, pretrain_dir(out, cell) / "checkpoint.pt", folder, cell)
         fn = finetune if ev["kind"] == "finetune" else probe
     cfg.progress = progress
     run = lambda: fn(cfg, log=stage_log or (lambda *a: None))  # noqa: E731
