@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from egoscale.fileio import write_json_atomic
@@ -41,7 +42,8 @@ def _time_one(spec, batch: int, mae_settings: dict) -> dict:
     from egoscale.train.loop import adamw
 
     x = torch.randn(batch, 3, spec.img_size, spec.img_size)
-    mae = build_mae(spec, **mae_settings)
+    decoder = {k: v for k, v in mae_settings.items() if k.startswith("decoder_")}  # fields of the model's shape
+    mae = build_mae(replace(spec, **decoder), **{k: v for k, v in mae_settings.items() if k not in decoder})
     opt = adamw(mae.parameters(), 1e-4, torch.device("cpu"))
     vit = build_vit(spec, num_classes=8, global_pool="avg")
     vopt = adamw(vit.parameters(), 1e-4, torch.device("cpu"))
@@ -92,8 +94,9 @@ def predict_sweep_seconds(cells: list[tuple[str, int]], steps: int, timing: dict
 
     def evaluations(t: dict) -> float:
         ft_steps = s["epochs"] * math.ceil(n_train / 32)
-        # finetuning evaluates the val set after every epoch; the probe extracts train and val once
-        extract = (s["epochs"] * n_val + n_train + n_val) * t["extract_image"]
+        # finetuning extracts the training set once for its head's warm-up and evaluates the val set
+        # after every epoch; the probe extracts train and val once
+        extract = (s["epochs"] * n_val + 2 * n_train + n_val) * t["extract_image"]
         return ft_steps * t["finetune_step"] + extract + CELL_OVERHEAD_S
 
     per = [steps * timing[f"{m}@{z}"]["pretrain_step"] + evaluations(timing[f"{m}@{z}"]) for m, z in cells]

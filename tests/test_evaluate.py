@@ -66,6 +66,41 @@ def test_finetune_end_to_end_writes_the_result_row(folder, tmp_path):
     assert len(again) == 80
 
 
+def test_head_warmup_fits_the_head_alone_before_finetuning(folder, tmp_path):
+    # LP-FT's first half: only the head moves, and it learns to read the frozen encoder
+    from egoscale.evaluate.common import ImageList, load_backbone, prepare_labelled, val_transform
+    from egoscale.evaluate.finetune import _frozen_features, warm_head
+    from egoscale.train.distributed import Dist
+
+    cfg = FinetuneConfig(checkpoint="none", model="vit_pico4", train=str(folder / "train"), val=str(folder / "val"),
+                         out=str(tmp_path / "ft"), condition="full", batch_size=32, workers=0, head_warmup=150)
+    data = prepare_labelled(cfg)
+    torch.manual_seed(0)
+    vit, _ = load_backbone("none", "vit_pico4", None, data.classes, "avg")
+    d = Dist(device=torch.device("cpu"))
+    ds = ImageList(data.train, val_transform(32))
+    encoder = {k: v.clone() for k, v in vit.state_dict().items() if not k.startswith("head.")}
+    feats, labels = _frozen_features(vit, ds, cfg, d, False)
+    vit.head.eval()
+    before = torch.nn.functional.cross_entropy(vit.head(feats), labels).item()
+    warm_head(vit, ds, cfg, d, False)
+    vit.head.eval()
+    after = torch.nn.functional.cross_entropy(vit.head(feats), labels).item()
+    assert after < before - 0.1  # (random features of 4 synthetic classes: a head learns them slowly)
+    assert all(torch.equal(v, vit.state_dict()[k]) for k, v in encoder.items())
+    # in a run it is logged once; a resumed run loads its own head and does not warm it again
+    lines = []
+    cfg = FinetuneConfig(checkpoint="none", model="vit_pico4", train=str(folder / "train"), val=str(folder / "val"),
+                         out=str(tmp_path / "run"), condition="full", epochs=1, batch_size=32, workers=0,
+                         progress=False, head_warmup=20)
+    finetune(cfg, log=lines.append)
+    assert sum("head warm-up: 20 steps" in x for x in lines) == 1
+    cfg.epochs = 2
+    lines.clear()
+    finetune(cfg, log=lines.append)
+    assert not any("head warm-up" in x for x in lines) and any("resumed at epoch 1" in x for x in lines)
+
+
 @pytest.mark.slow
 def test_finetune_resumes_after_a_kill(folder, tmp_path):
     args = [sys.executable, "-m", "egoscale", "finetune", "--checkpoint", "none", "--model", "vit_pico4",

@@ -111,6 +111,8 @@ MISTAKES = [
     (["convert", "{root}/notes.pt", "{root}/out.safetensors"], "notes.pt"),
     (["demo", "--size", "huge"], "huge"),
     (["demo", "--quick", "--minutes", "3"], "--quick always runs its 20 steps"),
+    (["finetune", "--checkpoint", "none", "--model", "vit_pico4", "--crop-scale", "0"], "--crop-scale"),
+    (["finetune", "--checkpoint", "none", "--model", "vit_pico4", "--head-warmup", "-1"], "--head-warmup"),
     (["probe", "--checkpoint", "{root}/missing.pt", "--init-seed", "1"], "--init-seed"),
 ]
 

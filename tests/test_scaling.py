@@ -440,3 +440,15 @@ def test_gains_over_random_baselines_in_the_fit_and_the_report(tmp_path):
     write_table([x for x in rows if not x.get("baseline")], tmp_path / "none.csv")
     with pytest.raises(DataError, match="--gains needs random-initialisation baselines"):
         run_fit(FitConfig(table=str(tmp_path / "none.csv"), out=str(tmp_path / "n.json"), gains=True), log=quiet)
+
+
+def test_the_frontier_plot_says_so_when_no_form_reaches_the_target(tmp_path, monkeypatch):
+    # every form unreachable: the report is still written (the plot had nothing to put on log axes)
+    from egoscale.scaling import report as rep
+
+    write_table(grid("logit_linear", TRUE["logit_linear"]), tmp_path / "r.csv")
+    run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / "fit.json"), bootstrap=10), log=quiet)
+    fit = rep.load_fit(str(tmp_path / "fit.json"))
+    monkeypatch.setattr(rep, "cheapest", lambda f, t: {"forms": {k: {"unreachable": "never"} for k in f["forms"]}})
+    out = rep.plot_frontier(fit, tmp_path / "frontier.png", 0.9)
+    assert out.stat().st_size > 5_000

@@ -252,6 +252,13 @@ def test_quick_demo_end_to_end(tmp_path):
     assert "How this demo was sized" in html and "Pretraining steps per run: 20." in html
     assert json.loads((out / "plan.json").read_text())["steps"] == 20  # quick has no budget: always 20
     assert "What pretraining bought" in html and "over random weights" in r.stdout
+    # one run beyond the grid (more pixels), kept out of the fit, checked against the fit's prediction
+    check = json.loads((out / "beyond" / "check.json").read_text())
+    assert check["model"] == "vit_pico4" and check["img_size"] == 40 and 0 <= check["measured"] <= 1
+    assert "vit_pico4@40" not in (out / "runs" / "results.csv").read_text()
+    lo, hi = check["forms"][check["chosen"]]["pi"]
+    assert check["forms"][check["chosen"]]["inside"] == (lo <= check["measured"] <= hi)
+    assert "A run the fit never saw" in html and "beyond the grid (vit_pico4 at 40 px" in r.stdout
     assert "Measured trends" in html and "<li>data (" in html and "vit_micro4 @32 px" in html
     assert (out / "report" / "reconstructions.png").is_file()
     fit = json.loads((out / "fit.json").read_text())

@@ -101,6 +101,11 @@ example:
     batch_size: int = opt(64, "images per device per step")
     lr: float | None = opt(None, "learning rate (default 1e-4; 5e-5 from 448 px up)")
     weight_decay: float = opt(0.05, "AdamW weight decay")
+    crop_scale: float = opt(0.08, "smallest area share of RandomResizedCrop's training crops (paper and "
+                            "torchvision: 0.08; tiny images keep little at that)")
+    head_warmup: int = opt(0, "before the whole encoder trains, fit the fresh head alone for this many steps on frozen "
+                           "features of the training subset (LP-FT: the encoder's first updates then follow a head "
+                           "that already reads it, instead of a random one; 0: the paper's recipe)")
     compile: bool = opt(False, "torch.compile the model")
     grad_checkpointing: bool = opt(False, "recompute activations in backward")
     log_every: int = opt(10, "training-loss line every N steps")
@@ -110,6 +115,10 @@ example:
         super().__post_init__()
         if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1:
             raise ConfigError("--epochs, --batch-size and --log-every must be at least 1")
+        if not 0 < self.crop_scale <= 1:
+            raise ConfigError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
+        if self.head_warmup < 0:
+            raise ConfigError(f"--head-warmup must be at least 0, got {self.head_warmup}")
 
 
 @dataclass

@@ -55,6 +55,37 @@ def evaluate_classifier(module, loader, d: Dist, bf16: bool = False) -> dict:
     return {"val_loss": tot[0].item() / n, "top1": tot[1].item() / n, "top5": tot[2].item() / n}
 
 
+@torch.no_grad()
+def _frozen_features(vit, dataset, cfg, d: Dist, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    loader = torch.utils.data.DataLoader(dataset, cfg.batch_size, num_workers=cfg.workers)
+    vit.eval()
+    feats, labels = [], []
+    with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16):
+        for x, y in loader:
+            feats.append(vit.forward_head(vit.forward_features(x.to(d.device)), pre_logits=True).float())
+            labels.append(y.to(d.device))
+    vit.train()
+    return torch.cat(feats), torch.cat(labels)
+
+
+def warm_head(vit, dataset, cfg, d: Dist, bf16: bool, lr: float = 1e-3) -> float:
+    """LP-FT's first half: the head alone trained on frozen features of the training subset (no
+    augmentation), `cfg.head_warmup` AdamW steps on batches drawn with the run's seed (the same on
+    every rank). Returns the head's final training loss."""
+    feats, labels = _frozen_features(vit, dataset, cfg, d, bf16)
+    opt = torch.optim.AdamW(vit.head.parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed)
+    batch = min(len(labels), max(2, cfg.batch_size))
+    loss = torch.zeros(())
+    for _ in range(cfg.head_warmup):
+        j = torch.randperm(len(labels), generator=g)[:batch].to(d.device)
+        loss = F.cross_entropy(vit.head(feats[j]), labels[j])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return float(loss)
+
+
 def _epoch_batches(dataset, cfg, d: Dist, steps_per_epoch: int, start_step: int):
     """Batches from `start_step` on, epoch after epoch; each epoch a seeded permutation."""
     from torch.utils.data import DataLoader, DistributedSampler
@@ -103,12 +134,17 @@ def _finetune(cfg: FinetuneConfig, d: Dist, out: Path, record: dict, changed: di
             f"classes, lr {lr:g}, {cfg.epochs} epochs, batch {cfg.batch_size} x {d.world_size}")
     bf16 = use_bf16(cfg.precision, d.device)
     choose_attention(vit, d.device, bf16)
+    fresh = cfg.resume == "none" or (cfg.resume == "auto" and not (out / CHECKPOINT).is_file())
+    if cfg.head_warmup and fresh:  # the head first learns to read the frozen encoder (a resumed run loads its own)
+        loss = warm_head(vit, ImageList(data.train, val_transform(size)), cfg, d, bf16)
+        if d.is_main:
+            log(f"head warm-up: {cfg.head_warmup} steps on frozen features, training loss {loss:.3f}")
     module = parallelize(vit, d, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
     decay = [p for n, p in vit.named_parameters() if p.ndim >= 2 and n not in vit.no_weight_decay()]
     no_decay = [p for n, p in vit.named_parameters() if not (p.ndim >= 2 and n not in vit.no_weight_decay())]
     optimizer = adamw([{"params": decay, "weight_decay": cfg.weight_decay},
                        {"params": no_decay, "weight_decay": 0.0}], lr, d.device)
-    train_ds = ImageList(data.train, train_transform(size))
+    train_ds = ImageList(data.train, train_transform(size, (cfg.crop_scale, 1.0)))
     val_ds = ImageList(data.val, val_transform(size))
     val_idx = list(range(d.rank, len(val_ds), d.world_size))  # every val image exactly once
     val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_ds, val_idx), cfg.batch_size,

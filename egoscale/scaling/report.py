@@ -150,6 +150,7 @@ def plot_frontier(fit, out: Path, target: float) -> Path:
     plt = _plt()
     res = cheapest(fit, target)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    reachable = [k for k, r in res["forms"].items() if "unreachable" not in r]
     for name, r in res["forms"].items():
         col = COLORS.get(name)
         if "unreachable" in r:
@@ -164,8 +165,11 @@ def plot_frontier(fit, out: Path, target: float) -> Path:
         hi = iv[1] if iv[1] is not None else r["flops"] * 1e3  # unbounded above: drawn as a long bar
         ax.errorbar([r["params"]], [r["flops"]], yerr=[[r["flops"] - lo], [hi - r["flops"]]], fmt="o", color=col,
                     capsize=3)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    if reachable:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    else:  # nothing to draw on log axes: the picture says so
+        ax.text(0.5, 0.5, "no form reaches the target", transform=ax.transAxes, ha="center", va="center")
     ax.set_xlabel("encoder parameters (N)")
     ax.set_ylabel("training FLOPs (compute model)")
     ax.set_title(f"cheapest compute reaching {fit['metric']} {target:.3f} per model size\n"
