@@ -83,7 +83,7 @@ def warm_head(vit, dataset, cfg, d: Dist, bf16: bool, lr: float = 1e-3) -> float
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return float(loss)
+    return loss.item()
 
 
 def _epoch_batches(dataset, cfg, d: Dist, steps_per_epoch: int, start_step: int):
