@@ -206,7 +206,9 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     if found.is_file():
         check = check_beyond(fit, json.loads(found.read_text()), fit.get("level", 0.9))
         write_json_atomic(out / "beyond" / "check.json", check)
-        checked = [describe_beyond(check) + ".", "Every form, with its 90 % prediction interval for one new run:"] + [
+        line = describe_beyond(check)
+        checked = [line[:1].upper() + line[1:] + ".",
+                   "Every form, with its 90 % prediction interval for one new run:"] + [
             f"- {k}: {v['pred']:.1%} [{v['pi'][0]:.1%}, {v['pi'][1]:.1%}], {'inside' if v['inside'] else 'outside'}"
             for k, v in check["forms"].items()]
     else:  # its failure was logged with the file to read; the study stands without the check
