@@ -49,6 +49,14 @@ def _plt():
     return plt
 
 
+def _save(fig, out: Path) -> Path:
+    """Every plot's last step: laid out, written at one resolution, closed (pyplot keeps figures otherwise)."""
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    _plt().close(fig)
+    return out
+
+
 def _pct(x):
     return f"{100 * x:.1f}%"
 
@@ -74,10 +82,7 @@ def plot_vs_hours(fit, out: Path) -> Path:
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs data size; lines: {chosen} fit, dots: runs (seeds)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_vs(fit, out: Path, col: str, label: str) -> Path:
@@ -113,10 +118,7 @@ def plot_vs(fit, out: Path, col: str, label: str) -> Path:
     ax.set_title(f"{metric} vs {label} ({chosen} fit)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_heldout(fit, out: Path) -> Path:
@@ -138,10 +140,7 @@ def plot_heldout(fit, out: Path) -> Path:
     ax.set_ylabel("predicted (fit without these runs)")
     ax.set_title("held-out predictions, 90% prediction intervals")
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_frontier(fit, out: Path, target: float) -> Path:
@@ -175,10 +174,7 @@ def plot_frontier(fit, out: Path, target: float) -> Path:
     ax.set_title(f"cheapest compute reaching {fit['metric']} {target:.3f} per model size\n"
                  "(dot: the cheapest of all, with its 90% bootstrap interval)", fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_extrapolation(fit, out: Path, target: float | None) -> Path:
@@ -199,10 +195,7 @@ def plot_extrapolation(fit, out: Path, target: float | None) -> Path:
     ax.set_ylim(0, 1)
     ax.set_title("extrapolation along the scale-together path (90% bands)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def _sentence(text: str) -> str:
@@ -235,10 +228,7 @@ def plot_gains(fit, out: Path) -> Path:
     ax.set_ylabel(f"gain in {fit['metric']} over random weights (points)")
     ax.set_title(f"what pretraining bought ({fit.get('level', 0.9):.0%} intervals from seed noise)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def _baselines_section(fit) -> list[str]:

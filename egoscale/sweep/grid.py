@@ -197,9 +197,9 @@ def _grouped(grid: Grid, values: dict) -> dict:
     return {"wandb_group": grid.name, **values} if values.get("wandb") else values
 
 
-def eval_config(grid: Grid, ev: dict, checkpoint: Path | None, out: Path, cell: Cell | None = None):
+def eval_config(grid: Grid, ev: dict, checkpoint: Path, out: Path, cell: Cell | None = None):
     """An evaluation's settings: of `checkpoint`, or for a baseline cell of its randomly initialised model
-    (seeded by the cell's seed; the label subset stays the grid's)."""
+    (seeded by the cell's seed; the label subset stays the grid's; `checkpoint` is not read)."""
     values = {k: v for k, v in ev.items() if k not in ("kind", "name")}
     if cell is not None and cell.baseline:
         values = {**values, "checkpoint": "none", "model": cell.model, "img_size": cell.img_size,
