@@ -4,7 +4,8 @@ Work is cut into pieces (a range of samples of one shard); every (rank, loader w
 its own pieces, so no two read the same frames in an epoch. Pieces are read by seeking to the
 images' offsets, from the index beside each shard (`egoscale.data.shards`), so a small subset
 inside a large shard costs only its own bytes (WebDataset reads shards front to back, which a
-0.01% subset cannot afford).
+0.01% subset cannot afford). Where each reader is in its stream is a `cursor.Cursor`, which a
+checkpoint saves, so that a resumed run continues the stream exactly.
 
 Speed: JPEGs are decoded with libjpeg's DCT scaling (PIL `draft`) when the crop is much smaller
 than the frame, otherwise by torchvision with its fast uint8 resize; samples stay uint8 until
@@ -28,6 +29,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.transforms.v2.functional import resized_crop
 
+from egoscale.data.cursor import Cursor, ResumableBatches, Sample
 from egoscale.data.shards import load_index
 from egoscale.errors import DataError
 
@@ -55,13 +57,13 @@ def decode_rgb(data: bytes) -> torch.Tensor:
 @dataclass(frozen=True)
 class Piece:
     shard: str  # absolute path
-    start: int  # sample range [start, end) within the shard; end None = to the end
-    end: int | None
+    start: int  # sample range [start, end) within the shard
+    end: int
 
 
 def resolve_pieces(data: str | Path, subset: str | Path | None = None,
-                   piece_size: int = 256) -> tuple[list[Piece], int | None]:
-    """Pieces of the input and the number of frames (None if unknown: plain shards, no manifest)."""
+                   piece_size: int = 256) -> tuple[list[Piece], int]:
+    """Pieces of the input and its number of frames."""
     from egoscale.data.subset import load_manifest, load_subset
 
     data = Path(data)
@@ -81,7 +83,9 @@ def resolve_pieces(data: str | Path, subset: str | Path | None = None,
         shards = sorted(data.glob("*.tar")) if data.is_dir() else ([data] if data.suffix == ".tar" else [])
         if not shards:
             raise DataError(f"{data}: no shards found (*.tar, or an ingest folder with manifest.json)")
-        return [Piece(str(s), 0, None) for s in shards], None
+        # shards egoscale did not write: their lengths from their indexes (or tar headers)
+        ranges = [(str(s), 0, len(load_index(s))) for s in shards]
+        total = sum(b for _, _, b in ranges)
     if total == 0 or not ranges:
         raise DataError(f"{subset or data}: no frames to train on")
     pieces = []
@@ -171,64 +175,104 @@ def _normalization(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tens
 class FrameStream(IterableDataset):
     """Endless stream of augmented frames (uint8 (3, H, W) tensors), different for every rank/worker.
 
+    Every (rank, worker) is a reader with its own `cursor.Cursor` over the pieces; the stream is a
+    function of the pieces, the seed and the reader, so it can be continued exactly.
+
     Args:
         pieces: from `resolve_pieces`.
         img_size: output side in px.
-        seed: stream seed; a resumed run passes (seed, resume position) so its draw is fresh but
-            deterministic.
+        seed: stream seed.
         rank, world_size: this process's share of the pieces.
         shuffle_buffer: samples mixed across pieces before they are emitted.
+        resume: a `ResumableBatches.state_dict()` of the same layout: where every worker continues.
     """
 
     def __init__(self, pieces: list[Piece], img_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle_buffer: int = 1000, scale=(0.2, 1.0)):
+                 shuffle_buffer: int = 1000, scale=(0.2, 1.0), resume: dict | None = None):
         if not pieces:
             raise DataError("no input pieces")
         self.pieces, self.img_size, self.seed = pieces, img_size, seed
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.scale = shuffle_buffer, scale
+        self.resume = resume
+        # on resume, the DataLoader's worker 0 plays the worker whose batch was due next
+        self.first_worker = resume["next_worker"] if resume else 0
 
-    def _my_pieces(self, epoch: int, unit: int, units: int) -> list[Piece]:
-        order = list(self.pieces)
-        random.Random(f"{self.seed}-{epoch}-order").shuffle(order)  # str seeds are hashed stably
-        n = max(len(order), units)  # fewer pieces than readers: pieces are shared round-robin
-        return [order[j % len(order)] for j in range(unit, n, units)]
+    def layout(self, workers: int) -> dict:
+        """What a saved position depends on, beside the input: a resume with another layout starts afresh."""
+        return {"world_size": self.world_size, "workers": workers, "shuffle_buffer": self.shuffle_buffer}
+
+    def cursors(self, workers: int) -> list[Cursor]:
+        """This rank's readers' cursors, one per (logical) loader worker, at the resumed position."""
+        out = []
+        for w in range(workers):
+            c = Cursor(self.pieces, self.seed, self.rank * workers + w, self.world_size * workers,
+                       self.shuffle_buffer)
+            if self.resume:
+                c.load_state_dict(self.resume["workers_state"][w])
+            out.append(c)
+        return out
 
     def __iter__(self):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        unit, units = self.rank * nw + wid, self.world_size * nw
-        rng = random.Random(f"{self.seed}-{unit}-aug")
-        cache: dict = {}
-        buf: list[bytes] = []
-        cap = self.shuffle_buffer
-        epoch = 0
+        cursor = self.cursors(nw)[(wid + self.first_worker) % nw]
+        reader = _Reader(self.pieces)
+        held: dict[Sample, list] = {}  # the buffer's images: sample -> [bytes, copies in the buffer]
 
-        def emit_random():
-            j = rng.randrange(len(buf))
-            buf[j], buf[-1] = buf[-1], buf[j]
-            return augment(buf.pop(), self.img_size, rng, self.scale)
+        def hold(sample: Sample) -> None:
+            if sample in held:  # a small input can hold one sample twice (two epochs in the buffer)
+                held[sample][1] += 1
+            else:
+                held[sample] = [reader.read(sample), 1]
 
+        for sample in cursor.buffer:  # a resumed stream's buffer
+            hold(sample)
         while True:
-            for piece in self._my_pieces(epoch, unit, units):
-                for data in read_piece(piece, cache):
-                    buf.append(data)
-                    if len(buf) > cap:
-                        yield emit_random()
-            epoch += 1
-            if not buf and epoch == 1:
-                raise DataError("the input holds no images")
-            if epoch == 1 and len(buf) <= cap:
-                cap = len(buf) // 2  # input smaller than the buffer: keep half in it so the stream flows
-                while len(buf) > cap:
-                    yield emit_random()
+            rng = cursor.augment_rng()
+            sample = cursor.next(hold)
+            entry = held[sample]
+            entry[1] -= 1
+            if not entry[1]:
+                del held[sample]
+            yield augment(entry[0], self.img_size, rng, self.scale)
+
+
+class _Reader:
+    """Image bytes of one sample, by seeking in its shard (the shards' indexes memory-mapped, a
+    few shards kept open)."""
+
+    def __init__(self, pieces: list[Piece], open_files: int = 4):
+        self.pieces, self.open_files = pieces, open_files
+        self.index: dict = {}
+        self.files: dict = {}
+
+    def read(self, sample: Sample) -> bytes:
+        shard = self.pieces[sample[0]].shard
+        index = self.index.get(shard)
+        if index is None:
+            index = self.index[shard] = load_index(shard)
+        f = self.files.get(shard)
+        if f is None:
+            if len(self.files) >= self.open_files:
+                self.files.pop(next(iter(self.files))).close()
+            f = self.files[shard] = open(shard, "rb")
+        off, size = index[sample[1]].tolist()
+        f.seek(off)
+        return f.read(size)
 
 
 def collate_uint8(samples: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(samples)
 
 
-def make_loader(stream: FrameStream, batch_size: int, workers: int = 2, pin_memory: bool = False):
-    return torch.utils.data.DataLoader(stream, batch_size=batch_size, num_workers=workers,
-                                       collate_fn=collate_uint8, pin_memory=pin_memory,
-                                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+def make_loader(stream: FrameStream, batch_size: int, workers: int = 2, pin_memory: bool = False
+                ) -> ResumableBatches:
+    """Batches of the stream, from `workers` processes, with their position for a checkpoint."""
+    # its own generator: making the loader's iterator must not draw from the global RNG, which a
+    # resumed run restores to the saved step's state (it draws the MAE's masks)
+    loader = torch.utils.data.DataLoader(stream, batch_size=batch_size, num_workers=workers,
+                                         collate_fn=collate_uint8, pin_memory=pin_memory,
+                                         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                                         generator=torch.Generator().manual_seed(stream.seed))
+    return ResumableBatches(loader, stream)

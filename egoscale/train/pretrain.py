@@ -4,7 +4,6 @@ or all GPUs of many nodes under torchrun (examples in `PretrainConfig`)."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import os
@@ -25,7 +24,8 @@ from egoscale.runfolder import FolderLock, check_identity, record_config
 from egoscale.train.config import (COMPILE_PAYS_STEPS, CUDA_GRAPH_MODES, IDENTITY, PRETRAIN_PRECISIONS, PretrainConfig,
                                    run_record)
 from egoscale.train.distributed import cleanup, fully_sharded, init_distributed, is_main_process, parallelize
-from egoscale.train.loop import CHECKPOINT, LoopSettings, Trainer, adamw, lr_schedule, resolve_precision
+from egoscale.train.loop import (CHECKPOINT, LoopSettings, Trainer, adamw, lr_schedule, read_metrics,
+                                 resolve_precision)
 from egoscale.train.visualize import reconstruction_grid
 
 
@@ -139,20 +139,47 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
         if d.is_main:
             log(f"{out}: already trained for {trainer.step} steps; nothing to do")
         done = out / "summary.json"
-        return json.loads(done.read_text()) if done.is_file() else {"steps": trainer.step}
-    # A resumed run draws a fresh, deterministic stream (the shuffle position is not restorable).
-    stream = FrameStream(pieces, spec.img_size, seed=cfg.seed * 1_000_003 + trainer.step, rank=d.rank,
-                         world_size=d.world_size, shuffle_buffer=cfg.shuffle_buffer)
-    loader = make_loader(stream, cfg.batch_size, resolve_workers(cfg.workers, d.device),
-                         pin_memory=d.device.type == "cuda")
-    batches = iter(loader)
-    first = next(batches)
+        if done.is_file():
+            return json.loads(done.read_text())
+        # killed after its last checkpoint, before its summary: the summary from what was saved
+        losses = [r["loss"] for r in read_metrics(trainer.metrics_path) if "loss" in r]
+        summary = {"steps": trainer.step, "samples": trainer.samples, "seconds": round(trainer.elapsed_before, 3),
+                   "stopped_by": "steps", "final_loss": losses[-1] if losses else float("nan"),
+                   "model": spec.name, "img_size": spec.img_size, "frames": frames, "global_batch": global_batch}
+        if d.is_main:
+            write_json_atomic(done, summary)
+        return summary
+    workers = resolve_workers(cfg.workers, d.device)
+    batches = make_loader(_stream(cfg, pieces, spec.img_size, d, trainer, max(1, workers), log), cfg.batch_size,
+                          workers, pin_memory=d.device.type == "cuda")
+    first = batches.peek()
     sample.append(first[:4].to(d.device).float() / 255)  # the same frames in every reconstruction picture
-    summary = trainer.fit(itertools.chain([first], batches))
+    summary = trainer.fit(batches)
     summary.update(model=spec.name, img_size=spec.img_size, frames=frames, global_batch=global_batch)
     if d.is_main:
         write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def _stream(cfg: PretrainConfig, pieces, img_size: int, d, trainer: Trainer, workers: int, log) -> FrameStream:
+    """The frame stream, continued exactly from the checkpoint's data position when the run keeps
+    its layout (processes, loader workers, shuffle buffer); otherwise fresh, seeded by the step."""
+    seed = cfg.seed * 1_000_003
+    stream = FrameStream(pieces, img_size, seed=seed, rank=d.rank, world_size=d.world_size,
+                         shuffle_buffer=cfg.shuffle_buffer)
+    saved = trainer.data_state
+    if saved is not None and all(saved.get(k) == v for k, v in stream.layout(workers).items()):
+        return FrameStream(pieces, img_size, seed=saved["seed"], rank=d.rank, world_size=d.world_size,
+                           shuffle_buffer=cfg.shuffle_buffer, resume=saved)
+    if trainer.step:
+        stream.seed = seed + trainer.step
+        if d.is_main:
+            was = ("another number of processes, or no record of it" if saved is None else
+                   f"{saved['world_size']} process(es) x {saved['workers']} loader worker(s), shuffle buffer "
+                   f"{saved['shuffle_buffer']}")
+            log(f"the data order changes from here: the checkpoint's data position ({was}) does not carry over to "
+                f"{d.world_size} process(es) x {workers} loader worker(s), shuffle buffer {cfg.shuffle_buffer}")
+    return stream
 
 
 def _loss_fn(device):

@@ -49,8 +49,10 @@ class Trackers:
             except ImportError:  # the optional extra is absent: metrics.jsonl alone
                 SummaryWriter = None
             if SummaryWriter is not None:
-                # a resumed run hides what its previous attempt logged past the checkpoint's step
-                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step or not resume else None)
+                # what a previous attempt logged past the checkpoint's step (all of it, for a run that
+                # starts over) is hidden, so that every step shows once
+                tb = out / "tensorboard"
+                self.tb = SummaryWriter(str(tb), purge_step=step + 1 if tb.is_dir() else None)
         if cfg.wandb:
             try:
                 import wandb
