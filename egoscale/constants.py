@@ -15,3 +15,8 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
 # GPU at 40 % model-FLOP utilisation.
 ASSUMED_GPU_TFLOPS = PEAK_BF16_TFLOPS["H100"]
 ASSUMED_MFU = 0.4
+
+# The ImageNet channel statistics every input is normalised with (pretraining, evaluation, and
+# the models written for other libraries).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -29,12 +29,11 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 from torchvision.transforms.v2.functional import resized_crop
 
+from egoscale.constants import IMAGENET_MEAN, IMAGENET_STD
 from egoscale.data.cursor import Cursor, ResumableBatches, Sample
 from egoscale.data.shards import load_index
 from egoscale.errors import DataError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 try:
     # torchvision's decoder writes (3, H, W) uint8 straight from libjpeg-turbo, faster than PIL's

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from egoscale.data.loader import IMAGENET_MEAN, IMAGENET_STD
+from egoscale.constants import IMAGENET_MEAN, IMAGENET_STD
 from egoscale.errors import ConfigError, DataError
 from egoscale.evaluate.config import EvalData, resolve_fraction
 from egoscale.evaluate.labelled import Labelled, label_subset, read_list, scan, write_list

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from egoscale.data.loader import IMAGENET_MEAN, IMAGENET_STD, read_piece, resolve_pieces
+from egoscale.constants import IMAGENET_MEAN, IMAGENET_STD
+from egoscale.data.loader import read_piece, resolve_pieces
 from egoscale.data.shards import IMAGE_EXTS
 from egoscale.errors import DataError
 from egoscale.models.checkpoint import load_mae, resolve_checkpoint
