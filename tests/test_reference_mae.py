@@ -5,31 +5,7 @@ import pytest
 import torch
 
 from egoscale.models import build_mae, get_spec
-
-
-def _hf_state(ours: dict, spec) -> dict:
-    """egoscale's MAE state dict in transformers' ViTMAE names (q/k/v split out of qkv)."""
-    out = {}
-    for k, v in ours.items():
-        if k.startswith("encoder.blocks.") or k.startswith("decoder_blocks."):
-            enc = k.startswith("encoder.")
-            i = int(k.split(".")[2 if enc else 1])
-            rest = k.split(".", 3 if enc else 2)[-1]
-            pre = f"vit.layers.{i}." if enc else f"decoder.decoder_layers.{i}."
-            if rest.startswith("attn.qkv."):
-                for name, part in zip(("q_proj", "k_proj", "v_proj"), v.chunk(3)):
-                    out[pre + f"attention.{name}.{rest.split('.')[-1]}"] = part
-                continue
-            rest = (rest.replace("attn.proj.", "attention.o_proj.").replace("norm1.", "layernorm_before.")
-                    .replace("norm2.", "layernorm_after."))
-            out[pre + rest] = v
-            continue
-        out[{"encoder.cls_token": "vit.embeddings.cls_token", "encoder.pos_embed": "vit.embeddings.position_embeddings",
-             "encoder.patch_embed.proj.weight": "vit.embeddings.patch_embeddings.projection.weight",
-             "encoder.patch_embed.proj.bias": "vit.embeddings.patch_embeddings.projection.bias",
-             "encoder.norm.weight": "vit.layernorm.weight", "encoder.norm.bias": "vit.layernorm.bias"}.get(
-            k, "decoder." + k)] = v
-    return out
+from egoscale.models.export import transformers_state as _hf_state  # the names `convert --to transformers` writes
 
 
 @pytest.mark.parametrize("ratio", [0.8, 0.75])
@@ -45,7 +21,7 @@ def test_loss_and_every_gradient_match_transformers_vitmae(ratio):
         decoder_intermediate_size=4 * spec.decoder_width, mask_ratio=ratio, norm_pix_loss=False, qkv_bias=True,
         layer_norm_eps=1e-6, attn_implementation="eager")
     ref = transformers.ViTMAEForPreTraining(cfg)
-    state = _hf_state(ours.state_dict(), spec)
+    state = _hf_state(ours.state_dict())
     missing, unexpected = ref.load_state_dict(state, strict=False)
     assert not unexpected and not missing, (missing, unexpected)
 
@@ -59,7 +35,7 @@ def test_loss_and_every_gradient_match_transformers_vitmae(ratio):
     mine.loss.backward()
     theirs.loss.backward()
     grads = {k: p.grad for k, p in ours.named_parameters() if p.requires_grad}
-    ref_grads = _hf_state(grads, spec)
+    ref_grads = _hf_state(grads)
     named = dict(ref.named_parameters())
     for k, g in ref_grads.items():
         torch.testing.assert_close(g, named[k].grad, rtol=1e-4, atol=1e-6, msg=k)
