@@ -56,7 +56,7 @@ STAGES: dict[str, Stage] = {
     "report": Stage("egoscale.scaling.report", "ReportConfig", "report.html / report.md with plots from a fit"),
     "sweep": Stage("egoscale.sweep.sweep", "SweepConfig",
                    "run a grid (models x sizes x data x evaluations) locally or on SLURM; `sweep status`"),
-    "models": Stage("egoscale.models.registry", "ModelsConfig", "list the ViT family: shapes, parameters, GFLOPs"),
+    "models": Stage("egoscale.models.listing", "ModelsConfig", "list the ViT family: shapes, parameters, GFLOPs"),
     "convert": Stage("egoscale.models.convert", "ConvertConfig", "checkpoint <-> safetensors"),
     "inspect": Stage("egoscale.models.inspect", "InspectConfig",
                      "what a checkpoint holds (kind, model, size, training state, provenance)"),

@@ -441,3 +441,13 @@ def test_a_run_resumes_sharded_from_an_unsharded_checkpoint_and_back(frames, tmp
     # Adam's step counters went on from the first run's: the moments were restored, not restarted
     state = read_checkpoint(run / "checkpoint.pt")["optimizer"]["state"]
     assert {float(s["step"]) for s in state.values()} == {12.0}
+
+
+def test_a_torch_older_than_the_code_needs_is_named_in_one_line():
+    from egoscale.errors import EgoscaleError
+    from egoscale.train.distributed import check_torch
+
+    check_torch("2.6.0")
+    check_torch("2.14.1+cu130")  # numbers, not strings: 14 > 6
+    with pytest.raises(EgoscaleError, match=r"needs torch >= 2.6 \(this is 2.4.1\+cu121\)"):
+        check_torch("2.4.1+cu121")

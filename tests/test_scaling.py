@@ -239,6 +239,19 @@ def test_held_out_error_of_cell_means_takes_the_seed_noise_out():
     assert cell_error(truth + 0.015, y, X, noise=0.02) == pytest.approx(0.015, abs=0.002)
 
 
+def test_a_held_out_error_hidden_by_seed_noise_is_reported_as_such_never_as_zero():
+    from egoscale.scaling.fit import cell_error, heldout_text, noise_floor
+
+    # 3 cells of 2 runs, noise 2 points: a law 0.3 points off cannot be told from an exact one
+    X = (np.repeat([1.0, 2.0, 3.0], 2), np.ones(6), np.full(6, 224.0))
+    y = np.array([0.50, 0.52, 0.60, 0.58, 0.70, 0.71])
+    pred = np.array([0.512, 0.512, 0.588, 0.588, 0.706, 0.706])
+    err, floor = cell_error(pred, y, X, noise=0.02), noise_floor(X, 0.02)
+    assert err == 0.0 and floor == pytest.approx(0.02 / 2 ** 0.5)
+    assert heldout_text(100 * err, 100 * floor) == "within seed noise (<= 1.41)"
+    assert heldout_text(0.734, 1.41) == "0.73" and heldout_text(None, None) == "n/a"
+
+
 def test_measured_trends_report_each_axis_with_seed_intervals():
     # a known grid: +4 points per data step, +1 per model, nothing from resolution; seed noise
     # 0.5 points at the small data sizes and 3 points at the largest (where runs spread most)

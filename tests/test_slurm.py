@@ -1,5 +1,7 @@
-"""The sweep's SLURM backend on a real single-node cluster (slurmctld + slurmd on this machine,
-started by tests/slurm_cluster.sh; skipped with its reason where that cannot be had)."""
+"""The sweep's SLURM backend on a real cluster of two nodes (slurmctld and two slurmd on this
+machine, started by tests/slurm_cluster.sh; skipped with its reason where that cannot be had):
+jobs with dependencies, requeues, failures, a pretraining run across both nodes, and ingest as
+a job array over both."""
 
 import json
 import os
@@ -19,7 +21,7 @@ SCRIPT = Path(__file__).with_name("slurm_cluster.sh")
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm")
-    r = subprocess.run(["bash", str(SCRIPT), "start", str(state)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(["bash", str(SCRIPT), "start", str(state), "2"], capture_output=True, text=True, timeout=600)
     if r.returncode == 3:
         pytest.skip(f"no SLURM test cluster here: {r.stderr.strip()}")
     assert r.returncode == 0 and "ready" in r.stdout, r.stderr
@@ -33,11 +35,11 @@ def cluster(tmp_path_factory):
         os.environ["SLURM_CONF"] = before
 
 
-def _write_grid(root: Path, path: Path, **over) -> Path:
+def _write_grid(root: Path, path: Path, nodes: int = 1, **over) -> Path:
     import yaml
 
     g = _grid(root, slurm={"partition": "test", "gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 10,
-                           "eval_timeout_min": 10}, **over)
+                           "eval_timeout_min": 10, "nodes": nodes}, **over)
     path.write_text(yaml.safe_dump(g))
     return path
 
@@ -134,3 +136,87 @@ def test_a_failed_job_keeps_its_log_and_the_sweep_names_it(cluster, tiny_study, 
     assert line.startswith("probe vit_pico4@32_1_s1") and "no-such-folder" in line
     log = Path(line.rsplit("log: ", 1)[1])
     assert log.is_file() and "no-such-folder" in log.read_text()
+
+
+def _metric_lines(path: Path) -> list[dict]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+
+
+def test_a_two_node_pretraining_job_runs_across_both_nodes_and_resumes_exactly_after_a_requeue(
+        cluster, tiny_study, tmp_path, capsys):
+    import sys
+
+    cell = "vit_pico4@32_1_s1"
+    grid = _write_grid(tiny_study, tmp_path / "grid.yaml", nodes=2, fractions=[1.0], seeds=[1], evals=[],
+                       pretrain={"steps": 240, "batch_size": 8, "workers": 0, "log_every": 10, "save_every": 20,
+                                 "shuffle_buffer": 100})
+    out = tmp_path / "runs"
+    assert main(["sweep", str(grid), "--out", str(out), "--backend", "slurm"]) == 0
+    job = _jobs(out)[f"pt_{cell}"]
+    metrics = out / "pretrain" / cell / "metrics.jsonl"
+    t0 = time.time()
+    while len(_metric_lines(metrics)) < 6:  # past step 40: checkpoints to resume from
+        assert time.time() - t0 < 240, "the two-node job did not get going"
+        time.sleep(0.5)
+    running = _status(out, capsys)
+    assert running["running"] == 1 and running["running_lines"] == [f"pretrain {cell} (job {job}, 2 nodes)"]
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    done = _wait(out, capsys, lambda g: g["done"] == 1 or g["failed"])
+    assert done["done"] == 1, {k: v for k, v in done.items() if v}
+    summary = json.loads((out / "pretrain" / cell / "summary.json").read_text())
+    assert sorted(summary["nodes"]) == ["n1", "n2"]  # one rank on each node
+    logs = "".join(p.read_text() for p in (out / "slurm" / f"pt_{cell}").glob("*_log.out"))
+    assert "resumed from step" in logs and "over nodes" in logs
+    assert "Restarts=1" in subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+
+    # the same cell as two processes of one machine (same global batch and ranks): the same loss at
+    # every step, although the two-node run was requeued half-way
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (ref / "grid.json").write_text((out / "grid.json").read_text())
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
+                        "egoscale.sweep.job", str(ref), "pretrain", cell], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got, want = _metric_lines(metrics), _metric_lines(ref / "pretrain" / cell / "metrics.jsonl")
+    assert [m["step"] for m in got] == list(range(10, 241, 10))
+    assert [m["loss"] for m in got] == [m["loss"] for m in want]
+
+
+def test_ingest_as_a_job_array_over_both_nodes_merges_into_what_one_process_makes(cluster, tmp_path):
+    import sys
+
+    import webdataset as wds
+
+    from tests.videos import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(4):
+        write_video(videos / f"v{i}.mp4", n=40 + 10 * i, fps=10, w=64, h=48)
+    common = [sys.executable, "-m", "egoscale", "ingest", "--source", f"cam={videos}", "--fps", "2", "--shard-frames",
+              "16", "--no-progress"]
+    one = subprocess.run(common + ["--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    parts, logs = tmp_path / "parts", tmp_path / "logs"
+    logs.mkdir()
+    # each task asks for a whole node's cores, so the two land on different nodes
+    cpus = os.cpu_count()
+    wrap = f"echo node=$SLURMD_NODENAME; {' '.join(common)} --out {parts} --part slurm"
+    r = subprocess.run(["sbatch", "--wait", "--array=0-1", "-p", "test", f"--cpus-per-task={cpus}",
+                        f"--output={logs}/%a.out", "--wrap", wrap], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr + "".join(p.read_text() for p in logs.glob("*.out"))
+    said = [(logs / f"{i}.out").read_text() for i in range(2)]
+    assert sorted(s.split("node=", 1)[1].split()[0] for s in said) == ["n1", "n2"]
+    assert sorted(p.name for p in parts.glob("manifest-part*")) == ["manifest-part000of002.json",
+                                                                  "manifest-part001of002.json"]
+    merged = subprocess.run([sys.executable, "-m", "egoscale", "ingest", "--merge", "--out", str(parts)],
+                            capture_output=True, text=True, timeout=300)
+    assert merged.returncode == 0, merged.stderr
+
+    def frames(folder: Path) -> list[tuple]:
+        man = json.loads((folder / "manifest.json").read_text())
+        urls = [str(folder / s["name"]) for s in man["shards"]]
+        return [(json.loads(s["json"])["video"], json.loads(s["json"])["k"], s["jpg"])
+                for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+
+    assert frames(parts) == frames(tmp_path / "one")  # the same frames, bytes and order

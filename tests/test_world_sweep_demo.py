@@ -221,14 +221,15 @@ def test_slurm_job_specifications(tiny_study, tmp_path, monkeypatch):
     out.mkdir()
     (out / "grid.json").write_text(json.dumps(dataclasses.asdict(load_grid(g))))
     seen = []
-    monkeypatch.setattr(job, "_first_node", lambda: "node07")
+    monkeypatch.setattr(job, "_first_node_address", lambda: "node07")
     monkeypatch.setattr(sp, "run", lambda cmd, **kw: seen.append(cmd) or sp.CompletedProcess(cmd, 0))
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert job.main([str(out), "pretrain", "vit_pico4@32_0.5_s1"]) == 0
     cmd = seen[0]
     assert cmd[1:3] == ["-m", "torch.distributed.run"] and cmd[cmd.index("--nnodes") + 1] == "2"
-    assert cmd[cmd.index("--nproc-per-node") + 1] == "4" and cmd[cmd.index("--rdzv-endpoint") + 1] == "node07:29500"
+    assert cmd[cmd.index("--nproc-per-node") + 1] == "4"
+    assert cmd[cmd.index("--rdzv-endpoint") + 1] == f"node07:{20000 + 4242}"  # a port of the job's own
     assert cmd[-4:] == ["egoscale.sweep.job", str(out), "pretrain", "vit_pico4@32_0.5_s1"]
 
 
@@ -307,3 +308,13 @@ def test_dry_run_prices_the_papers_grid_without_running_or_loading_torch(tmp_pat
     (row,) = estimate(g)
     assert row["flops"] == pytest.approx(mae_train_flops(get_spec("vit_b14"), 224, 0.8) * 64 * 1000)
     assert row["gpu_hours"] == pytest.approx(row["flops"] / (ASSUMED_GPU_TFLOPS * 1e12 * ASSUMED_MFU) / 3600)
+    # a grid that reshapes the model is priced as the model its runs train; the batch is the runs' default
+    from dataclasses import replace
+
+    g = load_grid(_grid(tmp_path, models=["vit_b14"], img_sizes=[224], fractions=[1.0], seeds=[1],
+                        pretrain={"steps": 10, "patch_size": 16, "decoder_width": 256, "decoder_depth": 2,
+                                  "mask_ratio": 0.75}))
+    (row,) = estimate(g)
+    spec = replace(get_spec("vit_b14", patch_size=16), decoder_width=256, decoder_depth=2)
+    assert row["flops"] == pytest.approx(mae_train_flops(spec, 224, 0.75) * 256 * 10)
+    assert row["flops"] < 0.6 * mae_train_flops(get_spec("vit_b14"), 224, 0.75) * 256 * 10

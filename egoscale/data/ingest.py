@@ -29,6 +29,19 @@ STATE = ".ingest-state.json"
 MANIFEST_VERSION = 1
 
 
+def slurm_part() -> str:
+    """`--part slurm`: "I/N" for this task of a SLURM job array (its place among the array's task
+    ids) or, outside an array, of the job step's tasks (srun -n N)."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_TASK_ID") and env.get("SLURM_ARRAY_TASK_COUNT"):
+        first, step = int(env.get("SLURM_ARRAY_TASK_MIN", "0")), int(env.get("SLURM_ARRAY_TASK_STEP", "1"))
+        return f"{(int(env['SLURM_ARRAY_TASK_ID']) - first) // step}/{env['SLURM_ARRAY_TASK_COUNT']}"
+    if env.get("SLURM_PROCID") and env.get("SLURM_NTASKS"):
+        return f"{env['SLURM_PROCID']}/{env['SLURM_NTASKS']}"
+    raise ConfigError("--part slurm: not inside a SLURM job array or job step (no SLURM_ARRAY_TASK_ID or "
+                      "SLURM_PROCID); give the part as I/N")
+
+
 @dataclass
 class IngestConfig:
     """Decode every video under each --source folder, sample frames at exact times k/fps, resize, encode
@@ -62,8 +75,9 @@ cluster: run with --part I/N for I = 0..N-1 (e.g. a SLURM array), then
     chunk_seconds: float = field(default=300.0, metadata={
         "help": "seconds of video per work item (long videos are split across processes)"})
     part: str | None = field(default=None, metadata={
-        "help": "I/N: ingest only part I of N (0-based) of the videos, for clusters; combine with --merge",
-        "metavar": "I/N"})
+        "help": "I/N: ingest only part I of N (0-based) of the videos, for clusters; combine with --merge. "
+                "'slurm': this task's part of a SLURM job array (sbatch --array=0-3: task I of 4), or of the "
+                "job's tasks (srun -n N)", "metavar": "I/N"})
     strict: bool = opt(False, "exit non-zero if any video failed")
     merge: bool = opt(False, "combine the part manifests in --out into manifest.json (after --part runs)")
     progress: bool = opt(True, "show a progress bar")
@@ -84,6 +98,8 @@ cluster: run with --part I/N for I = 0..N-1 (e.g. a SLURM array), then
         except ValueError as e:
             raise ConfigError(f"--shard-size: {e}") from None
         self.parsed_sources()
+        if self.part == "slurm":
+            self.part = slurm_part()
         self.part_index()
 
     def parsed_sources(self) -> list[tuple[str, Path]]:

@@ -7,6 +7,7 @@ These numbers feed the compute model of the scaling analysis and MFU in training
 
 from __future__ import annotations
 
+from egoscale.constants import MASK_RATIO
 from egoscale.models.registry import ViTSpec
 
 
@@ -45,7 +46,13 @@ def vit_gflops(spec: ViTSpec, img_size: int | None = None) -> float:
     return encoder_flops(spec, img_size) / 1e9
 
 
-def mae_train_flops(spec: ViTSpec, img_size: int | None = None, mask_ratio: float = 0.8,
+def decoder_params(width: int = ViTSpec.decoder_width, depth: int = ViTSpec.decoder_depth) -> float:
+    """Weights of an MAE decoder's blocks (q/k/v, projection, a 4x MLP): what each token's pass
+    through it costs per FLOP model (the paper's 512 x 8 by default)."""
+    return depth * 12.0 * width * width
+
+
+def mae_train_flops(spec: ViTSpec, img_size: int | None = None, mask_ratio: float = MASK_RATIO,
                     predict_all: bool = False) -> float:
     """FLOPs of one MAE training step per image: forward + backward (= 3 x forward).
 

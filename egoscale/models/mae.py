@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from egoscale.constants import MASK_RATIO
 from egoscale.models.block import Block, gather_rows
 from egoscale.models.flops import num_visible
 from egoscale.models.pos_embed import sincos_2d
@@ -65,7 +66,7 @@ class MaskedAutoencoder(nn.Module):
         norm_pix_loss: regress per-patch normalised pixels (MAE's option; the paper used raw).
     """
 
-    def __init__(self, spec: ViTSpec, mask_ratio: float = 0.8, norm_pix_loss: bool = False):
+    def __init__(self, spec: ViTSpec, mask_ratio: float = MASK_RATIO, norm_pix_loss: bool = False):
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")

@@ -6,8 +6,10 @@ checkpoints load without renaming. The classifier head of the paper's finetuning
 BatchNorm1d(affine=False) + Linear on the final-normed class token (`head.0`, `head.1`).
 
 It answers timm's standard calls (`forward_features`, `forward_head(pre_logits=...)`,
-`reset_classifier`, `no_weight_decay`, `group_matcher`, `set_grad_checkpointing`); the
-evaluation code uses only these.
+`reset_classifier`, `no_weight_decay`, `group_matcher`, `set_grad_checkpointing`), so that
+timm's tools (its optimizer factory's layer-wise decay, for one) work on it; egoscale's own
+evaluations call `forward_features`, `forward_head`, `no_weight_decay` and the grad-checkpointing
+switch.
 """
 
 from __future__ import annotations

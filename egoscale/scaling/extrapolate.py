@@ -19,6 +19,7 @@ from scipy.optimize import brentq
 from egoscale.config import opt
 from egoscale.constants import MASK_RATIO
 from egoscale.errors import ConfigError, DataError
+from egoscale.models.flops import decoder_params
 from egoscale.scaling.forms import FORMS
 
 # Named targets with their source. Human top-5 error of a trained annotator on ImageNet:
@@ -372,13 +373,15 @@ def curve(fit: dict, ks: np.ndarray) -> dict:
 
 # --- compute ---------------------------------------------------------------------------------
 def train_flops(N, D, R, epochs: float = 1.0, fps: float = 1.0, patch: int = 14, mask_ratio: float = MASK_RATIO,
-                decoder_params: float = 25.6e6):
+                decoder: float | None = None):
     """Compute model of one MAE pretraining run (FLOPs): 6 x (N x visible tokens + decoder params x
     all tokens) per image (forward + backward, 2 FLOPs per multiply-add, the linear layers), times
-    the images seen, epochs x frames of D hours at `fps`. The decoder is the paper's 512x8 (25.6M).
+    the images seen, epochs x frames of D hours at `fps`. `decoder`: its parameters (default: the
+    paper's 512 x 8, `models.flops.decoder_params`).
     """
+    decoder = decoder_params() if decoder is None else decoder
     tokens = (np.asarray(R, float) / patch) ** 2
-    per_image = 6.0 * (np.asarray(N, float) * tokens * (1 - mask_ratio) + decoder_params * tokens)
+    per_image = 6.0 * (np.asarray(N, float) * tokens * (1 - mask_ratio) + decoder * tokens)
     return per_image * epochs * np.asarray(D, float) * 3600.0 * fps
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from egoscale.scaling.report import _plt
+from egoscale.scaling.plotting import pyplot
 
 
 def _size_of(model: str) -> float:
@@ -60,7 +60,7 @@ def sample_frames(sweep: Path, out: Path, per_source: int = 8) -> Path:
             imgs.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
         rows.append((source, imgs))
         flat += imgs
-    plt = _plt()
+    plt = pyplot()
     cols = max(len(r[1]) for r in rows)
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.4 * cols, 1.5 * len(rows)), squeeze=False)
     for r, (source, imgs) in enumerate(rows):
@@ -86,7 +86,7 @@ def labelled_examples(sweep: Path, out: Path, per_class: int = 4) -> Path:
     if not evals:
         raise FileNotFoundError("the grid has no evaluation, so no labelled folder")
     lab = scan(evals[0]["train"])
-    plt = _plt()
+    plt = pyplot()
     n = len(lab.classes)
     cols = min(n, 8)
     rows = math.ceil(n / cols)
@@ -122,7 +122,7 @@ def loss_curves(sweep: Path, out: Path) -> Path:
         recs = [r for r in recs if "loss" in r]
         panels.setdefault(model_size, []).append((f"{fraction} {seed}", [r["step"] for r in recs],
                                                   [r["loss"] for r in recs]))
-    plt = _plt()
+    plt = pyplot()
     n = len(panels)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -176,7 +176,7 @@ def reconstructions(sweep: Path, out: Path, n: int = 4) -> Path:
         frames.append(Image.open(io.BytesIO(read_piece(piece, cache)[0])).convert("RGB"))
         if len(frames) == n:
             break
-    plt = _plt()
+    plt = pyplot()
     order = sorted(runs, key=lambda m: (_size_of(m), m))  # smallest model first
     fig, axes = plt.subplots(1, len(order), figsize=(2.6 * len(order), 0.9 * n + 0.8), squeeze=False)
     for k, model in enumerate(order):

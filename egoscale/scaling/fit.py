@@ -198,6 +198,24 @@ def cell_error(pred: np.ndarray, y: np.ndarray, X, noise: float) -> float:
     return float(max(0.0, float(np.mean(sq))) ** 0.5)
 
 
+def noise_floor(X, noise: float) -> float:
+    """The smallest cell error that seed noise lets one see in these cells: the RMS over cells of
+    the noise's share of each cell mean (noise / sqrt(runs)). An error estimated at 0 is an error
+    below this, not a law without error."""
+    c = cell_index(X)
+    return float(np.mean([noise ** 2 / (c == k).sum() for k in np.unique(c)]) ** 0.5)
+
+
+def heldout_text(points: float | None, floor_points: float | None) -> str:
+    """A held-out error for people: its points, or "within seed noise (<= X)" where seed noise
+    hides it (never an exact zero, which no finite set of runs can show)."""
+    if points is None:
+        return "n/a"
+    if points == 0.0 and floor_points is not None:
+        return f"within seed noise (<= {floor_points:.2f})"
+    return f"{points:.2f}"
+
+
 def extrapolation_sigma(form, rows: list[dict], X, y, split: str, noise: float, delta: float) -> float | None:
     """The form's error one step further along a split's axis, from the rows the split leaves to
     fit: those rows' own largest level is held out in turn (largest-model: the next-largest
@@ -285,6 +303,7 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
                 "split": split, "n": int(mask.sum()), "n_scored": int(scored.sum()),
                 "mae_points": float(err[scored].mean() * 100),
                 "cell_error_points": 100 * cell_error(pred[scored], yt[scored], tuple(v[scored] for v in te), noise),
+                "noise_floor_points": 100 * noise_floor(tuple(v[scored] for v in te), noise),
                 **extra,
                 "extrapolation_sigma_points": None if sig is None else 100 * sig,
                 # on the scored runs, as the error: the fit cannot know a resolution it never saw
@@ -299,12 +318,14 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
         valid = [h for h in entry["holdout"] if "mae_points" in h]
         entry["heldout_mae_points"] = float(np.mean([h["mae_points"] for h in valid])) if valid else None
         entry["heldout_points"] = float(np.mean([h["cell_error_points"] for h in valid])) if valid else None
+        entry["heldout_floor_points"] = float(np.mean([h["noise_floor_points"] for h in valid])) if valid else None
         entry["validated"] = _validation(entry["holdout"], cfg)
         result["forms"][name] = entry
         entry["non_physical"] = turning_point(form, full["theta"], rows)
         log(f"{name:<18} in-sample RMSE {full['rmse'] * 100:5.2f} pts, held-out error "
             + ("n/a" if entry["heldout_points"] is None else
-               f"{entry['heldout_points']:.2f} pts (cell means; runs {entry['heldout_mae_points']:.2f})")
+               f"{heldout_text(entry['heldout_points'], entry['heldout_floor_points'])} pts (cell means; runs "
+               f"{entry['heldout_mae_points']:.2f})")
             + f", asymptote {entry['asymptote']:.3f}{'' if full['converged'] else ' (NOT converged)'}"
             + (f"; NON-PHYSICAL: {entry['non_physical']['note']}" if entry["non_physical"] else ""))
     fitted = {k: v for k, v in result["forms"].items() if "theta" in v}

@@ -17,7 +17,9 @@ from egoscale.config import opt
 from egoscale.fileio import write_text_atomic
 from egoscale.scaling.extrapolate import (TARGETS, cheapest, check_claim, curve, load_fit, resolve_target,
                                          scale_together, verdict)
+from egoscale.scaling.fit import heldout_text
 from egoscale.scaling.forms import FORMS
+from egoscale.scaling.plotting import pyplot, save
 from egoscale.scaling.baselines import describe_bought
 from egoscale.scaling.trends import cell_table, describe, measured_trends
 
@@ -41,28 +43,12 @@ def main(cfg: ReportConfig) -> int:
     return 0
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, out: Path) -> Path:
-    """Every plot's last step: laid out, written at one resolution, closed (pyplot keeps figures otherwise)."""
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    _plt().close(fig)
-    return out
-
-
 def _pct(x):
     return f"{100 * x:.1f}%"
 
 
 def plot_vs_hours(fit, out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     rows, metric = fit["data"], fit["metric"]
     chosen = fit["chosen"]
     e = fit["forms"][chosen]
@@ -82,11 +68,11 @@ def plot_vs_hours(fit, out: Path) -> Path:
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs data size; lines: {chosen} fit, dots: runs (seeds)")
     ax.legend(fontsize=7)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def plot_vs(fit, out: Path, col: str, label: str) -> Path:
-    plt = _plt()
+    plt = pyplot()
     rows, metric, chosen = fit["data"], fit["metric"], fit["chosen"]
     e = fit["forms"][chosen]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -118,11 +104,11 @@ def plot_vs(fit, out: Path, col: str, label: str) -> Path:
     ax.set_title(f"{metric} vs {label} ({chosen} fit)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=6)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def plot_heldout(fit, out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, e in fit["forms"].items():
         for h in e.get("holdout", []):
@@ -140,13 +126,13 @@ def plot_heldout(fit, out: Path) -> Path:
     ax.set_ylabel("predicted (fit without these runs)")
     ax.set_title("held-out predictions, 90% prediction intervals")
     ax.legend(fontsize=6)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def plot_frontier(fit, out: Path, target: float) -> Path:
     """Per form: the cheapest training compute that reaches `target` for each model size (the
     frontier of `extrapolate --budget-flops`), the cheapest point, and its bootstrap interval."""
-    plt = _plt()
+    plt = pyplot()
     res = cheapest(fit, target)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     reachable = [k for k, r in res["forms"].items() if "unreachable" not in r]
@@ -174,11 +160,11 @@ def plot_frontier(fit, out: Path, target: float) -> Path:
     ax.set_title(f"cheapest compute reaching {fit['metric']} {target:.3f} per model size\n"
                  "(dot: the cheapest of all, with its 90% bootstrap interval)", fontsize=10)
     ax.legend(fontsize=7)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def plot_extrapolation(fit, out: Path, target: float | None) -> Path:
-    plt = _plt()
+    plt = pyplot()
     ks = np.geomspace(1e-3, 1e4, 120)
     cur = curve(fit, ks)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -195,7 +181,7 @@ def plot_extrapolation(fit, out: Path, target: float | None) -> Path:
     ax.set_ylim(0, 1)
     ax.set_title("extrapolation along the scale-together path (90% bands)")
     ax.legend(fontsize=7)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def _sentence(text: str) -> str:
@@ -210,7 +196,7 @@ def _md_table(header, rows):
 def plot_gains(fit, out: Path) -> Path:
     """Each cell's gain over random weights against data size, one line per model@size, with its
     interval; the zero line is what the untrained encoder gives."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     combos = sorted({(g["model"], g["img_size"]) for g in fit["gains"]}, key=lambda k: (k[1], str(k[0])))
     cmap = plt.get_cmap("viridis")
@@ -228,7 +214,7 @@ def plot_gains(fit, out: Path) -> Path:
     ax.set_ylabel(f"gain in {fit['metric']} over random weights (points)")
     ax.set_title(f"what pretraining bought ({fit.get('level', 0.9):.0%} intervals from seed noise)")
     ax.legend(fontsize=7)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def _baselines_section(fit) -> list[str]:
@@ -314,7 +300,7 @@ def report(fit_path: str, out: str, target: str | None = None,
         ps = ", ".join(f"{k}={v:.3g} [{e['params_ci'][k][0]:.3g}, {e['params_ci'][k][1]:.3g}]"
                        for k, v in e["params"].items())
         rows.append([name, f"`{e['formula']}`", f"{e['rmse'] * 100:.2f}",
-                     "n/a" if cells is None else f"{cells:.2f}",
+                     heldout_text(cells, e.get("heldout_floor_points")),
                      "n/a" if e["heldout_mae_points"] is None else f"{e['heldout_mae_points']:.2f}",
                      "n/a" if not seeds else f"{np.mean(seeds):.0%}", "n/a" if not cov else f"{np.mean(cov):.0%}",
                      f"{e.get('form_sigma', 0.0) * 100:.2f}", f"{e['asymptote']:.3f}",
@@ -331,17 +317,17 @@ def report(fit_path: str, out: str, target: str | None = None,
            "smallest run's scale to a million times the largest). A form that turns down is non-physical there "
            "and is not chosen for extrapolation. Held-out error: of the predicted cell means, with the seed "
            "noise's share taken out (a run's error also holds its seed's luck); the runs' own error beside it. "
-           "Coverage: of held-out runs by 90% prediction intervals from seeds and parameters alone, and with the "
-           "form's extrapolation error along the split's axis (measured one step back within the fitted runs). "
+           "An error that seed noise hides is shown as within seed noise, with the smallest error these runs "
+           "could show. Coverage: the share of held-out runs inside their 90% prediction intervals, from seed "
+           "noise and parameter uncertainty alone, and with the form's extrapolation error along the split's axis "
+           "added (measured one step back within the fitted runs). "
            "Validated: the form's held-out error is at most "
            f"{fit['config'].get('max_heldout_points', 1.0):g} points and its prediction intervals cover at least "
            f"{fit['config'].get('min_coverage', 0.85):.0%} of held-out runs on every split; a form below that bar is "
            "chosen only when no physical form meets it, and then the choice says so.", "",
-           "PI coverage: the share of held-out runs inside their 90 % prediction interval from parameter "
-           "uncertainty and seed noise alone; \"+ form error\" adds the form's own error as estimated from the "
-           "other held-out splits (so each split is checked on an estimate it did not inform). The "
-           "prediction intervals below include that error, measured one step beyond the data; far beyond, it "
-           "grows, as the spread between the forms shows.", ""]
+           "The prediction intervals below add the form's own error (the part of its held-out errors that seeds "
+           "and parameters do not explain), measured one step beyond the data; far beyond, it grows, as the "
+           "spread between the forms shows.", ""]
     claim = check_claim(fit, "paper", None if fit["metric"] == TARGETS["human"]["metric"] else target)
     preds = [v["pred"] for v in claim["forms"].values()]
     has_target = claim["target"] is not None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,13 +21,27 @@ from pathlib import Path
 from egoscale.sweep.grid import all_cells, load_grid
 
 
-def _first_node() -> str:
+def _first_node_address() -> str:
+    """Where the job's first node is reached: its NodeAddr in SLURM's view (the hostname on most
+    clusters; an address where a node's name does not resolve)."""
     nodes = os.environ.get("SLURM_JOB_NODELIST", "localhost")
     try:
-        return subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
-                              check=True).stdout.split()[0]
+        first = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
+                               check=True).stdout.split()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         return nodes.split(",")[0]
+    try:
+        shown = subprocess.run(["scontrol", "-o", "show", "node", first], capture_output=True, text=True,
+                               check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return first
+    m = re.search(r"\bNodeAddr=(\S+)", shown)
+    return m.group(1) if m else first
+
+
+def rendezvous_port(job_id: str) -> int:
+    """A port for the job's rendezvous, from its id: two jobs sharing a first node do not collide."""
+    return 20000 + int(job_id) % 20000 if job_id.isdigit() else 29500
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     procs, nodes = max(1, sl["gpus_per_node"]), sl["nodes"]
     if stage == "pretrain" and (procs > 1 or nodes > 1) and "LOCAL_RANK" not in os.environ:
         job = os.environ.get("SLURM_JOB_ID", "egoscale")
+        endpoint = f"{_first_node_address()}:{rendezvous_port(job)}"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node", str(procs),
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{_first_node()}:29500", "--rdzv-id", job,
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", job,
                "-m", "egoscale.sweep.job", str(out), stage, cell_id]
         return subprocess.run(cmd).returncode
     from egoscale.sweep.sweep import run_stage

@@ -25,7 +25,7 @@ from pathlib import Path
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
 from egoscale.sweep.grid import Grid, all_cells, stages
-from egoscale.sweep.sweep import _state, stage_dir, update_results
+from egoscale.sweep.folders import cell_state, stage_dir, update_results
 
 SLURM_DEFAULTS = {"partition": None, "gpus_per_node": 8, "nodes": 1, "timeout_min": 2880, "cpus_per_task": 32,
                   "eval_timeout_min": 720, "mem_gb": 0, "account": None, "constraint": None, "python": None}
@@ -117,7 +117,7 @@ def submit_slurm(grid: Grid, jobs: list[dict], out: str | Path, log=print) -> di
     ids: dict[str, str] = {}  # jobs of this sweep that are queued or running after this call
     submitted, skipped_done, skipped_live = {}, 0, 0
     for job in jobs:
-        if _state(Path(job["folder"]))["state"] == "done":
+        if cell_state(Path(job["folder"]))["state"] == "done":
             skipped_done += 1
             continue
         old = records.get(job["name"])
@@ -161,15 +161,17 @@ def slurm_status(grid: Grid, out: str | Path) -> dict[str, list[str]]:
     # all together after a second: a requeue passes through such a moment
     jobs = slurm_jobs(grid, out)
     doubtful = [records[j["name"]] for j in jobs if records.get(j["name"])
-                and live.get(records[j["name"]]) not in ACTIVE and _state(Path(j["folder"]))["state"] == "running"]
+                and live.get(records[j["name"]]) not in ACTIVE and cell_state(Path(j["folder"]))["state"] == "running"]
     if doubtful:
         time.sleep(1)
         live.update(job_states(doubtful))
     groups: dict[str, list[str]] = {"done": [], "running": [], "queued": [], "failed": [], "pending": []}
     for job in jobs:
         jid = records.get(job["name"])
-        st = _state(Path(job["folder"]))
-        label = f"{job['stage']} {job['cell']}" + (f" (job {jid})" if jid else "")
+        st = cell_state(Path(job["folder"]))
+        span = f"{job['nodes']} nodes" if job["nodes"] > 1 else ""
+        label = f"{job['stage']} {job['cell']}" + (f" (job {jid}{', ' + span if span else ''})" if jid
+                                                     else f" ({span})" if span else "")
         slurm = live.get(jid) if jid else None
         if st["state"] == "done":
             groups["done"].append(label)

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from egoscale.config import opt
-from egoscale.constants import ASSUMED_GPU_TFLOPS, ASSUMED_MFU, MASK_RATIO
+from egoscale.constants import ASSUMED_GPU_TFLOPS, ASSUMED_MFU
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
 from egoscale.models.flops import mae_train_flops
-from egoscale.models.registry import get_spec
+from egoscale.sweep.folders import (cell_state, eval_dir, pid_alive, pretrain_dir, set_cell_state, stage_dir,
+                                     update_results)
 from egoscale.sweep.grid import Cell, Grid, all_cells, cells, eval_config, load_grid, pretrain_config, stages
 
 
@@ -96,34 +97,6 @@ def main(cfg: SweepConfig) -> int:
 WORKER_RESTARTS = 2
 
 
-def pretrain_dir(out: Path, cell: Cell) -> Path:
-    return out / "pretrain" / cell.id
-
-
-def eval_dir(out: Path, cell: Cell, ev: dict) -> Path:
-    return out / "eval" / f"{cell.id}_{ev['name']}"
-
-
-def _state(folder: Path) -> dict:
-    f = folder / "cell.json"
-    return json.loads(f.read_text()) if f.is_file() else {"state": "pending"}
-
-
-def _set_state(folder: Path, **kw) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / "cell.json", {**_state(folder), **kw, "updated": time.time()})
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
-
-
 def status(out: str | Path, grid: Grid | None = None) -> dict[str, list[str]]:
     """Cells by state: done / running / failed / pending (running = a live process holds it)."""
     out = Path(out)
@@ -132,9 +105,9 @@ def status(out: str | Path, grid: Grid | None = None) -> dict[str, list[str]]:
     if grid is not None:
         folders = [stage_dir(grid, out, c, st) for c in all_cells(grid) for st in stages(grid, c)]
     for f in folders:
-        st = _state(f)
+        st = cell_state(f)
         s = st["state"]
-        if s == "running" and not _pid_alive(st.get("pid")):
+        if s == "running" and not pid_alive(st.get("pid")):
             s = "failed" if st.get("error") else "pending"  # a killed run: resumable, so pending
         groups.setdefault(s, []).append(str(f.relative_to(out)))
     return groups
@@ -150,27 +123,19 @@ def estimate(grid: Grid) -> list[dict]:
     comp = compute_assumptions(grid)
     rows = []
     for c in cells(grid):
-        cfg = {**grid.pretrain, **grid.model_overrides.get(c.model, {})}
-        spec = get_spec(c.model, img_size=c.img_size)
-        per_img = mae_train_flops(spec, c.img_size, cfg.get("mask_ratio", MASK_RATIO))
-        batch = cfg.get("batch_size", 256) * cfg.get("accum_steps", 1) * comp["gpus_per_run"]
-        flops = per_img * batch * cfg["steps"] if cfg.get("steps") else None
+        # the cell's own settings, as its run would have them: model shape (patch, decoder), mask, batch
+        cfg = pretrain_config(grid, c, Path("."))
+        spec = cfg.spec()
+        per_img = mae_train_flops(spec, spec.img_size, cfg.mask_ratio)
+        batch = cfg.batch_size * cfg.accum_steps * comp["gpus_per_run"]
+        flops = per_img * batch * cfg.steps if cfg.steps else None
         hours = flops / (comp["gpu_tflops"] * 1e12 * comp["mfu"]) / 3600 * comp["gpus_per_run"] if flops else None
-        if cfg.get("budget_hours"):
-            budget = cfg["budget_hours"] * comp["gpus_per_run"]
+        if cfg.budget_hours:
+            budget = cfg.budget_hours * comp["gpus_per_run"]
             hours = min(hours, budget) if hours else budget
             flops = hours * 3600 * comp["gpu_tflops"] * 1e12 * comp["mfu"]  # what the budget buys
         rows.append({"cell": c.id, "flops": flops, "gpu_hours": hours})
     return rows
-
-
-def update_results(out: Path, grid: Grid) -> None:
-    """results.csv from the evaluations of this grid's cells (a folder's other results stay out)."""
-    from egoscale.scaling.results import collect, write_table
-
-    files = [eval_dir(out, c, e) / "result.json" for c in all_cells(grid) for e in grid.evals]
-    if any(f.is_file() for f in files):
-        write_table(collect(out / "eval", [f for f in files if f.is_file()]), out / "results.csv")
 
 
 def check_grid(grid: Grid, out: Path) -> None:
@@ -233,7 +198,7 @@ def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: 
     # finished cells are counted here, so that re-running a finished sweep starts no worker processes
     numbered = []
     for i, cell in enumerate(todo, 1):
-        if all(_state(stage_dir(grid, out, cell, st))["state"] == "done" for st in stages(grid, cell)):
+        if all(cell_state(stage_dir(grid, out, cell, st))["state"] == "done" for st in stages(grid, cell)):
             counts["skipped"] += len(stages(grid, cell))
         else:
             numbered.append((i, cell))
@@ -287,13 +252,13 @@ def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: 
 def _mark_failed(grid: Grid, out: Path, cell: Cell, error: str) -> None:
     """Record a cell that never reported back: its pretraining, or else its unfinished evaluations."""
     pdir = pretrain_dir(out, cell)
-    if not cell.baseline and _state(pdir)["state"] != "done":
-        _set_state(pdir, state="failed", error=error, pid=None)
+    if not cell.baseline and cell_state(pdir)["state"] != "done":
+        set_cell_state(pdir, state="failed", error=error, pid=None)
         return
     for ev in grid.evals:
         edir = eval_dir(out, cell, ev)
-        if _state(edir)["state"] != "done":
-            _set_state(edir, state="failed", error=error, pid=None)
+        if cell_state(edir)["state"] != "done":
+            set_cell_state(edir, state="failed", error=error, pid=None)
 
 
 def _init_worker(devices, threads: int | None, slots: int = 1) -> None:
@@ -319,25 +284,15 @@ def _run_whole_cell(grid: Grid, out: Path, cell: Cell, label: str, progress: boo
     """One cell's pretraining (unless done) and each of its evaluations (unless done)."""
     counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
     for stage in stages(grid, cell):
-        if stage != "pretrain" and not cell.baseline and _state(pretrain_dir(out, cell))["state"] != "done":
+        if stage != "pretrain" and not cell.baseline and cell_state(pretrain_dir(out, cell))["state"] != "done":
             counts["blocked"] += 1  # its pretraining failed
             continue
-        if _state(stage_dir(grid, out, cell, stage))["state"] == "done":
+        if cell_state(stage_dir(grid, out, cell, stage))["state"] == "done":
             counts["skipped"] += 1
             continue
         ok = run_stage(grid, out, cell, stage, f"{label} {stage} {cell.id}", progress, log, update=update)
         counts["done" if ok else "failed"] += 1
     return counts
-
-
-def stage_dir(grid: Grid, out: Path, cell: Cell, stage: str) -> Path:
-    """A cell's folder for `stage`: "pretrain" or the name of one of the grid's evaluations."""
-    if stage == "pretrain":
-        return pretrain_dir(out, cell)
-    ev = next((e for e in grid.evals if e["name"] == stage), None)
-    if ev is None:
-        raise ConfigError(f"no stage {stage!r} in the grid (pretrain, {', '.join(e['name'] for e in grid.evals)})")
-    return eval_dir(out, cell, ev)
 
 
 def run_stage(grid: Grid, out: Path, cell: Cell, stage: str, label: str, progress: bool = False, log=print,
@@ -371,16 +326,16 @@ def run_stage(grid: Grid, out: Path, cell: Cell, stage: str, label: str, progres
 
 def _run_cell(folder: Path, fn, label: str, log) -> bool:
     t0 = time.time()
-    _set_state(folder, state="running", pid=os.getpid(), host=socket.gethostname(), started=t0, error=None,
+    set_cell_state(folder, state="running", pid=os.getpid(), host=socket.gethostname(), started=t0, error=None,
                slurm_job=os.environ.get("SLURM_JOB_ID"))
     try:
         res = fn()
     except Exception as e:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on
         (folder / "error.log").write_text(traceback.format_exc())
-        _set_state(folder, state="failed", error=f"{type(e).__name__}: {e}", log=str(folder / "error.log"))
+        set_cell_state(folder, state="failed", error=f"{type(e).__name__}: {e}", log=str(folder / "error.log"))
         log(f"{label}: FAILED ({type(e).__name__}: {str(e)[:200]}); see {folder / 'error.log'}")
         return False
-    _set_state(folder, state="done", seconds=round(time.time() - t0, 2), pid=None)
+    set_cell_state(folder, state="done", seconds=round(time.time() - t0, 2), pid=None)
     extra = f" top-1 {res['top1']:.3f}" if isinstance(res, dict) and "top1" in res else ""
     log(f"{label}: done in {time.time() - t0:.0f} s{extra}")
     return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 
@@ -16,7 +17,22 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from egoscale.errors import EgoscaleError
 from egoscale.models.block import Block
+
+# The oldest torch with what training uses (FSDP2's public `fully_shard`, `torch.OutOfMemoryError`);
+# checked here, where every training and evaluation stage passes, instead of failing mid-run.
+TORCH_FLOOR = (2, 6)
+
+
+def check_torch(version: str = torch.__version__) -> None:
+    have = tuple(int(p) for p in version.split("+")[0].split(".")[:2])
+    if have < TORCH_FLOOR:
+        raise EgoscaleError(f"egoscale needs torch >= {'.'.join(map(str, TORCH_FLOOR))} (this is {version}): "
+                            "pip install -U torch torchvision")
+
+
+check_torch()
 
 
 @dataclass
@@ -106,6 +122,20 @@ def _start_group(d: Dist) -> None:
     one = dict(store=dist.HashStore(), rank=0, world_size=1) if d.world_size == 1 else {}
     dist.init_process_group("nccl" if d.device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30),
                             device_id=d.device if d.device.type == "cuda" else None, **one)
+
+
+def node_name() -> str:
+    """The node this process runs on: SLURM's name for it inside a job, else the hostname."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def rank_nodes(d: Dist) -> list[str]:
+    """Every rank's node, in rank order (a collective: every rank calls it)."""
+    if not d.enabled:
+        return [node_name()]
+    names: list = [None] * d.world_size
+    dist.all_gather_object(names, node_name())
+    return names
 
 
 def cleanup() -> None:

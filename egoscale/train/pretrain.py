@@ -23,7 +23,8 @@ from egoscale.models.vit import choose_attention
 from egoscale.runfolder import FolderLock, check_identity, record_config
 from egoscale.train.config import (COMPILE_PAYS_STEPS, CUDA_GRAPH_MODES, IDENTITY, PRETRAIN_PRECISIONS, PretrainConfig,
                                    run_record)
-from egoscale.train.distributed import cleanup, fully_sharded, init_distributed, is_main_process, parallelize
+from egoscale.train.distributed import (cleanup, fully_sharded, init_distributed, is_main_process, parallelize,
+                                        rank_nodes)
 from egoscale.train.loop import (CHECKPOINT, LoopSettings, Trainer, adamw, lr_schedule, read_metrics,
                                  resolve_precision)
 from egoscale.train.visualize import reconstruction_grid
@@ -60,7 +61,6 @@ def main(cfg: PretrainConfig) -> int:
     return 0
 
 
-# Settings that make a run folder's weights what they are: a resumed run must not change them.
 def pretrain(cfg: PretrainConfig, log=print) -> dict:
     """Run (or resume) MAE pretraining; returns the summary."""
     spec = cfg.spec()
@@ -97,8 +97,10 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
     precision = resolve_precision(cfg.precision, d.device, PRETRAIN_PRECISIONS)
     sharded = fully_sharded(d, cfg.fsdp, precision == "bf16-params")
     attention = choose_attention(mae, d.device, precision != "fp32")
+    nodes = rank_nodes(d)  # each rank's node, recorded in summary.json
     if d.is_main:
-        log(f"pretrain {spec.name} at {spec.img_size}px on {d.device} x{d.world_size}: "
+        log(f"pretrain {spec.name} at {spec.img_size}px on {d.device} x{d.world_size}"
+            f"{' over nodes ' + ', '.join(dict.fromkeys(nodes)) if len(set(nodes)) > 1 else ''}: "
             f"global batch {global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} "
             f"devices, lr {lr:g} ({cfg.lr_schedule}), mask {cfg.mask_ratio}, {precision} "
             f"({attention} attention), "
@@ -155,7 +157,8 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
     first = batches.peek()
     sample.append(first[:4].to(d.device).float() / 255)  # the same frames in every reconstruction picture
     summary = trainer.fit(batches)
-    summary.update(model=spec.name, img_size=spec.img_size, frames=frames, global_batch=global_batch)
+    summary.update(model=spec.name, img_size=spec.img_size, frames=frames, global_batch=global_batch,
+                   nodes=nodes)
     if d.is_main:
         write_json_atomic(out / "summary.json", summary)
     return summary
