@@ -148,14 +148,14 @@ def test_a_two_node_pretraining_job_runs_across_both_nodes_and_resumes_exactly_a
 
     cell = "vit_pico4@32_1_s1"
     grid = _write_grid(tiny_study, tmp_path / "grid.yaml", nodes=2, fractions=[1.0], seeds=[1], evals=[],
-                       pretrain={"steps": 240, "batch_size": 8, "workers": 0, "log_every": 10, "save_every": 20,
+                       pretrain={"steps": 120, "batch_size": 8, "workers": 0, "log_every": 10, "save_every": 20,
                                  "shuffle_buffer": 100})
     out = tmp_path / "runs"
     assert main(["sweep", str(grid), "--out", str(out), "--backend", "slurm"]) == 0
     job = _jobs(out)[f"pt_{cell}"]
     metrics = out / "pretrain" / cell / "metrics.jsonl"
     t0 = time.time()
-    while len(_metric_lines(metrics)) < 6:  # past step 40: checkpoints to resume from
+    while len(_metric_lines(metrics)) < 4:  # at step 40: checkpoints to resume from
         assert time.time() - t0 < 240, "the two-node job did not get going"
         time.sleep(0.5)
     running = _status(out, capsys)
@@ -178,7 +178,7 @@ def test_a_two_node_pretraining_job_runs_across_both_nodes_and_resumes_exactly_a
                         "egoscale.sweep.job", str(ref), "pretrain", cell], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     got, want = _metric_lines(metrics), _metric_lines(ref / "pretrain" / cell / "metrics.jsonl")
-    assert [m["step"] for m in got] == list(range(10, 241, 10))
+    assert [m["step"] for m in got] == list(range(10, 121, 10))
     assert [m["loss"] for m in got] == [m["loss"] for m in want]
 
 
