@@ -465,3 +465,21 @@ def test_the_frontier_plot_says_so_when_no_form_reaches_the_target(tmp_path, mon
     monkeypatch.setattr(rep, "cheapest", lambda f, t: {"forms": {k: {"unreachable": "never"} for k in f["forms"]}})
     out = rep.plot_frontier(fit, tmp_path / "frontier.png", 0.9)
     assert out.stat().st_size > 5_000
+
+
+def test_choose_prefers_validated_physical_forms_and_says_why():
+    from egoscale.scaling.fit import FitConfig, choose
+
+    def form(err, physical=True, ok=True):
+        return {"heldout_points": err, "heldout_mae_points": None if err is None else err + 1, "rmse": 0.02,
+                "non_physical": None if physical else {"note": "turns down"},
+                "validated": {"ok": ok, "why_not": None if ok else "held-out error 2.00 > 1 points on a split"}}
+
+    cfg = FitConfig(table="x.csv")
+    name, why = choose({"a": form(0.5, physical=False), "b": form(0.9), "c": form(0.7, ok=False)}, 3, cfg)
+    assert name == "b" and "a not considered: non-physical" in why and "c not chosen: below the validation bar" in why
+    name, why = choose({"b": form(0.9, ok=False), "c": form(0.7, ok=False)}, 3, cfg)
+    assert name == "c" and "no physical form meets the validation bar" in why and "c: held-out error 2.00" in why
+    nothing_held_out = {"b": {**form(None), "rmse": 0.03}, "c": {**form(None), "rmse": 0.01}}
+    assert choose(nothing_held_out, 0, cfg) == ("c", "no held-out split was possible; chosen by in-sample RMSE, "
+                                                     "which favours flexible forms")

@@ -239,6 +239,8 @@ def main(cfg: FitConfig) -> int:
 
 
 def run_fit(cfg: FitConfig, log=print) -> dict:
+    """Fit every form, score each on the held-out splits, choose one, read the runs against their
+    random baselines; write fit.json and return what it holds."""
     t0 = time.time()
     rows, dropped, baselines = _rows(cfg)
     X, y = _arrays(rows, cfg.metric)
@@ -256,134 +258,169 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
             log(f"{name}: skipped, {len(rows)} rows cannot determine {len(form.params)} parameters")
             result["forms"][name] = {"skipped": f"{len(rows)} rows for {len(form.params)} parameters"}
             continue
-        full = fit_form(form, X, y, cfg.huber_delta)
-        samples = bootstrap(form, X, y, full["theta"], cfg.bootstrap, cfg.huber_delta, cfg.seed)
-        lo, hi = (1 - cfg.level) / 2 * 100, (1 + cfg.level) / 2 * 100
-        readable = [form.readable(t) for t in samples]
-        ci = {k: [float(np.percentile([r[k] for r in readable], q)) for q in (lo, hi)] for k in readable[0]}
-        entry = {"formula": form.formula, "theta": full["theta"].tolist(), "params": form.readable(full["theta"]),
-                 "params_ci": ci, "rmse": full["rmse"], "converged": full["converged"],
-                 "grad_norm": full["grad_norm"], "asymptote": form.asymptote(full["theta"]),
-                 "bootstrap": samples.tolist(), "holdout": []}
-        excess = {}  # split -> per held-out row: squared error beyond what seeds and the bootstrap explain
-        for split in splits:
-            mask = _split_mask(rows, split)
-            if mask.all() or not mask.any():
-                entry["holdout"].append({"split": split, "skipped": "holds out all rows or none"})
-                continue
-            tr = tuple(v[~mask] for v in X)
-            if (~mask).sum() <= len(form.params):
-                entry["holdout"].append({"split": split, "skipped": f"{(~mask).sum()} rows left to fit"})
-                continue
-            f = fit_form(form, tr, y[~mask], cfg.huber_delta)
-            bs = bootstrap(form, tr, y[~mask], f["theta"], max(50, cfg.bootstrap // 2), cfg.huber_delta, cfg.seed)
-            te = tuple(v[mask] for v in X)
-            train_rows = [r for r, m in zip(rows, mask) if not m]
-            sig = extrapolation_sigma(form, train_rows, tr, y[~mask], split, noise, cfg.huber_delta)
-            _, slo, shi = predict_interval(form, bs, te, noise=max(noise, 1e-9), level=cfg.level, seed=cfg.seed)
-            med, plo, phi = predict_interval(form, bs, te, noise=max((noise ** 2 + (sig or 0.0) ** 2) ** 0.5, 1e-9),
-                                             level=cfg.level, seed=cfg.seed)
-            pred = form.predict(f["theta"], *te)
-            err = np.abs(pred - y[mask])
-            boot_var = np.array([form.predict(t, *te) for t in bs]).var(0)
-            excess[split] = err ** 2 - boot_var - noise ** 2
-            scored = np.ones(len(err), bool)
-            extra = {}
-            if split == "largest-model":  # scored at the common resolution; other resolutions apart
-                sizes = te[2]
-                scored = np.isclose(sizes, common_resolution(rows))
-                if scored.any() and not scored.all():
-                    extra["other_resolutions"] = {f"{s:g}": float(err[np.isclose(sizes, s)].mean() * 100)
-                                                  for s in np.unique(sizes[~scored])}
-                    extra["scored_at_resolution"] = float(common_resolution(rows))
-                else:
-                    scored = np.ones(len(err), bool)
-            yt = y[mask]
-            entry["holdout"].append({
-                "split": split, "n": int(mask.sum()), "n_scored": int(scored.sum()),
-                "mae_points": float(err[scored].mean() * 100),
-                "cell_error_points": 100 * cell_error(pred[scored], yt[scored], tuple(v[scored] for v in te), noise),
-                "noise_floor_points": 100 * noise_floor(tuple(v[scored] for v in te), noise),
-                **extra,
-                "extrapolation_sigma_points": None if sig is None else 100 * sig,
-                # on the scored runs, as the error: the fit cannot know a resolution it never saw
-                "coverage": float(np.mean(((yt >= plo) & (yt <= phi))[scored])),
-                "coverage_seeds_only": float(np.mean(((yt >= slo) & (yt <= shi))[scored])),
-                "predictions": [{"row": int(i), "true": float(t), "pred": float(p), "lo": float(a), "hi": float(b)}
-                                for i, t, p, a, b in zip(np.flatnonzero(mask), yt, pred, plo, phi)]})
-        # The form's own error: held-out rows miss by more than seed noise and parameter
-        # uncertainty explain when the form is wrong; prediction intervals for new runs
-        # (`extrapolate`) include its size, estimated from all the held-out errors.
-        entry["form_sigma"] = _form_sigma(list(excess.values()))
-        valid = [h for h in entry["holdout"] if "mae_points" in h]
-        entry["heldout_mae_points"] = float(np.mean([h["mae_points"] for h in valid])) if valid else None
-        entry["heldout_points"] = float(np.mean([h["cell_error_points"] for h in valid])) if valid else None
-        entry["heldout_floor_points"] = float(np.mean([h["noise_floor_points"] for h in valid])) if valid else None
-        entry["validated"] = _validation(entry["holdout"], cfg)
-        result["forms"][name] = entry
-        entry["non_physical"] = turning_point(form, full["theta"], rows)
-        log(f"{name:<18} in-sample RMSE {full['rmse'] * 100:5.2f} pts, held-out error "
-            + ("n/a" if entry["heldout_points"] is None else
-               f"{heldout_text(entry['heldout_points'], entry['heldout_floor_points'])} pts (cell means; runs "
-               f"{entry['heldout_mae_points']:.2f})")
-            + f", asymptote {entry['asymptote']:.3f}{'' if full['converged'] else ' (NOT converged)'}"
-            + (f"; NON-PHYSICAL: {entry['non_physical']['note']}" if entry["non_physical"] else ""))
+        entry = result["forms"][name] = fit_one(form, rows, X, y, noise, splits, cfg)
+        log(describe_form(name, entry))
     fitted = {k: v for k, v in result["forms"].items() if "theta" in v}
     if not fitted:
         raise DataError("no form could be fitted: too few rows")
-    # the error of the law (cell means, seed noise taken out), runs' error breaking ties
-    scored = {k: v["heldout_points"] + 1e-6 * v["heldout_mae_points"] for k, v in fitted.items()
-              if v["heldout_points"] is not None}
-    # a form that turns down along the scale-together path is not chosen for extrapolation
-    # candidates in order of preference: physical forms that meet the validation bar, then physical
-    # forms, then any; the lowest mean held-out error among the first non-empty group wins
-    physical = {k: v for k, v in scored.items() if not fitted[k]["non_physical"]}
-    validated = {k: v for k, v in physical.items() if fitted[k]["validated"]["ok"]}
-    if scored:
-        pool = validated or physical or scored
-        chosen = min(pool, key=pool.get)
-        why = (f"lowest mean held-out error of its predicted cell means ({scored[chosen]:.2f} points over "
-               f"{len(splits)} split(s): "
-               + ", ".join(f"{k} {v:.2f}" for k, v in sorted(scored.items(), key=lambda kv: kv[1])) + ")")
-        skipped = sorted(set(scored) - set(physical))
-        if skipped and physical:
-            why += f"; {', '.join(skipped)} not considered: non-physical along the scale-together path"
-        elif skipped:
-            why += "; every form is non-physical along the scale-together path: its extrapolation is not to be trusted"
-        failing = sorted(set(physical) - set(validated))
-        if validated and failing:
-            why += f"; {', '.join(failing)} not chosen: below the validation bar"
-        elif not validated:
-            why += (f"; no physical form meets the validation bar (held-out error <= {cfg.max_heldout_points:g} "
-                    f"points of its cell means and coverage >= {cfg.min_coverage:.0%} up to chance, on every split; "
-                    f"{chosen}: "
-                    f"{fitted[chosen]['validated']['why_not']}): its extrapolation is not validated by these runs")
-    else:
-        chosen = min(fitted, key=lambda k: fitted[k]["rmse"])
-        why = "no held-out split was possible; chosen by in-sample RMSE, which favours flexible forms"
-    result["chosen"], result["why"] = chosen, why
+    result["chosen"], result["why"] = choose(fitted, len(splits), cfg)
     if baselines and len({(r.get("eval"), r.get("condition")) for r in rows}) > 1:
         log("random baselines not read: the rows hold several evaluations (pick one with --eval)")
         baselines = []
     if baselines:
-        # what pretraining bought, cell by cell, and the trends of those gains
-        pretrained = [{**r, cfg.metric: r[f"{cfg.metric}_pretrained"]} for r in rows] if cfg.gains else rows
-        result["baselines"] = baselines
-        result["gains"] = gain_table(pretrained, baselines, cfg.metric, cfg.level)
-        gains = rows if cfg.gains else subtract_baselines(rows, baselines, cfg.metric)[0]
-        result["gain_trends"] = measured_trends(gains, cfg.metric, cfg.level,
-                                                baseline_variances(rows, baselines, cfg.metric))
+        result.update(_gains(rows, baselines, cfg))
     result["trends"] = (result["gain_trends"] if cfg.gains else measured_trends(rows, cfg.metric, cfg.level))
     result["seconds"] = round(time.time() - t0, 2)
     write_json_atomic(cfg.out, result)
-    log(f"chosen: {chosen} — {why}")
-    for t in result["trends"]:
-        log(f"measured: {describe(t)}")
-    if baselines:
+    for line in summary_lines(result, cfg):
+        log(line)
+    return result
+
+
+def fit_one(form, rows: list[dict], X, y, noise: float, splits: list[str], cfg: FitConfig) -> dict:
+    """One form: fitted to every row with bootstrap intervals, scored on each held-out split,
+    checked against the validation bar and along the scale-together path."""
+    full = fit_form(form, X, y, cfg.huber_delta)
+    samples = bootstrap(form, X, y, full["theta"], cfg.bootstrap, cfg.huber_delta, cfg.seed)
+    lo, hi = (1 - cfg.level) / 2 * 100, (1 + cfg.level) / 2 * 100
+    readable = [form.readable(t) for t in samples]
+    ci = {k: [float(np.percentile([r[k] for r in readable], q)) for q in (lo, hi)] for k in readable[0]}
+    entry = {"formula": form.formula, "theta": full["theta"].tolist(), "params": form.readable(full["theta"]),
+             "params_ci": ci, "rmse": full["rmse"], "converged": full["converged"],
+             "grad_norm": full["grad_norm"], "asymptote": form.asymptote(full["theta"]),
+             "bootstrap": samples.tolist(), "holdout": []}
+    excess = []  # per split, per held-out row: squared error beyond what seeds and the bootstrap explain
+    for split in splits:
+        holdout, over = score_split(form, rows, X, y, split, noise, cfg)
+        entry["holdout"].append(holdout)
+        if over is not None:
+            excess.append(over)
+    # The form's own error: held-out rows miss by more than seed noise and parameter uncertainty
+    # explain when the form is wrong; prediction intervals for new runs (`extrapolate`) include its
+    # size, estimated from all the held-out errors.
+    entry["form_sigma"] = _form_sigma(excess)
+    valid = [h for h in entry["holdout"] if "mae_points" in h]
+    mean = lambda key: float(np.mean([h[key] for h in valid])) if valid else None  # noqa: E731
+    entry["heldout_mae_points"] = mean("mae_points")
+    entry["heldout_points"] = mean("cell_error_points")
+    entry["heldout_floor_points"] = mean("noise_floor_points")
+    entry["validated"] = _validation(entry["holdout"], cfg)
+    entry["non_physical"] = turning_point(form, full["theta"], rows)
+    return entry
+
+
+def score_split(form, rows: list[dict], X, y, split: str, noise: float, cfg: FitConfig
+                ) -> tuple[dict, np.ndarray | None]:
+    """The form fitted without the split's rows and scored on them: the held-out record (errors,
+    interval coverage, each prediction) and each held-out row's squared error beyond what seeds
+    and the bootstrap explain (None when the split could not be scored)."""
+    mask = _split_mask(rows, split)
+    if mask.all() or not mask.any():
+        return {"split": split, "skipped": "holds out all rows or none"}, None
+    if (~mask).sum() <= len(form.params):
+        return {"split": split, "skipped": f"{(~mask).sum()} rows left to fit"}, None
+    tr, te = tuple(v[~mask] for v in X), tuple(v[mask] for v in X)
+    f = fit_form(form, tr, y[~mask], cfg.huber_delta)
+    bs = bootstrap(form, tr, y[~mask], f["theta"], max(50, cfg.bootstrap // 2), cfg.huber_delta, cfg.seed)
+    sig = extrapolation_sigma(form, [r for r, m in zip(rows, mask) if not m], tr, y[~mask], split, noise,
+                              cfg.huber_delta)
+    _, slo, shi = predict_interval(form, bs, te, noise=max(noise, 1e-9), level=cfg.level, seed=cfg.seed)
+    _, plo, phi = predict_interval(form, bs, te, noise=max((noise ** 2 + (sig or 0.0) ** 2) ** 0.5, 1e-9),
+                                   level=cfg.level, seed=cfg.seed)
+    pred, yt = form.predict(f["theta"], *te), y[mask]
+    err = np.abs(pred - yt)
+    boot_var = np.array([form.predict(t, *te) for t in bs]).var(0)
+    scored, extra = _scored_runs(split, rows, te, err)
+    kept = tuple(v[scored] for v in te)
+    return {"split": split, "n": int(mask.sum()), "n_scored": int(scored.sum()),
+            "mae_points": float(err[scored].mean() * 100),
+            "cell_error_points": 100 * cell_error(pred[scored], yt[scored], kept, noise),
+            "noise_floor_points": 100 * noise_floor(kept, noise),
+            **extra,
+            "extrapolation_sigma_points": None if sig is None else 100 * sig,
+            # on the scored runs, as the error: the fit cannot know a resolution it never saw
+            "coverage": float(np.mean(((yt >= plo) & (yt <= phi))[scored])),
+            "coverage_seeds_only": float(np.mean(((yt >= slo) & (yt <= shi))[scored])),
+            "predictions": [{"row": int(i), "true": float(t), "pred": float(p), "lo": float(a), "hi": float(b)}
+                            for i, t, p, a, b in zip(np.flatnonzero(mask), yt, pred, plo, phi)]
+            }, err ** 2 - boot_var - noise ** 2
+
+
+def _scored_runs(split: str, rows: list[dict], te, err: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Which held-out runs a split is scored on: all, except that largest-model is scored at the
+    common resolution (the other resolutions' errors reported apart)."""
+    scored = np.ones(len(err), bool)
+    if split != "largest-model":
+        return scored, {}
+    sizes = te[2]
+    at_common = np.isclose(sizes, common_resolution(rows))
+    if not at_common.any() or at_common.all():
+        return scored, {}
+    return at_common, {"other_resolutions": {f"{s:g}": float(err[np.isclose(sizes, s)].mean() * 100)
+                                             for s in np.unique(sizes[~at_common])},
+                       "scored_at_resolution": float(common_resolution(rows))}
+
+
+def choose(fitted: dict[str, dict], n_splits: int, cfg: FitConfig) -> tuple[str, str]:
+    """The form to extrapolate with, and why: the lowest mean held-out error of its predicted cell
+    means (the runs' error breaking ties) among physical forms that meet the validation bar, else
+    among physical forms, else among all; by in-sample RMSE when nothing could be held out."""
+    scored = {k: v["heldout_points"] + 1e-6 * v["heldout_mae_points"] for k, v in fitted.items()
+              if v["heldout_points"] is not None}
+    if not scored:
+        return (min(fitted, key=lambda k: fitted[k]["rmse"]),
+                "no held-out split was possible; chosen by in-sample RMSE, which favours flexible forms")
+    # a form that turns down along the scale-together path is not chosen for extrapolation
+    physical = {k: v for k, v in scored.items() if not fitted[k]["non_physical"]}
+    validated = {k: v for k, v in physical.items() if fitted[k]["validated"]["ok"]}
+    pool = validated or physical or scored
+    chosen = min(pool, key=pool.get)
+    why = (f"lowest mean held-out error of its predicted cell means ({scored[chosen]:.2f} points over "
+           f"{n_splits} split(s): "
+           + ", ".join(f"{k} {v:.2f}" for k, v in sorted(scored.items(), key=lambda kv: kv[1])) + ")")
+    skipped = sorted(set(scored) - set(physical))
+    if skipped and physical:
+        why += f"; {', '.join(skipped)} not considered: non-physical along the scale-together path"
+    elif skipped:
+        why += "; every form is non-physical along the scale-together path: its extrapolation is not to be trusted"
+    failing = sorted(set(physical) - set(validated))
+    if validated and failing:
+        why += f"; {', '.join(failing)} not chosen: below the validation bar"
+    elif not validated:
+        why += (f"; no physical form meets the validation bar (held-out error <= {cfg.max_heldout_points:g} "
+                f"points of its cell means and coverage >= {cfg.min_coverage:.0%} up to chance, on every split; "
+                f"{chosen}: {fitted[chosen]['validated']['why_not']}): its extrapolation is not validated by these "
+                "runs")
+    return chosen, why
+
+
+def _gains(rows: list[dict], baselines: list[dict], cfg: FitConfig) -> dict:
+    """What pretraining bought, cell by cell, and the trends of those gains."""
+    pretrained = [{**r, cfg.metric: r[f"{cfg.metric}_pretrained"]} for r in rows] if cfg.gains else rows
+    gains = rows if cfg.gains else subtract_baselines(rows, baselines, cfg.metric)[0]
+    return {"baselines": baselines, "gains": gain_table(pretrained, baselines, cfg.metric, cfg.level),
+            "gain_trends": measured_trends(gains, cfg.metric, cfg.level,
+                                           baseline_variances(rows, baselines, cfg.metric))}
+
+
+def describe_form(name: str, entry: dict) -> str:
+    """One form's line in the fit's printout."""
+    held = ("n/a" if entry["heldout_points"] is None else
+            f"{heldout_text(entry['heldout_points'], entry['heldout_floor_points'])} pts (cell means; runs "
+            f"{entry['heldout_mae_points']:.2f})")
+    return (f"{name:<18} in-sample RMSE {entry['rmse'] * 100:5.2f} pts, held-out error {held}"
+            f", asymptote {entry['asymptote']:.3f}{'' if entry['converged'] else ' (NOT converged)'}"
+            + (f"; NON-PHYSICAL: {entry['non_physical']['note']}" if entry["non_physical"] else ""))
+
+
+def summary_lines(result: dict, cfg: FitConfig) -> list[str]:
+    """The fit's closing lines: the choice, the measured trends, what pretraining bought."""
+    lines = [f"chosen: {result['chosen']} — {result['why']}"]
+    lines += [f"measured: {describe(t)}" for t in result["trends"]]
+    if result.get("gains") is not None:
         bought = describe_bought(result["gains"])
         if bought:
-            log(f"random baselines: {bought}")
+            lines.append(f"random baselines: {bought}")
         if not cfg.gains:
-            for t in result["gain_trends"]:
-                log(f"measured gain over random: {describe(t)}")
-    return result
+            lines += [f"measured gain over random: {describe(t)}" for t in result["gain_trends"]]
+    return lines
