@@ -275,6 +275,20 @@ def report(fit_path: str, out: str, target: str | None = None,
     if target is None:
         target = "human" if fit["metric"] == TARGETS["human"]["metric"] else None
     tval, tsrc = resolve_target(fit, target) if target else (None, None)
+    plots = _plots(fit, out_dir, tval)
+    md = (_header(fit) + _trends_section(fit) + _baselines_section(fit) + _forms_section(fit)
+          + _claim_section(fit, target) + (_target_section(fit, tval, tsrc) if tval is not None else []))
+    for heading, paragraphs in notes or []:
+        md += [f"## {heading}", ""] + [x for para in paragraphs for x in (para, "")]
+    md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    md += _sweep_section(Path(runs) if runs else Path(fit["table"]).parent, out_dir)
+    text = "\n".join(md)
+    write_text_atomic(out_dir / "report.md", text)
+    write_text_atomic(out_dir / "report.html", _html(text, out_dir))
+    return out_dir / "report.html"
+
+
+def _plots(fit: dict, out_dir: Path, tval: float | None) -> list[Path]:
     plots = [plot_vs_hours(fit, out_dir / "accuracy_vs_hours.png"),
              plot_vs(fit, out_dir / "accuracy_vs_params.png", "params", "encoder parameters (N)"),
              plot_vs(fit, out_dir / "accuracy_vs_resolution.png", "img_size", "image side (R, px)"),
@@ -284,96 +298,107 @@ def report(fit_path: str, out: str, target: str | None = None,
         plots.append(plot_frontier(fit, out_dir / "compute_frontier.png", tval))
     if fit.get("gains"):
         plots.insert(0, plot_gains(fit, out_dir / "gain_over_random.png"))
-    fitted = {k: v for k, v in fit["forms"].items() if "theta" in v}
-    md = [f"# Scaling report: {fit['metric']}", "",
-          f"{fit['n_rows']} runs from `{fit['table']}`"
-          + (f" (evaluation: {fit['config']['eval']})" if fit.get("config", {}).get("eval") else "")
-          + "; seed noise (pooled within-cell s.d.) "
-          f"{fit['noise_sigma'] * 100:.2f} points; {len(fit['dropped'])} rows not used (listed in fit.json).", "",
-          f"**Chosen form: {fit['chosen']}** — {fit['why']}.", ""]
-    md += _trends_section(fit) + _baselines_section(fit) + ["## Forms", ""]
-    rows = []
-    for name, e in fitted.items():
-        cov = [h["coverage"] for h in e["holdout"] if "coverage" in h]
-        seeds = [h["coverage_seeds_only"] for h in e["holdout"] if "coverage_seeds_only" in h]
-        cells = e.get("heldout_points")
-        ps = ", ".join(f"{k}={v:.3g} [{e['params_ci'][k][0]:.3g}, {e['params_ci'][k][1]:.3g}]"
-                       for k, v in e["params"].items())
-        rows.append([name, f"`{e['formula']}`", f"{e['rmse'] * 100:.2f}",
-                     heldout_text(cells, e.get("heldout_floor_points")),
-                     "n/a" if e["heldout_mae_points"] is None else f"{e['heldout_mae_points']:.2f}",
-                     "n/a" if not seeds else f"{np.mean(seeds):.0%}", "n/a" if not cov else f"{np.mean(cov):.0%}",
-                     f"{e.get('form_sigma', 0.0) * 100:.2f}", f"{e['asymptote']:.3f}",
-                     "yes" if e["converged"] else "**no**",
-                     f"**non-physical**: {e['non_physical']['note']}" if e.get("non_physical") else "rises",
-                     "yes" if e.get("validated", {}).get("ok") else f"no: {e.get('validated', {}).get('why_not')}",
-                     ps])
-    md += [_md_table(["form", "formula", "RMSE (pts)", "held-out error (cell means, pts)", "held-out MAE (runs)",
-                      "PI coverage (seeds only)", "+ extrapolation error",
-                      "form error (pts)", "asymptote", "converged", "along the path", "validated",
-                      "parameters [90% CI]"], rows),
-           "",
-           "Along the path: whether the form keeps rising as model, data and pixels grow together (from the "
-           "smallest run's scale to a million times the largest). A form that turns down is non-physical there "
-           "and is not chosen for extrapolation. Held-out error: of the predicted cell means, with the seed "
-           "noise's share taken out (a run's error also holds its seed's luck); the runs' own error beside it. "
-           "An error that seed noise hides is shown as within seed noise, with the smallest error these runs "
-           "could show. Coverage: the share of held-out runs inside their 90% prediction intervals, from seed "
-           "noise and parameter uncertainty alone, and with the form's extrapolation error along the split's axis "
-           "added (measured one step back within the fitted runs). "
-           "Validated: the form's held-out error is at most "
-           f"{fit['config'].get('max_heldout_points', 1.0):g} points and its prediction intervals cover at least "
-           f"{fit['config'].get('min_coverage', 0.85):.0%} of held-out runs on every split; a form below that bar is "
-           "chosen only when no physical form meets it, and then the choice says so.", "",
-           "The prediction intervals below add the form's own error (the part of its held-out errors that seeds "
-           "and parameters do not explain), measured one step beyond the data; far beyond, it grows, as the "
-           "spread between the forms shows.", ""]
+    return plots
+
+
+def _header(fit: dict) -> list[str]:
+    return [f"# Scaling report: {fit['metric']}", "",
+            f"{fit['n_rows']} runs from `{fit['table']}`"
+            + (f" (evaluation: {fit['config']['eval']})" if fit.get("config", {}).get("eval") else "")
+            + "; seed noise (pooled within-cell s.d.) "
+            f"{fit['noise_sigma'] * 100:.2f} points; {len(fit['dropped'])} rows not used (listed in fit.json).", "",
+            f"**Chosen form: {fit['chosen']}** — {fit['why']}.", ""]
+
+
+def _form_row(name: str, e: dict) -> list[str]:
+    cov = [h["coverage"] for h in e["holdout"] if "coverage" in h]
+    seeds = [h["coverage_seeds_only"] for h in e["holdout"] if "coverage_seeds_only" in h]
+    ps = ", ".join(f"{k}={v:.3g} [{e['params_ci'][k][0]:.3g}, {e['params_ci'][k][1]:.3g}]"
+                   for k, v in e["params"].items())
+    sigma = e.get("form_sigma", 0.0) * 100
+    return [name, f"`{e['formula']}`", f"{e['rmse'] * 100:.2f}",
+            heldout_text(e.get("heldout_points"), e.get("heldout_floor_points")),
+            "n/a" if e["heldout_mae_points"] is None else f"{e['heldout_mae_points']:.2f}",
+            "n/a" if not seeds else f"{np.mean(seeds):.0%}", "n/a" if not cov else f"{np.mean(cov):.0%}",
+            f"{sigma:.2f}" if sigma > 0 else "none beyond seed noise", f"{e['asymptote']:.3f}",
+            "yes" if e["converged"] else "**no**",
+            f"**non-physical**: {e['non_physical']['note']}" if e.get("non_physical") else "rises",
+            "yes" if e.get("validated", {}).get("ok") else f"no: {e.get('validated', {}).get('why_not')}",
+            ps]
+
+
+def _forms_section(fit: dict) -> list[str]:
+    rows = [_form_row(name, e) for name, e in fit["forms"].items() if "theta" in e]
+    return ["## Forms", "",
+            _md_table(["form", "formula", "RMSE (pts)", "held-out error (cell means, pts)", "held-out MAE (runs)",
+                       "PI coverage (seeds only)", "+ extrapolation error",
+                       "form error (pts)", "asymptote", "converged", "along the path", "validated",
+                       "parameters [90% CI]"], rows),
+            "",
+            "Along the path: whether the form keeps rising as model, data and pixels grow together (from the "
+            "smallest run's scale to a million times the largest). A form that turns down is non-physical there "
+            "and is not chosen for extrapolation. Held-out error: of the predicted cell means, with the seed "
+            "noise's share taken out (a run's error also holds its seed's luck); the runs' own error beside it. "
+            "An error that seed noise hides is shown as within seed noise, with the smallest error these runs "
+            "could show. Coverage: the share of held-out runs inside their 90% prediction intervals, from seed "
+            "noise and parameter uncertainty alone, and with the form's extrapolation error along the split's "
+            "axis added (measured one step back within the fitted runs). "
+            "Validated: the form's held-out error is at most "
+            f"{fit['config'].get('max_heldout_points', 1.0):g} points and its prediction intervals cover at least "
+            f"{fit['config'].get('min_coverage', 0.85):.0%} of held-out runs on every split; a form below that bar "
+            "is chosen only when no physical form meets it, and then the choice says so.", "",
+            "The prediction intervals below add the form's own error (the part of its held-out errors that seeds "
+            "and parameters do not explain), measured one step beyond the data; far beyond, it grows, as the "
+            "spread between the forms shows.", ""]
+
+
+def _claim_section(fit: dict, target: str | None) -> list[str]:
     claim = check_claim(fit, "paper", None if fit["metric"] == TARGETS["human"]["metric"] else target)
     preds = [v["pred"] for v in claim["forms"].values()]
     has_target = claim["target"] is not None
-    md += ["## The paper's claim: 2.5B parameters, 20,000 h, 952 px", "",
-           f"Claim: {claim['claim']}. Target: "
-           + (f"{claim['target']:.3f} {fit['metric']} ({claim['target_source']})." if has_target
-              else f"{claim['target_source']}."), "",
-           _md_table(["form", f"predicted {fit['metric']}", "90% CI", "90% PI"]
-                     + (["k to reach the target", "the claim"] if has_target else []),
-                     [[k + (" (non-physical)" if v["non_physical"] else ""), _pct(v["pred"]),
-                       f"{_pct(v['ci'][0])} – {_pct(v['ci'][1])}", f"{_pct(v['pi'][0])} – {_pct(v['pi'][1])}"]
-                      + ([("never" if v["k_to_target"] is None else f"{v['k_to_target']:.3g}"), v["claim"]]
-                         if has_target else []) for k, v in claim["forms"].items()]),
-           "", f"The forms disagree by {100 * (max(preds) - min(preds)):.1f} points here: far from the data, "
-           "the choice of form dominates the answer." + (f" {_sentence(claim['verdict'])}" if claim["verdict"] else ""),
-           ""]
-    if tval is not None:
-        st = scale_together(fit, tval)
-        b = st["base"]
-        md += [f"## Reaching {tval:.3f} {fit['metric']} ({tsrc})", "",
-               f"Scaling N, D and pixels together by k from the largest run (N={b['params']:.3g}, "
-               f"D={b['hours']:.3g} h, R={b['resolution']:.0f} px):", ""]
-        trows = []
-        for name, r in st["forms"].items():
-            if "unreachable" in r:
-                trows.append([name, "unreachable", r["unreachable"], "", ""])
-                continue
-            iv = r.get("k_interval")
-            trows.append([name, f"{r['k']:.3g}" + (f" [{iv[0]:.3g}, {iv[1]:.3g}]" if iv else " [open-ended]"),
-                          f"{r['params']:.3g}", f"{r['hours']:.3g}", f"{r['resolution']:.0f}"])
-        md += [_md_table(["form", "k [90% CI]", "params", "hours", "resolution (px)"], trows), "",
-               _sentence(verdict(fit, st, f"{tval:.3f} {fit['metric']}")), ""]
-    for heading, paragraphs in notes or []:
-        md += [f"## {heading}", ""] + [x for para in paragraphs for x in (para, "")]
-    md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    sweep = Path(runs) if runs else Path(fit["table"]).parent
-    if (sweep / "grid.json").is_file():
-        from egoscale.scaling.figures import sweep_figures
+    return ["## The paper's claim: 2.5B parameters, 20,000 h, 952 px", "",
+            f"Claim: {claim['claim']}. Target: "
+            + (f"{claim['target']:.3f} {fit['metric']} ({claim['target_source']})." if has_target
+               else f"{claim['target_source']}."), "",
+            _md_table(["form", f"predicted {fit['metric']}", "90% CI", "90% PI"]
+                      + (["k to reach the target", "the claim"] if has_target else []),
+                      [[k + (" (non-physical)" if v["non_physical"] else ""), _pct(v["pred"]),
+                        f"{_pct(v['ci'][0])} – {_pct(v['ci'][1])}", f"{_pct(v['pi'][0])} – {_pct(v['pi'][1])}"]
+                       + ([("never" if v["k_to_target"] is None else f"{v['k_to_target']:.3g}"), v["claim"]]
+                          if has_target else []) for k, v in claim["forms"].items()]),
+            "", f"The forms disagree by {100 * (max(preds) - min(preds)):.1f} points here: far from the data, "
+            "the choice of form dominates the answer."
+            + (f" {_sentence(claim['verdict'])}" if claim["verdict"] else ""), ""]
 
-        md += ["## What the data and the runs look like", "", f"From the sweep in `{sweep}`.", ""]
-        for heading, fig in sweep_figures(sweep, out_dir):
-            md += [f"### {heading}", "", f"![{fig.stem}]({fig.name})" if isinstance(fig, Path) else fig, ""]
-    text = "\n".join(md)
-    write_text_atomic(out_dir / "report.md", text)
-    write_text_atomic(out_dir / "report.html", _html(text, out_dir))
-    return out_dir / "report.html"
+
+def _target_section(fit: dict, tval: float, tsrc: str) -> list[str]:
+    st = scale_together(fit, tval)
+    b = st["base"]
+    rows = []
+    for name, r in st["forms"].items():
+        if "unreachable" in r:
+            rows.append([name, "unreachable", r["unreachable"], "", ""])
+            continue
+        iv = r.get("k_interval")
+        rows.append([name, f"{r['k']:.3g}" + (f" [{iv[0]:.3g}, {iv[1]:.3g}]" if iv else " [open-ended]"),
+                     f"{r['params']:.3g}", f"{r['hours']:.3g}", f"{r['resolution']:.0f}"])
+    return [f"## Reaching {tval:.3f} {fit['metric']} ({tsrc})", "",
+            f"Scaling N, D and pixels together by k from the largest run (N={b['params']:.3g}, "
+            f"D={b['hours']:.3g} h, R={b['resolution']:.0f} px):", "",
+            _md_table(["form", "k [90% CI]", "params", "hours", "resolution (px)"], rows), "",
+            _sentence(verdict(fit, st, f"{tval:.3f} {fit['metric']}")), ""]
+
+
+def _sweep_section(sweep: Path, out_dir: Path) -> list[str]:
+    """Pictures of the data and the runs, when the results came from a sweep's folder."""
+    if not (sweep / "grid.json").is_file():
+        return []
+    from egoscale.scaling.figures import sweep_figures
+
+    md = ["## What the data and the runs look like", "", f"From the sweep in `{sweep}`.", ""]
+    for heading, fig in sweep_figures(sweep, out_dir):
+        md += [f"### {heading}", "", f"![{fig.stem}]({fig.name})" if isinstance(fig, Path) else fig, ""]
+    return md
 
 
 def _html(md: str, folder: Path) -> str:
