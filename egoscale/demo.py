@@ -143,48 +143,25 @@ def main(cfg: DemoConfig) -> int:
 
 
 def demo(cfg: DemoConfig, log=print) -> dict:
-    from egoscale.data.ingest import IngestConfig, ingest
-    from egoscale.demo_budget import describe_plan, plan
-    from egoscale.data.subset import SubsetConfig, make_subsets
-    from egoscale.scaling.fit import FitConfig, run_fit
+    from egoscale.demo_budget import describe_plan
     from egoscale.scaling.extrapolate import scale_together, verdict
+    from egoscale.scaling.fit import FitConfig, run_fit
     from egoscale.scaling.report import report
-    from egoscale.scaling.trends import describe
-    from egoscale.scaling.baselines import describe_bought
-    from egoscale.sweep.grid import baseline_cells, cells, load_grid
+    from egoscale.sweep.grid import baseline_cells, cells
     from egoscale.sweep.sweep import run_local
-    from egoscale.world.world import WorldConfig, make_world
 
     s = SIZES[cfg.size]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    quiet = lambda *a, **k: None  # noqa: E731
 
     def stage(n, name):
         log(f"[{n}/7] {name} ({time.time() - t0:.0f} s)")
 
-    stage(1, "world: rendering video and the labelled set")
-    make_world(WorldConfig(out=str(out / "world"), hours=s["hours"], categories=s["categories"],
-                           train_per_class=s["train_per_class"], val_per_class=s["val_per_class"], seed=cfg.seed,
-                           progress=cfg.progress), log=log)
-    stage(2, "ingest: frames at 1 fps into shards")
-    man = ingest(IngestConfig(source=[f"world={out / 'world' / 'videos'}"], out=str(out / "frames"), fps=1,
-                              short_side=0, shard_size="64MB", progress=cfg.progress), log=quiet)
-    log(f"  {man['total']['frames']} frames, {man['total']['hours']:.2f} h, {len(man['shards'])} shards")
-    stage(3, "subsets: contiguous stretches of experience")
-    make_subsets(SubsetConfig(frames=str(out / "frames"), fractions=s["fractions"], seeds=s["seeds"]), log=quiet)
+    _make_data(cfg, s, out, stage, log)
     parallel = cfg.parallel or min(8, os.cpu_count() or 1)
-    grid = load_grid(demo_grid(out, s))
-    budget = cfg.minutes if cfg.minutes is not None else s["minutes"]
-    beyond = load_grid(beyond_grid(out, s))
-    p = plan(out, s, [(c.model, c.img_size) for c in cells(grid) + cells(beyond)], parallel,
-             max(1, (os.cpu_count() or 1) // parallel), budget, time.time() - t0, log,
-             baselines=[(c.model, c.img_size) for c in baseline_cells(grid)], mae_settings=DEMO_MAE)
-    grid = load_grid(demo_grid(out, {**s, "steps": p["steps"]}))
-    beyond = load_grid(beyond_grid(out, {**s, "steps": p["steps"]}))
-    n_cells = len(cells(grid))
-    stage(4, f"sweep: {n_cells} pretraining runs of {p['steps']} steps, each finetuned and probed, "
+    grid, beyond, p = _planned_grids(cfg, s, out, parallel, time.time() - t0, log)
+    stage(4, f"sweep: {len(cells(grid))} pretraining runs of {p['steps']} steps, each finetuned and probed, "
              f"{parallel} at a time; {len(baseline_cells(grid))} random-weight baselines evaluated the same way")
     t_sweep = time.time()
     run_local(grid, out / "runs", log=lambda m: log("  " + m), parallel=parallel)
@@ -198,28 +175,74 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     fit = run_fit(FitConfig(table=str(out / "runs" / "results.csv"), out=str(fit_path), metric="top1",
                             eval=FIT_EVAL, form="auto", bootstrap=100), log=lambda m: log("  " + m))
     stage(6, f"extrapolate: what reaches the world's 'human level' ({DEMO_TARGET:.0%} top-1)")
-    st = scale_together(fit, DEMO_TARGET)
     # far beyond the data the forms disagree: the summary says whether they agree, and what each answers
-    headline = verdict(fit, st, f"{DEMO_TARGET:.0%} top-1")
-    (cell,) = cells(beyond)
-    found = out / "beyond" / "eval" / f"{cell.id}_probe" / "result.json"
-    if found.is_file():
-        check = check_beyond(fit, json.loads(found.read_text()), fit.get("level", 0.9))
-        write_json_atomic(out / "beyond" / "check.json", check)
-        line = describe_beyond(check)
-        checked = [line[:1].upper() + line[1:] + ".",
-                   "Every form, with its 90 % prediction interval for one new run:"] + [
-            f"- {k}: {v['pred']:.1%} [{v['pi'][0]:.1%}, {v['pi'][1]:.1%}], {'inside' if v['inside'] else 'outside'}"
-            for k, v in check["forms"].items()]
-    else:  # its failure was logged with the file to read; the study stands without the check
-        check = None
-        checked = [f"The run beyond the grid ({cell.id}) failed: see {out / 'beyond'} (`egoscale sweep status`)."]
+    headline = verdict(fit, scale_together(fit, DEMO_TARGET), f"{DEMO_TARGET:.0%} top-1")
+    check, checked = _check_beyond_run(fit, out, cells(beyond)[0])
     stage(7, "report")
     html = report(str(fit_path), str(out / "report"), target=str(DEMO_TARGET),
                   notes=[("A run the fit never saw", checked),
                          ("How this demo was sized", describe_plan(p, t_sweep, time.time() - t0))])
-    bought = describe_bought(fit.get("gains") or [])
     log(f"done in {time.time() - t0:.0f} s: {headline}")
+    bought = _closing_lines(fit, check, checked, log)
+    log(f"report: {html.resolve()}")
+    return {"headline": headline, "bought": bought, "beyond": check, "steps": p["steps"], "report": str(html),
+            "fit": fit["chosen"], "trends": fit["trends"], "gains": fit.get("gains"), "seconds": time.time() - t0}
+
+
+def _make_data(cfg: DemoConfig, s: dict, out: Path, stage, log) -> None:
+    """Stages 1-3: the world's video and labelled set, its frames in shards, the data-size subsets."""
+    from egoscale.data.ingest import IngestConfig, ingest
+    from egoscale.data.subset import SubsetConfig, make_subsets
+    from egoscale.world.world import WorldConfig, make_world
+
+    quiet = lambda *a, **k: None  # noqa: E731
+    stage(1, "world: rendering video and the labelled set")
+    make_world(WorldConfig(out=str(out / "world"), hours=s["hours"], categories=s["categories"],
+                           train_per_class=s["train_per_class"], val_per_class=s["val_per_class"], seed=cfg.seed,
+                           progress=cfg.progress), log=log)
+    stage(2, "ingest: frames at 1 fps into shards")
+    man = ingest(IngestConfig(source=[f"world={out / 'world' / 'videos'}"], out=str(out / "frames"), fps=1,
+                              short_side=0, shard_size="64MB", progress=cfg.progress), log=quiet)
+    log(f"  {man['total']['frames']} frames, {man['total']['hours']:.2f} h, {len(man['shards'])} shards")
+    stage(3, "subsets: contiguous stretches of experience")
+    make_subsets(SubsetConfig(frames=str(out / "frames"), fractions=s["fractions"], seeds=s["seeds"]), log=quiet)
+
+
+def _planned_grids(cfg: DemoConfig, s: dict, out: Path, parallel: int, elapsed: float, log):
+    """The grid and the run beyond it, at the number of steps the time budget allows on this machine."""
+    from egoscale.demo_budget import plan
+    from egoscale.sweep.grid import baseline_cells, cells, load_grid
+
+    grid, beyond = load_grid(demo_grid(out, s)), load_grid(beyond_grid(out, s))
+    budget = cfg.minutes if cfg.minutes is not None else s["minutes"]
+    p = plan(out, s, [(c.model, c.img_size) for c in cells(grid) + cells(beyond)], parallel,
+             max(1, (os.cpu_count() or 1) // parallel), budget, elapsed, log,
+             baselines=[(c.model, c.img_size) for c in baseline_cells(grid)], mae_settings=DEMO_MAE)
+    sized = {**s, "steps": p["steps"]}
+    return load_grid(demo_grid(out, sized)), load_grid(beyond_grid(out, sized)), p
+
+
+def _check_beyond_run(fit: dict, out: Path, cell) -> tuple[dict | None, list[str]]:
+    """The run beyond the grid beside every form's prediction for it (beyond/check.json), and the
+    report's paragraphs about it."""
+    found = out / "beyond" / "eval" / f"{cell.id}_probe" / "result.json"
+    if not found.is_file():  # its failure was logged with the file to read; the study stands without the check
+        return None, [f"The run beyond the grid ({cell.id}) failed: see {out / 'beyond'} (`egoscale sweep status`)."]
+    check = check_beyond(fit, json.loads(found.read_text()), fit.get("level", 0.9))
+    write_json_atomic(out / "beyond" / "check.json", check)
+    line = describe_beyond(check)
+    return check, [line[:1].upper() + line[1:] + ".",
+                   "Every form, with its 90 % prediction interval for one new run:"] + [
+        f"- {k}: {v['pred']:.1%} [{v['pi'][0]:.1%}, {v['pi'][1]:.1%}], {'inside' if v['inside'] else 'outside'}"
+        for k, v in check["forms"].items()]
+
+
+def _closing_lines(fit: dict, check: dict | None, checked: list[str], log) -> str:
+    """What pretraining bought, the check beyond the grid and the measured trends; returns the first."""
+    from egoscale.scaling.baselines import describe_bought
+    from egoscale.scaling.trends import describe
+
+    bought = describe_bought(fit.get("gains") or [])
     if bought:
         log(f"  {bought}")
     log(f"  {describe_beyond(check) if check else checked[0]}")
@@ -227,6 +250,4 @@ def demo(cfg: DemoConfig, log=print) -> dict:
         log(f"  measured {describe(t)}")
     for t in fit.get("gain_trends", []):
         log(f"  measured gain over random weights, {describe(t)}")
-    log(f"report: {html.resolve()}")
-    return {"headline": headline, "bought": bought, "beyond": check, "steps": p["steps"], "report": str(html),
-            "fit": fit["chosen"], "trends": fit["trends"], "gains": fit.get("gains"), "seconds": time.time() - t0}
+    return bought

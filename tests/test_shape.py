@@ -1,5 +1,5 @@
 """The package's shape: no import runs in a circle, counting imports inside functions (which hide
-a circle from Python at import time but not from a reader)."""
+a circle from Python at import time but not from a reader), and no function longer than 60 lines."""
 
 import ast
 from pathlib import Path
@@ -74,3 +74,14 @@ def test_the_cycle_finder_finds_a_circle_through_a_function_level_import():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_function_is_longer_than_a_screenful_and_a_half():
+    long = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert long == []

@@ -86,6 +86,24 @@ def _resolve(value, base: Path):
     return str((base / value).resolve()) if isinstance(value, str) and not Path(value).is_absolute() else value
 
 
+def _checked_eval(i: int, ev: dict, base: Path, src: str) -> dict:
+    """One entry of `evals`, its paths resolved and its settings checked as its stage would."""
+    ev = dict(ev)
+    kind, name = ev.pop("kind", None), ev.pop("name", None)
+    if kind not in EVAL_KINDS:
+        raise ConfigError(f"{src}: evals[{i}].kind must be one of {', '.join(EVAL_KINDS)}, got {kind!r}")
+    if not name:
+        raise ConfigError(f"{src}: evals[{i}] needs a unique name")
+    for k in ev:
+        if k in _PATH_KEYS:
+            ev[k] = _resolve(ev[k], base)
+    for key in set(ev) & {"checkpoint", "out", "progress"}:
+        raise ConfigError(f"{src}: evals[{i}].{key} is set by the sweep itself; remove it")
+    # the checkpoint is the cell's pretraining run; any path stands in for it here
+    build(_CONFIGS[kind], {**ev, "checkpoint": "pretrain/CELL/checkpoint.pt"}, source=f"{src}: evals[{i}] ({name})")
+    return {"kind": kind, "name": name, **ev}
+
+
 def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
     """Read and validate a grid (a YAML file or an equivalent dict), the stages' settings included."""
     if isinstance(path, dict):
@@ -108,23 +126,10 @@ def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
         if m not in grid.models:
             raise ConfigError(f"{src}: model_overrides names {m!r}, which is not in models")
         build(PretrainConfig, {**grid.pretrain, **over}, source=f"{src}: model_overrides.{m}")
-    names = set()
-    for i, ev in enumerate(grid.evals):
-        ev = dict(ev)
-        kind, name = ev.pop("kind", None), ev.pop("name", None)
-        if kind not in EVAL_KINDS:
-            raise ConfigError(f"{src}: evals[{i}].kind must be one of {', '.join(EVAL_KINDS)}, got {kind!r}")
-        if not name or name in names:
-            raise ConfigError(f"{src}: evals[{i}] needs a unique name")
-        names.add(name)
-        for k in ev:
-            if k in _PATH_KEYS:
-                ev[k] = _resolve(ev[k], base)
-        for key in set(ev) & {"checkpoint", "out", "progress"}:
-            raise ConfigError(f"{src}: evals[{i}].{key} is set by the sweep itself; remove it")
-        # the checkpoint is the cell's pretraining run; any path stands in for it here
-        build(_CONFIGS[kind], {**ev, "checkpoint": "pretrain/CELL/checkpoint.pt"}, source=f"{src}: evals[{i}] ({name})")
-        grid.evals[i] = {"kind": kind, "name": name, **ev}
+    grid.evals = [_checked_eval(i, ev, base, src) for i, ev in enumerate(grid.evals)]
+    dup = [n for n in {e["name"] for e in grid.evals} if sum(e["name"] == n for e in grid.evals) > 1]
+    if dup:
+        raise ConfigError(f"{src}: evals need unique names ({dup[0]!r} is given twice)")
     if grid.full_seeds is not None and (not grid.full_seeds or len(set(grid.full_seeds)) != len(grid.full_seeds)):
         raise ConfigError(f"{src}: full_seeds must be a non-empty list of distinct seeds")
     fixed = ["pretrain"] * ("seed" in grid.pretrain) + [f"model_overrides.{m}" for m, o in

@@ -84,43 +84,28 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
         raise ConfigError(f"--compile-mode {cfg.compile_mode} records CUDA graphs: it needs one CUDA process "
                           f"(here: {d.device.type} x{d.world_size}); use --compile-mode default")
     global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
-    steps = [cfg.steps] if cfg.steps else []
-    if cfg.epochs is not None:
-        if frames is None:
-            raise ConfigError("--epochs needs a frame count: pass an ingest folder or a --subset")
-        steps.append(max(1, math.ceil(cfg.epochs * frames / global_batch)))
-    max_steps = min(steps) if steps else 2**62
+    max_steps = _max_steps(cfg, frames, global_batch)
     torch.manual_seed(cfg.seed)
     mae = MaskedAutoencoder(spec, mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss).to(d.device)
     torch.manual_seed(cfg.seed * 7919 + d.rank)  # different masks on every rank
-    lr = cfg.default_lr()
+    lr, nodes = cfg.default_lr(), rank_nodes(d)  # each rank's node, recorded in summary.json
     precision = resolve_precision(cfg.precision, d.device, PRETRAIN_PRECISIONS)
     sharded = fully_sharded(d, cfg.fsdp, precision == "bf16-params")
     attention = choose_attention(mae, d.device, precision != "fp32")
-    nodes = rank_nodes(d)  # each rank's node, recorded in summary.json
     if d.is_main:
         log(f"pretrain {spec.name} at {spec.img_size}px on {d.device} x{d.world_size}"
             f"{' over nodes ' + ', '.join(dict.fromkeys(nodes)) if len(set(nodes)) > 1 else ''}: "
             f"global batch {global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} "
-            f"devices, lr {lr:g} ({cfg.lr_schedule}), mask {cfg.mask_ratio}, {precision} "
-            f"({attention} attention), "
-            f"{'?' if frames is None else frames} frames, "
+            f"devices, lr {lr:g} ({cfg.lr_schedule}), mask {cfg.mask_ratio}, {precision} ({attention} attention), "
+            f"{frames} frames, "
             f"{'budget ' + str(cfg.budget_hours) + ' h' if cfg.budget_hours else str(max_steps) + ' steps'}")
     compile_ = resolve_compile(cfg.compile, d.device, precision, d.world_size, cfg.fsdp, max_steps,
                                cfg.grad_checkpointing, cfg.compile_mode)
-    cuda_graphs = cfg.compile_mode in CUDA_GRAPH_MODES
     module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=compile_,
                          bf16_params=precision == "bf16-params", compile_mode=cfg.compile_mode)
     params = [p for p in mae.parameters() if p.requires_grad]
     optimizer = adamw(params, lr, d.device, sharded=sharded, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    settings = LoopSettings(out=out, max_steps=max_steps,
-                            budget_seconds=cfg.budget_hours * 3600 if cfg.budget_hours else None,
-                            accum_steps=cfg.accum_steps, log_every=cfg.log_every, save_every=cfg.save_every,
-                            resume=cfg.resume, seed=cfg.seed, progress=cfg.progress, desc=f"pretrain {spec.name}",
-                            flops_per_sample=mae_train_flops(spec, spec.img_size, cfg.mask_ratio),
-                            tokens_per_sample=(spec.img_size // spec.patch_size) ** 2, precision=precision,
-                            # sharded over several processes, the pictures would need every rank
-                            image_every=0 if sharded and d.enabled else cfg.image_every, cuda_graphs=cuda_graphs)
+    settings = _loop_settings(cfg, spec, out, max_steps, precision, pictures=not (sharded and d.enabled))
     schedule = lr_schedule(cfg.lr_schedule, lr, cfg.warmup_steps, max_steps)
     sample: list = []  # (4, 3, H, W) frames in [0, 1], taken from the first batch
     trainer = Trainer(settings, d, mae, module, optimizer, schedule, _loss_fn(d.device),
@@ -135,22 +120,13 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
     if compile_ and d.is_main:
         asked = cfg.compile or cfg.compile_mode != "default"
         log(f"{'--compile' if asked else 'compiled (a long single-GPU run; --no-compile to stay eager)'}"
-            f"{'' if cfg.compile_mode == 'default' else ' (' + cfg.compile_mode + ')'}: the first step compiles "
-            "every distinct block (a minute or more for the big models); its time is reported as first_step_seconds")
+            f"{'' if cfg.compile_mode == 'default' else ' (' + cfg.compile_mode + ')'}: the first step compiles every "
+            "distinct block (a minute or more for the big models); its time is reported as first_step_seconds")
     if trainer.step >= max_steps:
         if d.is_main:
             log(f"{out}: already trained for {trainer.step} steps; nothing to do")
-        done = out / "summary.json"
-        if done.is_file():
-            return json.loads(done.read_text())
-        # killed after its last checkpoint, before its summary: the summary from what was saved
-        losses = [r["loss"] for r in read_metrics(trainer.metrics_path) if "loss" in r]
-        summary = {"steps": trainer.step, "samples": trainer.samples, "seconds": round(trainer.elapsed_before, 3),
-                   "stopped_by": "steps", "final_loss": losses[-1] if losses else float("nan"),
-                   "model": spec.name, "img_size": spec.img_size, "frames": frames, "global_batch": global_batch}
-        if d.is_main:
-            write_json_atomic(done, summary)
-        return summary
+        return _finished(trainer, out, d, model=spec.name, img_size=spec.img_size, frames=frames,
+                         global_batch=global_batch)
     workers = resolve_workers(cfg.workers, d.device)
     batches = make_loader(_stream(cfg, pieces, spec.img_size, d, trainer, max(1, workers), log), cfg.batch_size,
                           workers, pin_memory=d.device.type == "cuda")
@@ -161,6 +137,41 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
                    nodes=nodes)
     if d.is_main:
         write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def _loop_settings(cfg: PretrainConfig, spec, out: Path, max_steps: int, precision: str, pictures: bool
+                   ) -> LoopSettings:
+    budget = cfg.budget_hours * 3600 if cfg.budget_hours else None
+    return LoopSettings(out=out, max_steps=max_steps, budget_seconds=budget,
+                        accum_steps=cfg.accum_steps, log_every=cfg.log_every, save_every=cfg.save_every,
+                        resume=cfg.resume, seed=cfg.seed, progress=cfg.progress, desc=f"pretrain {spec.name}",
+                        flops_per_sample=mae_train_flops(spec, spec.img_size, cfg.mask_ratio),
+                        tokens_per_sample=(spec.img_size // spec.patch_size) ** 2, precision=precision,
+                        # sharded over several processes, the pictures would need every rank
+                        image_every=cfg.image_every if pictures else 0,
+                        cuda_graphs=cfg.compile_mode in CUDA_GRAPH_MODES)
+
+
+def _max_steps(cfg: PretrainConfig, frames: int, global_batch: int) -> int:
+    """The first of --steps and --epochs (a --budget-hours run alone: no step limit)."""
+    steps = [cfg.steps] if cfg.steps else []
+    if cfg.epochs is not None:
+        steps.append(max(1, math.ceil(cfg.epochs * frames / global_batch)))
+    return min(steps) if steps else 2**62
+
+
+def _finished(trainer: Trainer, out: Path, d, **about) -> dict:
+    """The summary of a run that is already done; one killed after its last checkpoint but before
+    its summary gets it now, from what the checkpoint and metrics.jsonl hold."""
+    done = out / "summary.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    losses = [r["loss"] for r in read_metrics(trainer.metrics_path) if "loss" in r]
+    summary = {"steps": trainer.step, "samples": trainer.samples, "seconds": round(trainer.elapsed_before, 3),
+               "stopped_by": "steps", "final_loss": losses[-1] if losses else float("nan"), **about}
+    if d.is_main:
+        write_json_atomic(done, summary)
     return summary
 
 
