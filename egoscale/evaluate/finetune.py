@@ -150,9 +150,9 @@ def _finetune(cfg: FinetuneConfig, d: Dist, out: Path, record: dict, changed: di
     val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_ds, val_idx), cfg.batch_size,
                                              num_workers=cfg.workers)
     steps_per_epoch = max(1, math.ceil(len(data.train) / (cfg.batch_size * d.world_size)))
-    settings = LoopSettings(out=out, max_steps=cfg.epochs * steps_per_epoch, log_every=cfg.log_every,
-                            save_every=steps_per_epoch, resume=cfg.resume, seed=cfg.seed, progress=cfg.progress,
-                            desc=f"finetune {vit.spec.name}", precision=cfg.precision)
+    # a checkpoint per epoch: a resumed finetuning run continues at an epoch's start
+    settings = LoopSettings.of(cfg, out=out, max_steps=cfg.epochs * steps_per_epoch, save_every=steps_per_epoch,
+                               desc=f"finetune {vit.spec.name}")
 
     def evaluate(step):
         return {"epoch": math.ceil(step / steps_per_epoch), **evaluate_classifier(module, val_loader, d, bf16)}

@@ -55,6 +55,16 @@ class LoopSettings:
     # live for the run (`distributed.keep_grad_buffers`) instead of being set to None
     cuda_graphs: bool = False
 
+    # the flags a stage's config shares with the loop, under the same names
+    SHARED = ("accum_steps", "log_every", "save_every", "resume", "seed", "progress", "precision")
+
+    @classmethod
+    def of(cls, cfg, **run) -> LoopSettings:
+        """The loop's settings from a stage's config (the flags it shares, by name) and what the
+        stage works out for this run (`run`: out, max_steps, desc, ...), which wins."""
+        shared = {k: getattr(cfg, k) for k in cls.SHARED if hasattr(cfg, k)}
+        return cls(**{**shared, **run})
+
 
 def lr_schedule(kind: str, base: float, warmup: int, total: int) -> Callable[[int], float]:
     """constant (the paper's), or cosine to zero after a linear warmup."""

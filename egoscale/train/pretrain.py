@@ -142,15 +142,13 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
 
 def _loop_settings(cfg: PretrainConfig, spec, out: Path, max_steps: int, precision: str, pictures: bool
                    ) -> LoopSettings:
-    budget = cfg.budget_hours * 3600 if cfg.budget_hours else None
-    return LoopSettings(out=out, max_steps=max_steps, budget_seconds=budget,
-                        accum_steps=cfg.accum_steps, log_every=cfg.log_every, save_every=cfg.save_every,
-                        resume=cfg.resume, seed=cfg.seed, progress=cfg.progress, desc=f"pretrain {spec.name}",
-                        flops_per_sample=mae_train_flops(spec, spec.img_size, cfg.mask_ratio),
-                        tokens_per_sample=(spec.img_size // spec.patch_size) ** 2, precision=precision,
-                        # sharded over several processes, the pictures would need every rank
-                        image_every=cfg.image_every if pictures else 0,
-                        cuda_graphs=cfg.compile_mode in CUDA_GRAPH_MODES)
+    return LoopSettings.of(cfg, out=out, max_steps=max_steps, precision=precision, desc=f"pretrain {spec.name}",
+                           budget_seconds=cfg.budget_hours * 3600 if cfg.budget_hours else None,
+                           flops_per_sample=mae_train_flops(spec, spec.img_size, cfg.mask_ratio),
+                           tokens_per_sample=(spec.img_size // spec.patch_size) ** 2,
+                           # sharded over several processes, the pictures would need every rank
+                           image_every=cfg.image_every if pictures else 0,
+                           cuda_graphs=cfg.compile_mode in CUDA_GRAPH_MODES)
 
 
 def _max_steps(cfg: PretrainConfig, frames: int, global_batch: int) -> int:
