@@ -97,7 +97,7 @@ def demo_grid(out: Path, s: dict) -> dict:
             # a gentle lr and crops that keep most of the image; the paper's fresh head, lr and 8 % crops
             # left these runs below the linear probe of the same weights (benchmarks/README.md)
             "evals": [{"name": "finetune", "kind": "finetune", "train": str(lab / "train"), "val": str(lab / "val"),
-                       "condition": "full", "epochs": s["epochs"], "batch_size": 32, "lr": 1e-4, "workers": 0,
+                       "condition": "full", "epochs": s["epochs"], "batch_size": s["batch"], "lr": 1e-4, "workers": 0,
                        "log_every": 50, "pool": "avg", "head_warmup": 1000, "crop_scale": 0.8},
                       # mean-pooled patch tokens: early MAE features are read far better than from the
                       # class token (calibration), though the paper's protocol reads the class token

@@ -86,6 +86,17 @@ def eval_record(cfg: EvalData) -> dict:
     return rec
 
 
+# The paper's finetuning learning rates: lower at the high resolutions.
+FINETUNE_LR, HIGH_RES_FINETUNE_LR, HIGH_RES_FROM = 1e-4, 5e-5, 448
+
+
+def finetune_lr(cfg, img_size: int) -> float:
+    """--lr, else the paper's rate for this image size."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return HIGH_RES_FINETUNE_LR if img_size >= HIGH_RES_FROM else FINETUNE_LR
+
+
 @dataclass
 class FinetuneConfig(EvalData, TrackingConfig):
     """Finetune the whole encoder with a BatchNorm+Linear head on a random fraction of a labelled folder
@@ -99,7 +110,8 @@ example:
     out: str = opt("evals/finetune", "output folder: result.json, metrics.jsonl, train_files.txt")
     epochs: int = opt(50, "passes over the training subset")
     batch_size: int = opt(64, "images per device per step")
-    lr: float | None = opt(None, "learning rate (default 1e-4; 5e-5 from 448 px up)")
+    lr: float | None = opt(None, f"learning rate (default {FINETUNE_LR:.0e}; {HIGH_RES_FINETUNE_LR:.0e} from "
+                                 f"{HIGH_RES_FROM} px up)")
     weight_decay: float = opt(0.05, "AdamW weight decay")
     crop_scale: float = opt(0.08, "smallest area share of RandomResizedCrop's training crops (paper and "
                             "torchvision: 0.08; tiny images keep little at that)")

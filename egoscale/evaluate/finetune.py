@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from egoscale.config import to_dict
 from egoscale.evaluate.common import (ImageList, describe_result, load_backbone,
                                       prepare_labelled, record_run, result_row, train_transform, val_transform)
-from egoscale.evaluate.config import IDENTITY, FinetuneConfig, eval_record
+from egoscale.evaluate.config import IDENTITY, FinetuneConfig, eval_record, finetune_lr
 from egoscale.evaluate.labelled import topk_correct
 from egoscale.fileio import write_json_atomic
 from egoscale.models.checkpoint import vit_meta
@@ -127,7 +127,7 @@ def _finetune(cfg: FinetuneConfig, d: Dist, out: Path, record: dict, changed: di
     vit, info = load_backbone(cfg.checkpoint, cfg.model, cfg.img_size, data.classes, cfg.pool, cfg.init_seed)
     vit = vit.to(d.device)
     size = vit.spec.img_size
-    lr = cfg.lr if cfg.lr is not None else (5e-5 if size >= 448 else 1e-4)
+    lr = finetune_lr(cfg, size)
     if d.is_main:
         log(f"finetune {vit.spec.name} at {size}px: {len(data.train)} of {len(data.full)} training images "
             f"({data.condition}, {data.fraction:g}, {cfg.sampling}), {len(data.val)} val, {data.classes} "

@@ -33,6 +33,9 @@ def check_precision(precision: str, choices: tuple[str, ...] = PRECISIONS) -> No
         raise ConfigError(f"--precision {precision!r}: one of {', '.join(choices)}")
 
 
+# The paper's pretraining learning rates: constant, lower for the widest models (ViT-H and up).
+PRETRAIN_LR, WIDE_PRETRAIN_LR, WIDE_FROM_WIDTH = 3e-4, 1e-4, 1280
+
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead",)  # the compile modes that record CUDA graphs
 
@@ -62,7 +65,8 @@ examples:
     patch_size: int | None = opt(None, "override the model's patch size")
     batch_size: int = opt(256, "images per device per micro-step (paper: 256-512 at 224 px)")
     accum_steps: int = opt(1, "micro-steps per optimizer step")
-    lr: float | None = opt(None, "learning rate (default: 3e-4, or 1e-4 from ViT-H up)")
+    lr: float | None = opt(None, f"learning rate (default: {PRETRAIN_LR:.0e}, or {WIDE_PRETRAIN_LR:.0e} for models "
+                                 f"{WIDE_FROM_WIDTH} wide and wider: ViT-H and up)")
     lr_schedule: str = opt("constant", "constant (paper) or cosine", choices=["constant", "cosine"])
     warmup_steps: int = opt(0, "linear warmup steps")
     weight_decay: float = opt(0.0, "AdamW weight decay (paper: 0)")
@@ -149,7 +153,9 @@ examples:
         return spec
 
     def default_lr(self) -> float:
-        return self.lr if self.lr is not None else (1e-4 if self.spec().width >= 1280 else 3e-4)
+        if self.lr is not None:
+            return self.lr
+        return WIDE_PRETRAIN_LR if self.spec().width >= WIDE_FROM_WIDTH else PRETRAIN_LR
 
 
 # Settings that make a pretraining run what it is: a run folder resumes only with the same ones.
