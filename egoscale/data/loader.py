@@ -37,8 +37,8 @@ from egoscale.errors import DataError
 
 try:
     # torchvision's decoder writes (3, H, W) uint8 straight from libjpeg-turbo, faster than PIL's
-    # decode + numpy conversion (benchmarks/loader_vs_webdataset.py). Deprecated in torchvision 0.29
-    # in favour of TorchCodec (not a dependency here); PIL takes over when it is gone.
+    # decode + numpy conversion (benchmarks/loader_vs_webdataset.py). torchvision deprecates it in
+    # favour of TorchCodec (not a dependency here); PIL takes over when it is gone.
     warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                             category=DeprecationWarning)
     from torchvision.io import ImageReadMode, decode_image

@@ -96,7 +96,7 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 def adamw(params, lr: float, device: torch.device, sharded: bool = False, **kwargs) -> torch.optim.AdamW:
     """AdamW with the fused kernel wherever it runs (CPU and CUDA): one pass over all parameters
     instead of a dozen kernels per tensor. FSDP's sharded parameters (DTensors) keep PyTorch's
-    default (foreach): the fused kernel runs on them, but leaked memory every step in torch 2.11
+    default (foreach): the fused kernel runs on them but leaks memory every step
     (pytorch/pytorch#188174)."""
     fused = not sharded and device.type in ("cpu", "cuda")
     return torch.optim.AdamW(params, lr=lr, fused=fused or None, **kwargs)
