@@ -97,25 +97,27 @@ class Cursor:
 
 
 class ResumableBatches:
-    """The loader's batches, counted by the worker that made them, with the stream's position.
+    """The loader's batches, counted, with the stream's position for a checkpoint.
 
-    A DataLoader over an iterable dataset takes batches from its workers in turn (batch i from
-    worker i mod W), so the number of batches taken says how far each worker's stream has gone.
-    `state_dict` advances twin cursors to there and returns their states with what the stream
-    needs to continue (`FrameStream(..., resume=state)`).
+    A DataLoader over an iterable dataset takes batches from its workers in turn, and the stream
+    says which reader of which virtual rank made batch i (`FrameStream.place`), so the number of
+    batches taken says how far each reader has gone. `state_dict` advances twin cursors, one per
+    reader, to there and returns their states with what the stream needs to continue
+    (`FrameStream(..., resume=state)`).
     """
 
     def __init__(self, loader, stream):
         self.loader, self.stream = loader, stream
-        self.workers = max(1, loader.num_workers)
-        self.twins = stream.cursors(self.workers)
-        self.untaken = [0] * self.workers  # samples taken from each worker, not yet applied to its twin
-        self.turn = stream.first_worker  # the logical worker whose batch comes next
+        self.readers = max(1, loader.num_workers)
+        self.twins = {(k, j): stream.cursor(k, j, self.readers)
+                      for k in range(stream.accum_steps) for j in range(self.readers)}
+        self.untaken = dict.fromkeys(self.twins, 0)  # samples taken from each reader, not yet applied to its twin
+        self.taken = stream.start  # batches this process has taken, before a resume included
         self._it: Iterator | None = None
         self._peeked = None
 
     def layout(self) -> dict:
-        return self.stream.layout(self.workers)
+        return self.stream.layout(self.readers)
 
     def __iter__(self):
         return self
@@ -136,13 +138,13 @@ class ResumableBatches:
         if self._it is None:
             self._it = iter(self.loader)
         batch = next(self._it)
-        self.untaken[self.turn] += len(batch)
-        self.turn = (self.turn + 1) % self.workers
+        self.untaken[self.stream.place(self.taken, self.readers)] += len(batch)
+        self.taken += 1
         return batch
 
     def state_dict(self) -> dict:
-        for twin, n in zip(self.twins, self.untaken):
-            twin.skip(n)
-        self.untaken = [0] * self.workers
-        return {**self.layout(), "seed": self.stream.seed, "next_worker": self.turn,
-                "workers_state": [t.state_dict() for t in self.twins]}
+        for key, n in self.untaken.items():
+            self.twins[key].skip(n)
+        self.untaken = dict.fromkeys(self.twins, 0)
+        return {**self.layout(), "seed": self.stream.seed, "batches": self.taken,
+                "readers": {f"{k}/{j}": t.state_dict() for (k, j), t in self.twins.items()}}

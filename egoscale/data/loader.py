@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import math
 import random
 import warnings
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -172,51 +174,72 @@ def _normalization(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tens
 
 
 class FrameStream(IterableDataset):
-    """Endless stream of augmented frames (uint8 (3, H, W) tensors), different for every rank/worker.
+    """Endless stream of augmented frames (uint8 (3, H, W) tensors), one per batch slot of the run.
 
-    Every (rank, worker) is a reader with its own `cursor.Cursor` over the pieces; the stream is a
-    function of the pieces, the seed and the reader, so it can be continued exactly.
+    The run's data is split by *virtual rank*: each micro-batch of each process (rank r's k-th
+    micro-step of an optimizer step, of `accum_steps`) is its own virtual rank, v = r * accum_steps
+    + k, with `readers` (the loader's workers) readers of its own, each a `cursor.Cursor` over the
+    pieces. So a run over W processes with accumulation A sees exactly the data of one over W * A
+    processes, or of one process accumulating W * A micro-batches: only the global batch's make-up
+    counts. Batch i of this process is micro-step k = i mod A, taken by reader j = (i div A) mod
+    readers, which is the loader worker i mod readers (DataLoader takes batches from its workers in
+    turn). The stream is a function of the pieces, the seed and these numbers, so it can be
+    continued exactly.
 
     Args:
         pieces: from `resolve_pieces`.
         img_size: output side in px.
         seed: stream seed.
-        rank, world_size: this process's share of the pieces.
+        rank, world_size: this process among the run's.
         shuffle_buffer: samples mixed across pieces before they are emitted.
-        resume: a `ResumableBatches.state_dict()` of the same layout: where every worker continues.
+        batch_size, accum_steps: images per micro-batch, micro-batches per optimizer step.
+        resume: a `ResumableBatches.state_dict()` of the same layout: where every reader continues.
     """
 
     def __init__(self, pieces: list[Piece], img_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle_buffer: int = 1000, scale=(0.2, 1.0), resume: dict | None = None):
+                 shuffle_buffer: int = 1000, scale=(0.2, 1.0), resume: dict | None = None, batch_size: int = 1,
+                 accum_steps: int = 1):
         if not pieces:
             raise DataError("no input pieces")
         self.pieces, self.img_size, self.seed = pieces, img_size, seed
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.scale = shuffle_buffer, scale
+        self.batch_size, self.accum_steps = batch_size, accum_steps
         self.resume = resume
-        # on resume, the DataLoader's worker 0 plays the worker whose batch was due next
-        self.first_worker = resume["next_worker"] if resume else 0
+        self.start = resume["batches"] if resume else 0  # batches this process took before
 
-    def layout(self, workers: int) -> dict:
+    def layout(self, readers: int) -> dict:
         """What a saved position depends on, beside the input: a resume with another layout starts afresh."""
-        return {"world_size": self.world_size, "workers": workers, "shuffle_buffer": self.shuffle_buffer}
+        return {"world_size": self.world_size, "accum_steps": self.accum_steps, "workers": readers,
+                "shuffle_buffer": self.shuffle_buffer, "batch_size": self.batch_size}
 
-    def cursors(self, workers: int) -> list[Cursor]:
-        """This rank's readers' cursors, one per (logical) loader worker, at the resumed position."""
-        out = []
-        for w in range(workers):
-            c = Cursor(self.pieces, self.seed, self.rank * workers + w, self.world_size * workers,
-                       self.shuffle_buffer)
-            if self.resume:
-                c.load_state_dict(self.resume["workers_state"][w])
-            out.append(c)
-        return out
+    def place(self, i: int, readers: int) -> tuple[int, int]:
+        """(micro-step, reader) of this process's batch i."""
+        return i % self.accum_steps, (i // self.accum_steps) % readers
+
+    def cursor(self, k: int, j: int, readers: int) -> Cursor:
+        """Reader j of this process's k-th virtual rank, at the resumed position."""
+        v = self.rank * self.accum_steps + k
+        c = Cursor(self.pieces, self.seed, v * readers + j, self.world_size * self.accum_steps * readers,
+                   self.shuffle_buffer)
+        if self.resume:
+            c.load_state_dict(self.resume["readers"][f"{k}/{j}"])
+        return c
 
     def __iter__(self):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        cursor = self.cursors(nw)[(wid + self.first_worker) % nw]
         reader = _Reader(self.pieces)
+        streams: dict[tuple[int, int], Iterator] = {}
+        for t in itertools.count():
+            i = self.start + wid + t * nw  # the loader's batch this worker makes next
+            k, j = self.place(i, nw)
+            if (k, j) not in streams:
+                streams[(k, j)] = self._frames(self.cursor(k, j, nw), reader)
+            for _ in range(self.batch_size):
+                yield next(streams[(k, j)])
+
+    def _frames(self, cursor: Cursor, reader: _Reader) -> Iterator[torch.Tensor]:
         held: dict[Sample, list] = {}  # the buffer's images: sample -> [bytes, copies in the buffer]
 
         def hold(sample: Sample) -> None:
@@ -270,6 +293,7 @@ def make_loader(stream: FrameStream, batch_size: int, workers: int = 2, pin_memo
     """Batches of the stream, from `workers` processes, with their position for a checkpoint."""
     # its own generator: making the loader's iterator must not draw from the global RNG, which a
     # resumed run restores to the saved step's state (it draws the MAE's masks)
+    stream.batch_size = batch_size  # the stream switches readers batch by batch, as the loader cuts them
     loader = torch.utils.data.DataLoader(stream, batch_size=batch_size, num_workers=workers,
                                          collate_fn=collate_uint8, pin_memory=pin_memory,
                                          persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,

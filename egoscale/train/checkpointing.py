@@ -63,14 +63,17 @@ class Checkpointer:
 
     Args:
         model: the bare module holding the parameters.
+        generators: RNGs of the stage's own (one per virtual rank for the masks), per rank.
         to_file / from_file: model state <-> checkpoint entries, in the stage's layout.
         config: the run's settings, stored beside the weights.
     """
 
     def __init__(self, out: Path, d: Dist, model, optimizer, to_file: Callable[[dict], dict],
-                 from_file: Callable[[dict], dict], config: dict, fsdp: bool = False):
+                 from_file: Callable[[dict], dict], config: dict, fsdp: bool = False,
+                 generators: list[torch.Generator] = ()):
         self.path, self.dist, self.model, self.opt = Path(out) / CHECKPOINT, d, model, optimizer
         self.to_file, self.from_file, self.config, self.fsdp = to_file, from_file, config, fsdp
+        self.generators = list(generators)  # the stage's own RNGs (e.g. the masks'), saved with the global ones
 
     def _full_states(self) -> tuple[dict, dict]:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -83,7 +86,7 @@ class Checkpointer:
         """Collective: every rank calls it. `rank_state`: this rank's part ({"data", "window"});
         its RNGs are added here. `trained`: what the weights have been through (evaluations read it)."""
         model_state, opt_state = self._full_states()
-        mine = {**rank_state, "rng": rng_state()}
+        mine = {**rank_state, "rng": rng_state(), "generators": [g.get_state() for g in self.generators]}
         ranks = [None] * self.dist.world_size
         if self.dist.enabled:
             tdist.all_gather_object(ranks, mine)
@@ -128,6 +131,10 @@ class Checkpointer:
         mine = ranks[self.dist.rank] if len(ranks) == self.dist.world_size else None
         if mine is not None:
             set_rng_state(mine["rng"])
+            saved = mine.get("generators") or []
+            if len(saved) == len(self.generators):  # else another accumulation: the generators start afresh
+                for g, state in zip(self.generators, saved):
+                    g.set_state(state)
         return Resumed(obj["step"], obj["samples"], obj.get("elapsed", 0.0), mine)
 
     def _load_optimizer(self, state: dict) -> None:

@@ -119,11 +119,13 @@ class Trainer:
     def __init__(self, settings: LoopSettings, d: Dist, model, module, optimizer, lr_fn, loss_fn,
                  to_file: Callable[[dict], dict], from_file: Callable[[dict], dict], config: dict,
                  evaluate: Callable[[int], dict | None] | None = None, eval_every: int = 0, fsdp: bool = False,
-                 tracking=None, images: Callable[[], dict] | None = None):
+                 tracking=None, images: Callable[[], dict] | None = None,
+                 generators: list[torch.Generator] = ()):
         self.settings, self.dist, self.model, self.module, self.opt = settings, d, model, module, optimizer
         self.lr_fn, self.loss_fn, self.config = lr_fn, loss_fn, config
         self.evaluate, self.eval_every = evaluate, eval_every
-        self.checkpoints = Checkpointer(settings.out, d, model, optimizer, to_file, from_file, config, fsdp)
+        self.checkpoints = Checkpointer(settings.out, d, model, optimizer, to_file, from_file, config, fsdp,
+                                        generators)
         self.window = MetricsWindow(d, settings.flops_per_sample, settings.tokens_per_sample)
         self.step, self.samples, self.elapsed_before = 0, 0, 0.0
         self.data_state: dict | None = None

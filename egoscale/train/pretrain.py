@@ -4,6 +4,7 @@ or all GPUs of many nodes under torchrun (examples in `PretrainConfig`)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -87,7 +88,8 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
     max_steps = _max_steps(cfg, frames, global_batch)
     torch.manual_seed(cfg.seed)
     mae = MaskedAutoencoder(spec, mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss).to(d.device)
-    torch.manual_seed(cfg.seed * 7919 + d.rank)  # different masks on every rank
+    torch.manual_seed(cfg.seed * 7919 + d.rank)
+    generators = mask_generators(cfg, d)
     lr, nodes = cfg.default_lr(), rank_nodes(d)  # each rank's node, recorded in summary.json
     precision = resolve_precision(cfg.precision, d.device, PRETRAIN_PRECISIONS)
     sharded = fully_sharded(d, cfg.fsdp, precision == "bf16-params")
@@ -108,11 +110,12 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
     settings = _loop_settings(cfg, spec, out, max_steps, precision, pictures=not (sharded and d.enabled))
     schedule = lr_schedule(cfg.lr_schedule, lr, cfg.warmup_steps, max_steps)
     sample: list = []  # (4, 3, H, W) frames in [0, 1], taken from the first batch
-    trainer = Trainer(settings, d, mae, module, optimizer, schedule, _loss_fn(d.device),
+    trainer = Trainer(settings, d, mae, module, optimizer, schedule, _loss_fn(d.device, generators),
                       to_file=lambda st: {"model": mae_to_released(st),
                                           "egoscale": {**mae_meta(mae), "data": data, "seed": cfg.seed}},
                       from_file=lambda obj: released_to_mae(obj["model"]), config=to_dict(cfg), fsdp=sharded,
-                      tracking=cfg, images=lambda: {"reconstructions": reconstruction_grid(mae, sample[0])})
+                      tracking=cfg, images=lambda: {"reconstructions": reconstruction_grid(mae, sample[0])},
+                      generators=generators)
     if trainer.resume() and d.is_main:
         log(f"resumed from step {trainer.step} ({trainer.samples} images seen)")
     if d.is_main:  # written once the folder's checkpoint (if any) has loaded
@@ -175,26 +178,38 @@ def _finished(trainer: Trainer, out: Path, d, **about) -> dict:
 
 def _stream(cfg: PretrainConfig, pieces, img_size: int, d, trainer: Trainer, workers: int, log) -> FrameStream:
     """The frame stream, continued exactly from the checkpoint's data position when the run keeps
-    its layout (processes, loader workers, shuffle buffer); otherwise fresh, seeded by the step."""
+    its layout (processes, accumulation, loader workers, shuffle buffer, batch); otherwise fresh,
+    seeded by the step."""
     seed = cfg.seed * 1_000_003
-    stream = FrameStream(pieces, img_size, seed=seed, rank=d.rank, world_size=d.world_size,
-                         shuffle_buffer=cfg.shuffle_buffer)
+    kw = dict(rank=d.rank, world_size=d.world_size, shuffle_buffer=cfg.shuffle_buffer, batch_size=cfg.batch_size,
+              accum_steps=cfg.accum_steps)
+    stream = FrameStream(pieces, img_size, seed=seed, **kw)
     saved = trainer.data_state
     if saved is not None and all(saved.get(k) == v for k, v in stream.layout(workers).items()):
-        return FrameStream(pieces, img_size, seed=saved["seed"], rank=d.rank, world_size=d.world_size,
-                           shuffle_buffer=cfg.shuffle_buffer, resume=saved)
+        return FrameStream(pieces, img_size, seed=saved["seed"], resume=saved, **kw)
     if trainer.step:
         stream.seed = seed + trainer.step
         if d.is_main:
+            now = stream.layout(workers)
             was = ("another number of processes, or no record of it" if saved is None else
-                   f"{saved['world_size']} process(es) x {saved['workers']} loader worker(s), shuffle buffer "
-                   f"{saved['shuffle_buffer']}")
+                   ", ".join(f"{k} {saved.get(k)}" for k in now))
             log(f"the data order changes from here: the checkpoint's data position ({was}) does not carry over to "
-                f"{d.world_size} process(es) x {workers} loader worker(s), shuffle buffer {cfg.shuffle_buffer}")
+                + ", ".join(f"{k} {v}" for k, v in now.items()))
     return stream
 
 
-def _loss_fn(device):
+def mask_generators(cfg: PretrainConfig, d) -> list[torch.Generator]:
+    """One RNG for the masks of each of this process's virtual ranks (its micro-steps, `FrameStream`),
+    so that the masks, like the data, depend on the global batch's make-up, not on how many
+    processes share it."""
+    return [torch.Generator(device=d.device).manual_seed(cfg.seed * 7919 + d.rank * cfg.accum_steps + k)
+            for k in range(cfg.accum_steps)]
+
+
+def _loss_fn(device, generators: list[torch.Generator]):
+    micro = itertools.count()  # the loop calls it once per micro-step, in order, from a step's start
+
     def loss(module, batch):
-        return module(normalize_batch(batch, device)).loss
+        g = generators[next(micro) % len(generators)]
+        return module(normalize_batch(batch, device), generator=g).loss
     return loss
