@@ -353,7 +353,7 @@ from torch._dynamo.utils import counters
 from egoscale.models import get_spec
 from egoscale.models.flops import mae_train_flops
 from egoscale.train.distributed import cleanup
-from egoscale.train.loop import device_peak_tflops
+from egoscale.train.metrics import device_peak_tflops
 a = json.loads(sys.argv[1])
 sys.path.insert(0, a["bench_dir"])
 from training_step import build  # the step as `egoscale pretrain` runs it

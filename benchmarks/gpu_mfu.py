@@ -17,7 +17,7 @@ import torch
 
 from egoscale.models import build_mae, get_spec
 from egoscale.models.flops import mae_train_flops
-from egoscale.train.loop import device_peak_tflops
+from egoscale.train.metrics import device_peak_tflops
 
 CASES = [("vit_b14", 224, 256), ("vit_l14", 224, 128), ("vit_h14", 224, 128), ("vit_h14", 476, 32)]
 

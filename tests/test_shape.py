@@ -85,3 +85,21 @@ def test_no_function_is_longer_than_a_screenful_and_a_half():
                 if lines > 60:
                     long.append(f"{name}.{node.name}: {lines} lines")
     assert long == []
+
+
+def test_every_egoscale_name_the_benchmarks_import_exists():
+    # the benchmarks run on other machines (a lent GPU) and some import inside code they send to
+    # a subprocess: a name moved in egoscale/ must not break them there
+    import importlib
+    import re
+
+    pattern = re.compile(r"from (egoscale[\w.]*) import \(?([\w, \n]+?)\)?\s*$", re.M)
+    found = 0
+    for path in (ROOT.parent / "benchmarks").glob("*.py"):
+        for module, names in pattern.findall(path.read_text()):
+            mod = importlib.import_module(module)
+            for name in (n.strip() for n in names.replace("\n", " ").split(",")):
+                if name:
+                    found += 1
+                    assert hasattr(mod, name), f"{path.name}: {module} has no {name}"
+    assert found > 20

@@ -89,24 +89,22 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
     torch.manual_seed(cfg.seed)
     mae = MaskedAutoencoder(spec, mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss).to(d.device)
     torch.manual_seed(cfg.seed * 7919 + d.rank)
-    generators = mask_generators(cfg, d)
-    lr, nodes = cfg.default_lr(), rank_nodes(d)  # each rank's node, recorded in summary.json
+    generators, lr, nodes = mask_generators(cfg, d), cfg.default_lr(), rank_nodes(d)  # nodes: for summary.json
     precision = resolve_precision(cfg.precision, d.device, PRETRAIN_PRECISIONS)
     sharded = fully_sharded(d, cfg.fsdp, precision == "bf16-params")
     attention = choose_attention(mae, d.device, precision != "fp32")
     if d.is_main:
-        log(f"pretrain {spec.name} at {spec.img_size}px on {d.device} x{d.world_size}"
-            f"{' over nodes ' + ', '.join(dict.fromkeys(nodes)) if len(set(nodes)) > 1 else ''}: "
-            f"global batch {global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} "
-            f"devices, lr {lr:g} ({cfg.lr_schedule}), mask {cfg.mask_ratio}, {precision} ({attention} attention), "
-            f"{frames} frames, "
-            f"{'budget ' + str(cfg.budget_hours) + ' h' if cfg.budget_hours else str(max_steps) + ' steps'}")
+        length = f"budget {cfg.budget_hours} h" if cfg.budget_hours else f"{max_steps} steps"
+        log(f"pretrain {spec.name} at {spec.img_size}px on {d.device} x{d.world_size}{_over(nodes)}: global batch "
+            f"{global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} devices, lr {lr:g} "
+            f"({cfg.lr_schedule}), mask {cfg.mask_ratio}, {precision} ({attention} attention), {frames} frames, "
+            + length)
     compile_ = resolve_compile(cfg.compile, d.device, precision, d.world_size, cfg.fsdp, max_steps,
                                cfg.grad_checkpointing, cfg.compile_mode)
     module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=compile_,
                          bf16_params=precision == "bf16-params", compile_mode=cfg.compile_mode)
-    params = [p for p in mae.parameters() if p.requires_grad]
-    optimizer = adamw(params, lr, d.device, sharded=sharded, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    optimizer = adamw([p for p in mae.parameters() if p.requires_grad], lr, d.device, sharded=sharded,
+                      betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     settings = _loop_settings(cfg, spec, out, max_steps, precision, pictures=not (sharded and d.enabled))
     schedule = lr_schedule(cfg.lr_schedule, lr, cfg.warmup_steps, max_steps)
     sample: list = []  # (4, 3, H, W) frames in [0, 1], taken from the first batch
@@ -141,6 +139,11 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
     if d.is_main:
         write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def _over(nodes: list[str]) -> str:
+    """' over nodes n1, n2' for a run that spans nodes."""
+    return " over nodes " + ", ".join(dict.fromkeys(nodes)) if len(set(nodes)) > 1 else ""
 
 
 def _loop_settings(cfg: PretrainConfig, spec, out: Path, max_steps: int, precision: str, pictures: bool
