@@ -1,13 +1,14 @@
 """Where a reader is in its stream of frames, in sample numbers only: what lets a pretraining run
 resume to exactly the run that was never stopped.
 
-Each reader (one loader worker of one rank) walks its own pieces epoch after epoch, pushes every
-sample into a shuffle buffer and, once the buffer is full, emits one of them at random. That walk
-depends only on the pieces, the seed and the reader's number, so a `Cursor` holds all of it: the
-epoch, the piece and the sample within it, the buffer (as sample numbers) and the shuffle RNG.
-The worker's cursor reads images as it goes (`FrameStream`); the training process keeps a twin of
-every worker's cursor that it advances without reading anything (`ResumableBatches`), so that a
-checkpoint holds each worker's exact position at the step it was saved.
+Each reader (one of a virtual rank's readers, served by one loader worker: `FrameStream`) walks
+its own pieces epoch after epoch, pushes every sample into a shuffle buffer and, once the buffer
+is full, emits one of them at random. That walk depends only on the pieces, the seed and the
+reader's number, so a `Cursor` holds all of it: the epoch, the piece and the sample within it, the
+buffer (as sample numbers) and the shuffle RNG. The worker's cursors read images as they go; the
+training process keeps a twin of every reader's cursor that it advances without reading anything
+(`ResumableBatches`), so that a checkpoint holds each reader's exact position at the step it was
+saved.
 
 The augmentation of the k-th sample a reader emits draws from its own RNG, seeded by (seed,
 reader, k): how many numbers a crop draws depends on the image's size, which the twins never see.
