@@ -215,9 +215,10 @@ def _planned_grids(cfg: DemoConfig, s: dict, out: Path, parallel: int, elapsed: 
 
     grid, beyond = load_grid(demo_grid(out, s)), load_grid(beyond_grid(out, s))
     budget = cfg.minutes if cfg.minutes is not None else s["minutes"]
-    p = plan(out, s, [(c.model, c.img_size) for c in cells(grid) + cells(beyond)], parallel,
+    p = plan(out, s, [(c.model, c.img_size) for c in cells(grid)], parallel,
              max(1, (os.cpu_count() or 1) // parallel), budget, elapsed, log,
-             baselines=[(c.model, c.img_size) for c in baseline_cells(grid)], mae_settings=DEMO_MAE)
+             baselines=[(c.model, c.img_size) for c in baseline_cells(grid)], mae_settings=DEMO_MAE,
+             after=[(c.model, c.img_size) for c in cells(beyond)])
     sized = {**s, "steps": p["steps"]}
     return load_grid(demo_grid(out, sized)), load_grid(beyond_grid(out, sized)), p
 

@@ -23,7 +23,10 @@ from egoscale.fileio import write_json_atomic
 PLAN = "plan.json"
 MIN_STEPS = 50  # fewer pretraining steps teach the tiny models nothing a probe can read
 CELL_OVERHEAD_S = 2.0  # per cell: worker start-up, model build, checkpoint and result writes
-REPORT_RESERVE = 0.08  # share of the budget kept for the fit, extrapolation and report
+REPORT_RESERVE = 0.03  # share of the budget kept for the fit, extrapolation and report
+# Runs side by side are slower than the timing of one run alone predicts (they share the memory
+# system): the demo's sweeps took this many times the prediction (benchmarks/README.md, "The demo")
+PARALLEL_SLOWDOWN = 1.15
 
 
 def _timed(fn, warm: int = 1, reps: int = 2) -> float:
@@ -85,31 +88,35 @@ def time_machine(models: list[str], sizes: list[int], batch: int, threads: int,
 
 
 def predict_sweep_seconds(cells: list[tuple[str, int]], steps: int, timing: dict[str, dict], s: dict,
-                          parallel: int, baselines: list[tuple[str, int]] = ()) -> float:
+                          parallel: int, baselines: list[tuple[str, int]] = (),
+                          after: list[tuple[str, int]] = ()) -> float:
     """The sweep's wall time: each cell's pretraining, finetuning and probe, and each baseline's
     finetuning and probe (no pretraining), `parallel` at a time (longest first, so the last round is
-    the shortest cells)."""
+    the shortest cells), slowed by sharing the machine; then the `after` cells one at a time (the
+    run beyond the grid)."""
     n_train = s["categories"] * s["train_per_class"]
     n_val = s["categories"] * s["val_per_class"]
 
     def evaluations(t: dict) -> float:
-        ft_steps = s["epochs"] * math.ceil(n_train / 32)
+        ft_steps = s["epochs"] * math.ceil(n_train / s["batch"])
         # finetuning extracts the training set once for its head's warm-up and evaluates the val set
         # after every epoch; the probe extracts train and val once
         extract = (s["epochs"] * n_val + 2 * n_train + n_val) * t["extract_image"]
         return ft_steps * t["finetune_step"] + extract + CELL_OVERHEAD_S
 
-    per = [steps * timing[f"{m}@{z}"]["pretrain_step"] + evaluations(timing[f"{m}@{z}"]) for m, z in cells]
-    per += [evaluations(timing[f"{m}@{z}"]) for m, z in baselines]
+    def cell(m: str, z: int) -> float:
+        return steps * timing[f"{m}@{z}"]["pretrain_step"] + evaluations(timing[f"{m}@{z}"])
+
+    per = [cell(m, z) for m, z in cells] + [evaluations(timing[f"{m}@{z}"]) for m, z in baselines]
     workers = [0.0] * max(1, parallel)
     for p in sorted(per, reverse=True):  # longest first, each to the worker that frees up first
         workers[workers.index(min(workers))] += p
-    return max(workers)
+    return max(workers) * (PARALLEL_SLOWDOWN if parallel > 1 else 1.0) + sum(cell(m, z) for m, z in after)
 
 
 def plan(out: Path, s: dict, cells: list[tuple[str, int]], parallel: int, threads: int, budget_min: float | None,
          elapsed_s: float, log, timing: dict | None = None, baselines: list[tuple[str, int]] = (),
-         mae_settings: dict | None = None) -> dict:
+         mae_settings: dict | None = None, after: list[tuple[str, int]] = ()) -> dict:
     """The demo's pretraining steps for this machine and budget (reused from OUT/plan.json).
 
     `timing` (from `time_machine`, with the runs' `mae_settings`: mask ratio, targets) is measured
@@ -124,8 +131,8 @@ def plan(out: Path, s: dict, cells: list[tuple[str, int]], parallel: int, thread
         write_json_atomic(path, p)
         return p
     t0 = time.time()
-    models = sorted({m for m, _ in cells})
-    sizes = sorted({z for _, z in cells})
+    models = sorted({m for m, _ in [*cells, *after]})
+    sizes = sorted({z for _, z in [*cells, *after]})
     timing = timing or time_machine(models, sizes, s["batch"], threads, mae_settings)
     elapsed_s += time.time() - t0
     budget = budget_min * 60
@@ -134,7 +141,7 @@ def plan(out: Path, s: dict, cells: list[tuple[str, int]], parallel: int, thread
     fewest = min(MIN_STEPS, design)
 
     def predict(n: int) -> float:
-        return predict_sweep_seconds(cells, n, timing, s, parallel, baselines)
+        return predict_sweep_seconds(cells, n, timing, s, parallel, baselines, after)
 
     fits = [n for n in range(design, fewest - 1, -10) if predict(n) <= left]
     steps = fits[0] if fits else fewest

@@ -2,7 +2,9 @@
 
 import json
 
-from egoscale.demo_budget import PLAN, plan, predict_sweep_seconds
+import pytest
+
+from egoscale.demo_budget import PARALLEL_SLOWDOWN, PLAN, REPORT_RESERVE, plan, predict_sweep_seconds
 
 SIZE = dict(categories=4, train_per_class=4, val_per_class=4, models=["vit_pico4"], img_sizes=[24], steps=400,
             epochs=1, batch=16)
@@ -17,10 +19,10 @@ def test_the_plan_fits_the_budget_and_is_kept_for_the_folder(tmp_path):
     timing = roomy["timing"]
     # a budget that the design length overruns: fewer steps, whose predicted sweep fits what is left
     need = predict_sweep_seconds(CELLS, 400, timing, SIZE, 2)
-    budget_min = (need * 0.6 + 5) / 60 / (1 - 0.08)
+    budget_min = (need * 0.6 + 5) / 60 / (1 - REPORT_RESERVE)
     tight = plan(tmp_path / "b", SIZE, CELLS, parallel=2, threads=1, budget_min=budget_min, elapsed_s=5, log=quiet,
                  timing=timing)  # the same timings: the choice itself is exact
-    left = budget_min * 60 * (1 - 0.08) - tight["seconds_before_sweep"]  # after the reserve
+    left = budget_min * 60 * (1 - REPORT_RESERVE) - tight["seconds_before_sweep"]  # after the reserve
     assert 50 <= tight["steps"] < 400
     # the most steps that fit (10-step granularity); the plan's own figure is rounded for display
     assert predict_sweep_seconds(CELLS, tight["steps"], tight["timing"], SIZE, 2) <= left
@@ -42,8 +44,12 @@ def test_the_sweep_prediction_runs_cells_longest_first_on_each_free_worker():
               "b@8": {"pretrain_step": 3.0, "finetune_step": 0.0, "extract_image": 0.0}}
     size = dict(SIZE, epochs=0)
     cells = [("a", 8), ("a", 8), ("b", 8)]
-    # 10 steps: cells of 10+2, 10+2 and 30+2 s; two workers: 32 on one, 24 on the other
-    assert predict_sweep_seconds(cells, 10, timing, size, 2) == 32
+    # 10 steps: cells of 10+2, 10+2 and 30+2 s; two workers: 32 on one, 24 on the other, slowed by
+    # sharing the machine
+    assert predict_sweep_seconds(cells, 10, timing, size, 2) == pytest.approx(32 * PARALLEL_SLOWDOWN)
     assert predict_sweep_seconds(cells, 10, timing, size, 1) == 56
     # a random-weight baseline is evaluated (2 s here) but never pretrained
     assert predict_sweep_seconds(cells, 10, timing, size, 1, baselines=[("b", 8)]) == 58
+    # the run beyond the grid runs alone, after the others
+    assert predict_sweep_seconds(cells, 10, timing, size, 2, after=[("a", 8)]) == pytest.approx(
+        32 * PARALLEL_SLOWDOWN + 12)
