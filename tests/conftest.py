@@ -30,3 +30,19 @@ def tiny_study(tmp_path_factory):
     from tests.study import make_study
 
     return make_study(tmp_path_factory.mktemp("study"))
+
+
+@pytest.fixture(scope="session")
+def clip_frames(tmp_path_factory):
+    """300 frames of a real H.264 clip (30 s at 10 fps, 96x64), ingested into shards of 64: the
+    pretraining tests' input."""
+    from egoscale.data.ingest import IngestConfig, ingest
+    from tests.videos import write_video
+
+    root = tmp_path_factory.mktemp("clip")
+    (root / "v").mkdir()
+    write_video(root / "v" / "a.mp4", n=300, fps=10, w=96, h=64)
+    out = root / "frames"
+    ingest(IngestConfig(source=[f"x={root / 'v'}"], out=str(out), fps=10, shard_frames=64, progress=False),
+           log=lambda *a: None)
+    return out

@@ -9,28 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from egoscale.data.ingest import IngestConfig, ingest
 from egoscale.errors import ConfigError, DataError
 from egoscale.models import load_mae
 from egoscale.train.distributed import Dist
 from egoscale.train.loop import LoopSettings, Trainer, TrainingDiverged
 from egoscale.train.pretrain import PretrainConfig, pretrain
 from tests.cli import egoscale
-from tests.videos import write_video
 
 TINY = ["--model", "vit_pico4", "--batch-size", "16", "--workers", "0", "--no-progress", "--log-every", "5",
         "--shuffle-buffer", "100"]
 
 
 @pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pretrain")
-    (root / "v").mkdir()
-    write_video(root / "v" / "a.mp4", n=300, fps=10, w=96, h=64)
-    out = root / "frames"
-    ingest(IngestConfig(source=[f"x={root / 'v'}"], out=str(out), fps=10, shard_frames=64, progress=False),
-           log=lambda *a: None)
-    return out
+def frames(clip_frames):
+    return clip_frames
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -14,20 +14,12 @@ import pytest
 import torch
 
 from egoscale.data.cursor import Cursor
-from egoscale.data.ingest import IngestConfig, ingest
 from egoscale.data.loader import FrameStream, make_loader, resolve_pieces
-from tests.videos import write_video
 
 
 @pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    (root / "v").mkdir()
-    write_video(root / "v" / "a.mp4", n=300, fps=10, w=96, h=64)
-    out = root / "frames"
-    ingest(IngestConfig(source=[f"x={root / 'v'}"], out=str(out), fps=10, shard_frames=64, progress=False),
-           log=lambda *a: None)
-    return out
+def frames(clip_frames):
+    return clip_frames
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -38,7 +30,8 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def _kill_tree(pid: int) -> None:
-    """SIGKILL a process and everything it started (torchrun puts its workers in sessions of their own)."""
+    """SIGKILL a process and everything it started (torchrun starts its workers as process-group leaders
+    of their own, out of reach of a kill of its group)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
