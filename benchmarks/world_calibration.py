@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--shuffle-buffer", type=int, default=10_000, help="frames mixed before batching (the demo's: "
                     "the whole data)")
     ap.add_argument("--epochs", type=int, default=0, help="finetuning epochs (0: no finetuning)")
+    ap.add_argument("--precision", default="fp32", help="pretraining precision (fp32, bf16, bf16-params)")
     args = ap.parse_args()
     out = Path(args.out)
     models, steps = args.models.split(","), [int(s) for s in args.steps.split(",")]
@@ -123,7 +124,8 @@ def main() -> None:
                             batch_size=args.batch, lr=args.lr, lr_schedule=args.schedule, warmup_steps=args.warmup,
                             mask_ratio=args.mask_ratio, norm_pix_loss=bool(args.norm_pix_loss),
                             decoder_depth=args.decoder_depth, workers=0, progress=False, seed=s,
-                            shuffle_buffer=args.shuffle_buffer, save_every=10**9), log=quiet)
+                            shuffle_buffer=args.shuffle_buffer, save_every=10**9,
+                            precision=args.precision), log=quiet)
                         r = evaluate(str(run), model, size, lab, out / "eval" / run.name, args.epochs)
                         r["seconds"] = time.time() - t
                         res.append(r)

@@ -99,9 +99,9 @@ def predict_sweep_seconds(cells: list[tuple[str, int]], steps: int, timing: dict
 
     def evaluations(t: dict) -> float:
         ft_steps = s["epochs"] * math.ceil(n_train / s["batch"])
-        # finetuning extracts the training set once for its head's warm-up and evaluates the val set
-        # after every epoch; the probe extracts train and val once
-        extract = (s["epochs"] * n_val + 2 * n_train + n_val) * t["extract_image"]
+        # finetuning extracts the training set once for its head's warm-up and scores the val set after
+        # its last epoch (the demo's eval_every); the probe extracts train and val once
+        extract = (2 * n_train + 2 * n_val) * t["extract_image"]
         return ft_steps * t["finetune_step"] + extract + CELL_OVERHEAD_S
 
     def cell(m: str, z: int) -> float:

@@ -66,6 +66,15 @@ def test_finetune_end_to_end_writes_the_result_row(folder, tmp_path):
     assert len(again) == 80
 
 
+def test_finetune_scores_the_val_set_every_n_epochs_and_after_the_last(folder, tmp_path):
+    cfg = FinetuneConfig(checkpoint="none", model="vit_pico4", train=str(folder / "train"), val=str(folder / "val"),
+                         out=str(tmp_path / "ft"), condition=None, label_fraction=0.5, epochs=3, batch_size=16,
+                         workers=0, progress=False, lr=1e-3, eval_every=2)
+    r = finetune(cfg, log=quiet)
+    evals = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines() if "top1" in x]
+    assert [e["epoch"] for e in evals] == [2, 3] and r["top1"] == max(e["top1"] for e in evals)
+
+
 def test_head_warmup_fits_the_head_alone_before_finetuning(folder, tmp_path):
     # LP-FT's first half: only the head moves, and it learns to read the frozen encoder
     from egoscale.evaluate.common import ImageList, load_backbone, prepare_labelled, val_transform

@@ -15,7 +15,7 @@ import torch
 from egoscale.constants import ASSUMED_GPU_TFLOPS, ASSUMED_MFU
 from egoscale.data.video import probe, sample_chunk
 from egoscale.errors import ConfigError
-from egoscale.sweep.grid import all_cells, cells, load_grid
+from egoscale.sweep.grid import all_cells, baseline_cells, cells, load_grid
 from egoscale.sweep.slurm import slurm_jobs
 from egoscale.sweep.sweep import estimate, run_local, status
 from egoscale.world.world import WorldConfig, make_world
@@ -109,6 +109,9 @@ def test_random_baselines_are_evaluated_once_per_seed_and_marked_in_the_table(ti
     grid = load_grid(_grid(tiny_study, fractions=[1.0], seeds=[1, 2], baselines=["random"]))
     assert [c.id for c in all_cells(grid)] == ["vit_pico4@32_1_s1", "vit_pico4@32_random_s1",
                                                "vit_pico4@32_random_s2"]
+    # a grid that repeats only its whole-data runs gets an initialisation per repeat
+    repeats = load_grid(_grid(tiny_study, fractions=[1.0, 0.5], seeds=[1], full_seeds=[1, 3], baselines=["random"]))
+    assert [c.id for c in baseline_cells(repeats)] == ["vit_pico4@32_random_s1", "vit_pico4@32_random_s3"]
     out = tmp_path / "runs"
     assert run_local(grid, out, log=quiet) == {"done": 4, "skipped": 0, "failed": 0, "blocked": 0}
     assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["vit_pico4@32_1_s1"]  # no pretraining for them

@@ -100,8 +100,9 @@ def finetune_lr(cfg, img_size: int) -> float:
 @dataclass
 class FinetuneConfig(EvalData, TrackingConfig):
     """Finetune the whole encoder with a BatchNorm+Linear head on a random fraction of a labelled folder
-(ImageNet layout) and report top-1/top-5 on the whole val folder after every epoch. Defaults are the
-paper's recipe. Resumable; runs under torchrun like pretraining.
+(ImageNet layout) and report top-1/top-5 on the whole val folder after every epoch (or every
+--eval-every epochs, and after the last). Defaults are the paper's recipe. Resumable; runs under
+torchrun like pretraining.
 
 example:
   egoscale finetune --checkpoint runs/vith14@476_1.0_1 --train /data/imagenet/train \\
@@ -118,6 +119,8 @@ example:
     head_warmup: int = opt(0, "before the whole encoder trains, fit the fresh head alone for this many steps on frozen "
                            "features of the training subset (LP-FT: the encoder's first updates then follow a head "
                            "that already reads it, instead of a random one; 0: the paper's recipe)")
+    eval_every: int = opt(1, "score the val folder every N epochs and after the last (the result is the best of "
+                          "those scored): a large val folder costs a pass of the encoder per image each time")
     compile: bool = opt(False, "torch.compile the model")
     grad_checkpointing: bool = opt(False, "recompute activations in backward")
     log_every: int = opt(10, "training-loss line every N steps")
@@ -125,8 +128,8 @@ example:
 
     def __post_init__(self):
         super().__post_init__()
-        if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1:
-            raise ConfigError("--epochs, --batch-size and --log-every must be at least 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.log_every < 1 or self.eval_every < 1:
+            raise ConfigError("--epochs, --batch-size, --log-every and --eval-every must be at least 1")
         if not 0 < self.crop_scale <= 1:
             raise ConfigError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
         if self.head_warmup < 0:

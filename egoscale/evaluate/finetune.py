@@ -161,7 +161,7 @@ def _finetune(cfg: FinetuneConfig, d: Dist, out: Path, record: dict, changed: di
                       lambda m, b: F.cross_entropy(m(b[0]), b[1]),
                       to_file=lambda st: {"model": st, "egoscale": vit_meta(vit)},
                       from_file=lambda obj: obj["model"], config=to_dict(cfg), evaluate=evaluate,
-                      eval_every=steps_per_epoch, tracking=cfg)
+                      eval_every=steps_per_epoch * cfg.eval_every, tracking=cfg)
     if trainer.resume() and d.is_main:
         log(f"resumed at epoch {trainer.step // steps_per_epoch}")
     if d.is_main:  # written once the folder's checkpoint (if any) has loaded

@@ -9,7 +9,8 @@
     full_seeds: [1]                    # runs on the whole data (fraction 1); default: the first seed
                                        # (more than one: pretrain must not fix `seed`)
     baselines: [random]                # also evaluate every model@size with random weights (one
-                                       # evaluation per seed, no pretraining): what pretraining buys
+                                       # evaluation per seed of seeds and full_seeds, no pretraining):
+                                       # what pretraining buys
     pretrain: {batch_size: 512, budget_hours: 48}          # PretrainConfig fields
     model_overrides: {vit_h14: {lr: 1.0e-4}}                # per model
     evals:
@@ -53,7 +54,8 @@ class Grid:
     # trend from seed noise where the runs are most accurate.
     full_seeds: list[int] | None = None
     # Evaluations without pretraining: "random" evaluates every model@size with randomly
-    # initialised weights (one per seed, each its own initialisation), by every evaluation. An
+    # initialised weights (one per seed of `seeds` and `full_seeds`, each its own initialisation),
+    # by every evaluation. An
     # accuracy means something only beside what the same encoder gives untrained.
     baselines: list[str] = field(default_factory=list)
     pretrain: dict = field(default_factory=dict)
@@ -170,9 +172,11 @@ def full_seeds(grid: Grid) -> list[int]:
 
 
 def baseline_cells(grid: Grid) -> list[Cell]:
-    """The grid's evaluations without pretraining: every model@size, once per seed."""
+    """The grid's evaluations without pretraining: every model@size, once per seed that pretrains
+    (`seeds` and `full_seeds`), each its own initialisation."""
+    seeds = sorted({*grid.seeds, *full_seeds(grid)})
     return [Cell(m, s, 0.0, seed, baseline=b) for b in grid.baselines for m in grid.models for s in grid.img_sizes
-            for seed in grid.seeds]
+            for seed in seeds]
 
 
 def all_cells(grid: Grid) -> list[Cell]:
