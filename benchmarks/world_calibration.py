@@ -87,7 +87,9 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/egoscale-calibration")
     ap.add_argument("--hours", type=float, default=1.0)
     ap.add_argument("--categories", type=int, default=8)
-    ap.add_argument("--val-per-class", type=int, default=50, help="more val images: smaller binomial noise")
+    ap.add_argument("--train-per-class", type=int, default=50, help="labelled training images (the demo's: 50)")
+    ap.add_argument("--val-per-class", type=int, default=100, help="more val images: smaller binomial noise "
+                    "(the demo's: 100)")
     ap.add_argument("--models", default="vit_pico4,vit_micro4")
     ap.add_argument("--img-sizes", default="32")
     ap.add_argument("--steps", default="1000")
@@ -110,7 +112,8 @@ def main() -> None:
     sizes = [int(s) for s in args.img_sizes.split(",")]
     fractions, seeds = [float(f) for f in args.fractions.split(",")], [int(s) for s in args.seeds.split(",")]
     t0 = time.time()
-    make_world(WorldConfig(out=str(out / "world"), hours=args.hours, categories=args.categories, train_per_class=20,
+    make_world(WorldConfig(out=str(out / "world"), hours=args.hours, categories=args.categories,
+                           train_per_class=args.train_per_class,
                            val_per_class=args.val_per_class, progress=False), log=quiet)
     ingest(IngestConfig(source=[f"w={out / 'world' / 'videos'}"], out=str(out / "frames"), short_side=0,
                         progress=False), log=quiet)
