@@ -79,6 +79,18 @@ finished stages and ends by printing the path of report.html."""
 DEMO_MAE = {"mask_ratio": 0.5, "norm_pix_loss": True, "decoder_depth": 1}
 
 
+# Pretraining lr 3e-3 with 100 warmup steps: the fastest-learning setting of the calibration for
+# vit_pico4 (batch 32); wider models take it scaled by PICO_WIDTH / width, as a wider layer's
+# updates move its outputs more (vit_micro4 learned more at half of it: benchmarks/README.md).
+DEMO_LR, PICO_WIDTH = 3e-3, 64
+
+
+def demo_lr(model: str) -> float:
+    from egoscale.models.registry import get_spec
+
+    return DEMO_LR * PICO_WIDTH / get_spec(model).width
+
+
 def demo_grid(out: Path, s: dict) -> dict:
     """The sweep grid of the demo (a dict in the grid-file format)."""
     lab = out / "world" / "labelled"
@@ -87,12 +99,12 @@ def demo_grid(out: Path, s: dict) -> dict:
             "full_seeds": s.get("full_seeds"),
             # every model@size also evaluated untrained: the reference every accuracy is read against
             "baselines": ["random"],
-            # lr 3e-3 with warmup: the fastest-learning setting of the calibration (tiny models, batch 32)
-            "pretrain": {"steps": s["steps"], "batch_size": s["batch"], "lr": 3e-3, "warmup_steps": 100,
+            "pretrain": {"steps": s["steps"], "batch_size": s["batch"], "lr": DEMO_LR, "warmup_steps": 100,
                          **DEMO_MAE, "workers": 0, "log_every": 10, "save_every": 10_000,
                          # the whole data in the shuffle buffer: frames a second apart are near copies, and
                          # batches drawn from a few pieces (one room each) teach markedly less (calibration)
                          "shuffle_buffer": 10_000},
+            "model_overrides": {m: {"lr": demo_lr(m)} for m in s["models"] if demo_lr(m) != DEMO_LR},
             # few-shot finetuning of 160 tiny images: the head first fitted on frozen features (LP-FT), then
             # a gentle lr and crops that keep most of the image; the paper's fresh head, lr and 8 % crops
             # left these runs below the linear probe of the same weights (benchmarks/README.md)
@@ -113,6 +125,7 @@ def beyond_grid(out: Path, s: dict) -> dict:
     model, size = s["beyond"]
     g = demo_grid(out, s)
     return {**g, "name": "demo-beyond", "models": [model], "img_sizes": [size], "fractions": [1.0],
+            "model_overrides": {k: v for k, v in g["model_overrides"].items() if k == model},
             "seeds": s["seeds"][:1], "full_seeds": None, "baselines": [],
             "evals": [e for e in g["evals"] if e["kind"] == "probe"]}
 
@@ -243,11 +256,15 @@ def _check_beyond_run(fit: dict, out: Path, cell) -> tuple[dict | None, list[str
 def _closing_lines(fit: dict, check: dict | None, checked: list[str], log) -> str:
     """What pretraining bought, the check beyond the grid and the measured trends; returns the first."""
     from egoscale.scaling.baselines import describe_bought
+    from egoscale.scaling.evaluations import describe_side_by_side
     from egoscale.scaling.trends import describe
 
     bought = describe_bought(fit.get("gains") or [])
     if bought:
         log(f"  {bought}")
+    both = describe_side_by_side(fit.get("side_by_side") or [])
+    if both:
+        log(f"  {both}")
     log(f"  {describe_beyond(check) if check else checked[0]}")
     for t in fit["trends"]:
         log(f"  measured {describe(t)}")

@@ -483,3 +483,41 @@ def test_choose_prefers_validated_physical_forms_and_says_why():
     nothing_held_out = {"b": {**form(None), "rmse": 0.03}, "c": {**form(None), "rmse": 0.01}}
     assert choose(nothing_held_out, 0, cfg) == ("c", "no held-out split was possible; chosen by in-sample RMSE, "
                                                      "which favours flexible forms")
+
+
+def test_finetuning_is_shown_beside_the_probe_of_the_same_weights(tmp_path):
+    # Two evaluations of the same runs: finetuning ends 3 points above the probe for model a, 1
+    # below for b at 32 px (within the 2-point tolerance) and 6 below at 48 px; the smaller data
+    # size and the random baselines are not what the verdict reads
+    from egoscale.scaling.evaluations import side_by_side
+    from egoscale.scaling.report import report
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for model, N in (("a", 2e5), ("b", 8e5)):
+        for R in (32, 48):
+            for ev in ("linear_probe", "finetune"):
+                rows.append(dict(model=model, params=N, img_size=R, data_hours=0.0, data_fraction=0.0, seed=1,
+                                 pretrain_steps=0, eval=ev, condition="full", baseline="random", top1=0.2))
+            for D in (0.01, 0.1, 1.0):
+                probe = 0.25 + 0.1 * np.log10(D / 0.01) / 2 + (0.02 if R == 48 else 0)
+                ft = probe + {"a": 0.03, "b": -0.01 if R == 32 else -0.06}[model] * (D == 1.0)
+                for s in (1, 2):
+                    noise = rng.normal(0, 0.003)
+                    for ev, acc in (("linear_probe", probe), ("finetune", ft)):
+                        rows.append(dict(model=model, params=N, img_size=R, data_hours=D, data_fraction=D, seed=s,
+                                         pretrain_steps=400, eval=ev, condition="full", top1=acc + noise))
+    write_table(rows, tmp_path / "results.csv")
+    fit = run_fit(FitConfig(table=str(tmp_path / "results.csv"), out=str(tmp_path / "fit.json"), bootstrap=20,
+                            eval="linear_probe"), log=quiet)
+    got = {(r["model"], r["img_size"]): r for r in fit["side_by_side"]}
+    assert {k: v["verdict"] for k, v in got.items()} == {("a", 32.0): "at least", ("a", 48.0): "at least",
+                                                          ("b", 32.0): "within", ("b", 48.0): "below"}
+    assert got[("b", 48.0)]["difference"] == pytest.approx(-0.06, abs=1e-9)
+    assert got[("a", 32.0)]["data_hours"] == 1.0 and got[("a", 32.0)]["runs"] == 2
+    assert got[("a", 32.0)]["random"] == {"linear_probe": 0.2, "finetune": 0.2}
+    html = report(str(tmp_path / "fit.json"), str(tmp_path / "report")).read_text()
+    assert "Finetuning beside the linear probe" in html
+    assert "in 2, within 2 points below it in 1 and further below in 1 of 4 model@size" in html
+    # a table of one evaluation has nothing to set beside it
+    assert side_by_side([r for r in rows if r["eval"] == "linear_probe"], "top1") == []

@@ -16,6 +16,7 @@ from egoscale.scaling.extrapolate import turning_point
 from egoscale.scaling.baselines import (baseline_variances, describe_bought, gain_table, is_baseline,
                                         subtract_baselines)
 from egoscale.scaling.estimation import FORMS, bootstrap, cell_index, fit_form, predict_interval, seed_noise
+from egoscale.scaling.evaluations import describe_side_by_side, side_by_side
 from egoscale.scaling.results import read_table
 from egoscale.scaling.trends import describe, measured_trends
 
@@ -270,6 +271,8 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
     if baselines:
         result.update(_gains(rows, baselines, cfg))
     result["trends"] = (result["gain_trends"] if cfg.gains else measured_trends(rows, cfg.metric, cfg.level))
+    # the paper's evaluation beside the probe of the same weights, where the table holds both
+    result["side_by_side"] = side_by_side(read_table(cfg.table), cfg.metric)
     result["seconds"] = round(time.time() - t0, 2)
     write_json_atomic(cfg.out, result)
     for line in summary_lines(result, cfg):
@@ -423,4 +426,7 @@ def summary_lines(result: dict, cfg: FitConfig) -> list[str]:
             lines.append(f"random baselines: {bought}")
         if not cfg.gains:
             lines += [f"measured gain over random: {describe(t)}" for t in result["gain_trends"]]
+    both = describe_side_by_side(result.get("side_by_side") or [])
+    if both:
+        lines.append(both)
     return lines

@@ -21,6 +21,7 @@ from egoscale.scaling.fit import heldout_text
 from egoscale.scaling.forms import FORMS
 from egoscale.scaling.plotting import pyplot, save
 from egoscale.scaling.baselines import describe_bought
+from egoscale.scaling.evaluations import describe_side_by_side, eval_name
 from egoscale.scaling.trends import cell_table, describe, measured_trends
 
 COLORS = {"logit_linear": "tab:blue", "power_error": "tab:red", "logit_interaction": "tab:green"}
@@ -250,6 +251,29 @@ def _baselines_section(fit) -> list[str]:
             + [""])
 
 
+def _side_by_side_section(fit) -> list[str]:
+    """The paper's evaluation (finetuning) beside the linear probe of the same weights."""
+    records = fit.get("side_by_side") or []
+    if not records:
+        return []
+    first, second = records[0]["first"], records[0]["second"]
+    names = {first: eval_name(first), second: eval_name(second)}
+    rows = []
+    for r in records:
+        rand = r["random"]
+        rows.append([f"{r['model']} @{r['img_size']:.0f} px", f"{r[second] * 100:.1f}", f"{r[first] * 100:.1f}",
+                     f"{r['difference'] * 100:+.1f}", r["verdict"],
+                     " / ".join(f"{rand[k] * 100:.1f}" if k in rand else "-" for k in (second, first))])
+    return (["## Finetuning beside the linear probe", "",
+             f"The same weights read two ways at {records[0]['data_hours']:.3g} h of video, mean {fit['metric']} over "
+             f"the runs: {names[first]} can only keep what the {names[second]} reads if its recipe suits the "
+             f"labelled set; it should end at least level with it (here: at most "
+             f"{records[0]['tolerance'] * 100:.0f} points below).", "",
+             _sentence(describe_side_by_side(records)), "",
+             _md_table(["model @ image size", f"{names[second]} (pts)", f"{names[first]} (pts)", "difference",
+                        "verdict", f"random weights: {names[second]} / {names[first]}"], rows), ""])
+
+
 def _trends_section(fit) -> list[str]:
     """What the runs show per axis, with seed intervals, before any form is fitted."""
     # fit.json has them since they were added; older fits get them computed from their rows
@@ -276,7 +300,8 @@ def report(fit_path: str, out: str, target: str | None = None,
         target = "human" if fit["metric"] == TARGETS["human"]["metric"] else None
     tval, tsrc = resolve_target(fit, target) if target else (None, None)
     plots = _plots(fit, out_dir, tval)
-    md = (_header(fit) + _trends_section(fit) + _baselines_section(fit) + _forms_section(fit)
+    md = (_header(fit) + _trends_section(fit) + _baselines_section(fit) + _side_by_side_section(fit)
+          + _forms_section(fit)
           + _claim_section(fit, target) + (_target_section(fit, tval, tsrc) if tval is not None else []))
     for heading, paragraphs in notes or []:
         md += [f"## {heading}", ""] + [x for para in paragraphs for x in (para, "")]
