@@ -104,7 +104,7 @@ def demo_grid(out: Path, s: dict) -> dict:
                          # the whole data in the shuffle buffer: frames a second apart are near copies, and
                          # batches drawn from a few pieces (one room each) teach markedly less (calibration)
                          "shuffle_buffer": 10_000},
-            "model_overrides": {m: {"lr": demo_lr(m)} for m in s["models"] if demo_lr(m) != DEMO_LR},
+            "model_overrides": {m: {"lr": lr} for m in s["models"] if (lr := demo_lr(m)) != DEMO_LR},
             # few-shot finetuning of 160 tiny images: the head first fitted on frozen features (LP-FT), then
             # a gentle lr and crops that keep most of the image; the paper's fresh head, lr and 8 % crops
             # left these runs below the linear probe of the same weights (benchmarks/README.md)

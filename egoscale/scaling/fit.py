@@ -63,9 +63,9 @@ example:
             raise ConfigError("--level must be in (0, 1)")
 
 
-def _rows(cfg: FitConfig) -> tuple[list[dict], list[dict], list[dict]]:
-    """The rows to fit, the rows left out (each with why) and the random baselines of the rows' evaluation."""
-    rows = read_table(cfg.table)
+def _rows(cfg: FitConfig, rows: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """Of the results table's rows: those to fit, those left out (each with why) and the random
+    baselines of the fitted rows' evaluation."""
     used, dropped, baselines = [], [], []
     for r in rows:
         why = None
@@ -243,7 +243,8 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
     """Fit every form, score each on the held-out splits, choose one, read the runs against their
     random baselines; write fit.json and return what it holds."""
     t0 = time.time()
-    rows, dropped, baselines = _rows(cfg)
+    table = read_table(cfg.table)
+    rows, dropped, baselines = _rows(cfg, table)
     X, y = _arrays(rows, cfg.metric)
     noise = seed_noise(X, y)
     names = list(FORMS) if cfg.form in ("auto", "all") else [cfg.form]
@@ -272,7 +273,7 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
         result.update(_gains(rows, baselines, cfg))
     result["trends"] = (result["gain_trends"] if cfg.gains else measured_trends(rows, cfg.metric, cfg.level))
     # the paper's evaluation beside the probe of the same weights, where the table holds both
-    result["side_by_side"] = side_by_side(read_table(cfg.table), cfg.metric)
+    result["side_by_side"] = side_by_side(table, cfg.metric)
     result["seconds"] = round(time.time() - t0, 2)
     write_json_atomic(cfg.out, result)
     for line in summary_lines(result, cfg):
