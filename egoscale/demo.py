@@ -9,7 +9,6 @@ demo is run again.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from egoscale.config import opt
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
+from egoscale.machine import usable_cores
 
 # The world's "human level": top-1 on the world's labelled val set. Fixed and documented rather
 # than measured, so that runs at different sizes aim at the same thing.
@@ -25,18 +25,22 @@ FIT_EVAL = "linear_probe"
 
 SIZES = {
     # world hours, categories, labelled per class, models, image sizes, fractions, seeds, pretrain steps (the
-    # design length; a time budget may choose fewer), finetuning epochs, batch, time budget in minutes, and
-    # the run beyond the grid that checks the fit's extrapolation (model, image size; whole data, first seed)
-    # quick has no budget: its 20 steps are a smoke test of every stage, already the fewest that run them all
+    # design length; a time budget may choose fewer, never below floor_steps: the fewest at which the study
+    # was measured to show its gains and trends, benchmarks/README.md "The floor"), finetuning epochs, batch,
+    # time budget in minutes, and the run beyond the grid that checks the fit's extrapolation (model, image
+    # size; whole data, first seed). quick has no budget and claims nothing: its 20 steps are a smoke test of
+    # every stage, already the fewest that run them all
     "quick": dict(hours=0.2, categories=6, train_per_class=8, val_per_class=8, models=["vit_pico4", "vit_nano4",
-                  "vit_micro4"], img_sizes=[24, 32], fractions=[1.0, 0.1, 0.01], seeds=[1, 2], steps=20, epochs=1,
-                  batch=32, minutes=None, beyond=("vit_pico4", 40)),
+                  "vit_micro4"], img_sizes=[24, 32], fractions=[1.0, 0.1, 0.01], seeds=[1, 2], steps=20,
+                  floor_steps=None, epochs=1, batch=32, minutes=None, beyond=("vit_pico4", 40)),
     "default": dict(hours=1.0, categories=8, train_per_class=50, val_per_class=100, models=["vit_pico4",
                     "vit_nano4", "vit_micro4"], img_sizes=[24, 32], fractions=[1.0, 0.1, 0.01], seeds=[1],
-                    full_seeds=[1, 2], steps=600, epochs=6, batch=32, minutes=10, beyond=("vit_pico4", 40)),
+                    full_seeds=[1, 2], steps=600, floor_steps=500, epochs=6, batch=32, minutes=10,
+                    beyond=("vit_pico4", 40)),
     "large": dict(hours=2.0, categories=8, train_per_class=20, val_per_class=50, models=["vit_pico4", "vit_nano4",
                   "vit_micro4"], img_sizes=[32, 48], fractions=[1.0, 0.1, 0.01], seeds=[1, 2],
-                  steps=2000, epochs=10, batch=32, full_seeds=[1, 2], minutes=None, beyond=("vit_nano4", 64)),
+                  steps=2000, floor_steps=500, epochs=10, batch=32, full_seeds=[1, 2], minutes=None,
+                  beyond=("vit_nano4", 64)),
 }
 
 
@@ -174,7 +178,7 @@ def demo(cfg: DemoConfig, log=print) -> dict:
         log(f"[{n}/7] {name} ({time.time() - t0:.0f} s)")
 
     _make_data(cfg, s, out, stage, log)
-    parallel = cfg.parallel or min(8, os.cpu_count() or 1)
+    parallel = cfg.parallel or min(8, usable_cores())
     grid, beyond, p = _planned_grids(cfg, s, out, parallel, time.time() - t0, log)
     stage(4, f"sweep: {len(cells(grid))} pretraining runs of {p['steps']} steps, each finetuned and probed, "
              f"{parallel} at a time; {len(baseline_cells(grid))} random-weight baselines evaluated the same way")
@@ -188,7 +192,7 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     stage(5, f"fit: scaling-law forms on the {FIT_EVAL.replace('_', ' ')}, validated on held-out runs")
     fit_path = out / "fit.json"
     fit = run_fit(FitConfig(table=str(out / "runs" / "results.csv"), out=str(fit_path), metric="top1",
-                            eval=FIT_EVAL, form="auto", bootstrap=100), log=lambda m: log("  " + m))
+                            eval=FIT_EVAL, form="auto", bootstrap=100), log=lambda m: log("  " + m), summary=False)
     stage(6, f"extrapolate: what reaches the world's 'human level' ({DEMO_TARGET:.0%} top-1)")
     # far beyond the data the forms disagree: the summary says whether they agree, and what each answers
     headline = verdict(fit, scale_together(fit, DEMO_TARGET), f"{DEMO_TARGET:.0%} top-1")
@@ -197,8 +201,7 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     html = report(str(fit_path), str(out / "report"), target=str(DEMO_TARGET),
                   notes=[("A run the fit never saw", checked),
                          ("How this demo was sized", describe_plan(p, t_sweep, time.time() - t0))])
-    log(f"done in {time.time() - t0:.0f} s: {headline}")
-    bought = _closing_lines(fit, check, checked, log)
+    bought = _closing_lines(fit, p, check, checked, headline, time.time() - t0, log)
     log(f"report: {html.resolve()}")
     return {"headline": headline, "bought": bought, "beyond": check, "steps": p["steps"], "report": str(html),
             "fit": fit["chosen"], "trends": fit["trends"], "gains": fit.get("gains"), "seconds": time.time() - t0}
@@ -231,7 +234,7 @@ def _planned_grids(cfg: DemoConfig, s: dict, out: Path, parallel: int, elapsed: 
     grid, beyond = load_grid(demo_grid(out, s)), load_grid(beyond_grid(out, s))
     budget = cfg.minutes if cfg.minutes is not None else s["minutes"]
     p = plan(out, s, [(c.model, c.img_size) for c in cells(grid)], parallel,
-             max(1, (os.cpu_count() or 1) // parallel), budget, elapsed, log,
+             max(1, usable_cores() // parallel), budget, elapsed, log,
              baselines=[(c.model, c.img_size) for c in baseline_cells(grid)], mae_settings=DEMO_MAE,
              after=[(c.model, c.img_size) for c in cells(beyond)])
     sized = {**s, "steps": p["steps"]}
@@ -253,21 +256,24 @@ def _check_beyond_run(fit: dict, out: Path, cell) -> tuple[dict | None, list[str
         for k, v in check["forms"].items()]
 
 
-def _closing_lines(fit: dict, check: dict | None, checked: list[str], log) -> str:
-    """What pretraining bought, the check beyond the grid and the measured trends; returns the first."""
+def _closing_lines(fit: dict, p: dict, check: dict | None, checked: list[str], headline: str, seconds: float,
+                   log) -> str:
+    """The run's findings, each said once: what pretraining bought, the measured trends (with their
+    gains over random weights where those differ), finetuning beside the probe, the run beyond the grid,
+    and what the forms extrapolate; returns the first."""
+    from egoscale.demo_budget import floor_status
     from egoscale.scaling.baselines import describe_bought
     from egoscale.scaling.evaluations import describe_side_by_side
-    from egoscale.scaling.trends import describe
+    from egoscale.scaling.trends import describe, describe_gain, same_trend
 
+    log(f"done in {seconds:.0f} s, {floor_status(p)}:")
     bought = describe_bought(fit.get("gains") or [])
-    if bought:
-        log(f"  {bought}")
-    both = describe_side_by_side(fit.get("side_by_side") or [])
-    if both:
-        log(f"  {both}")
-    log(f"  {describe_beyond(check) if check else checked[0]}")
-    for t in fit["trends"]:
-        log(f"  measured {describe(t)}")
-    for t in fit.get("gain_trends", []):
-        log(f"  measured gain over random weights, {describe(t)}")
+    gains = {g["axis"]: g for g in fit.get("gain_trends", [])}
+    lines = [bought] + [f"measured {describe(t)}" + (
+        f"; {describe_gain(gains[t['axis']])}" if t["axis"] in gains and not same_trend(gains[t["axis"]], [t]) else "")
+        for t in fit["trends"]]
+    lines += [describe_side_by_side(fit.get("side_by_side") or []), describe_beyond(check) if check else checked[0],
+              f"extrapolation: {headline}"]
+    for line in filter(None, lines):
+        log(f"  {line}")
     return bought

@@ -5,7 +5,10 @@ a few pretraining, finetuning and feature-extraction steps of every model at eve
 each on the threads one sweep worker gets. From those it predicts the sweep's time for a given
 number of pretraining steps (cells run `parallel` at a time, longest first) and picks the most
 steps, up to the size's design value, that fit what is left of the budget after a reserve for
-the fit and the report. The plan is saved in OUT/plan.json and reused when the demo is re-run,
+the fit and the report. It never goes below the size's floor, the fewest steps at which the
+study was measured to show what it is about (benchmarks/README.md, "The floor"): where the floor
+does not fit, it runs the floor anyway and says, before the sweep starts, how long that will
+take and why. The plan is saved in OUT/plan.json and reused when the demo is re-run,
 so one study never mixes runs of different lengths; the report shows it next to the sweep's
 actual time.
 """
@@ -21,7 +24,6 @@ from pathlib import Path
 from egoscale.fileio import write_json_atomic
 
 PLAN = "plan.json"
-MIN_STEPS = 50  # fewer pretraining steps teach the tiny models nothing a probe can read
 CELL_OVERHEAD_S = 2.0  # per cell: worker start-up, model build, checkpoint and result writes
 REPORT_RESERVE = 0.03  # share of the budget kept for the fit, extrapolation and report
 # Runs side by side are slower than the timing of one run alone predicts (they share the memory
@@ -127,7 +129,8 @@ def plan(out: Path, s: dict, cells: list[tuple[str, int]], parallel: int, thread
         log(f"  plan: {saved['steps']} pretraining steps per run, as chosen when this demo folder was started")
         return saved
     if budget_min is None:
-        p = {"steps": s["steps"], "budget_minutes": None, "why": "no time budget: the size's design length"}
+        p = {"steps": s["steps"], "floor_steps": None, "budget_minutes": None,
+             "why": "no time budget: the size's design length"}
         write_json_atomic(path, p)
         return p
     t0 = time.time()
@@ -138,34 +141,45 @@ def plan(out: Path, s: dict, cells: list[tuple[str, int]], parallel: int, thread
     budget = budget_min * 60
     left = budget * (1 - REPORT_RESERVE) - elapsed_s
     design = s["steps"]
-    fewest = min(MIN_STEPS, design)
+    floor = min(s["floor_steps"], design)
 
     def predict(n: int) -> float:
         return predict_sweep_seconds(cells, n, timing, s, parallel, baselines, after)
 
-    fits = [n for n in range(design, fewest - 1, -10) if predict(n) <= left]
-    steps = fits[0] if fits else fewest
+    fits = [n for n in range(design, floor - 1, -10) if predict(n) <= left]
+    steps = fits[0] if fits else floor
     predicted = predict(steps)
+    # the whole demo, as the user will wait for it: what is done, the sweep, the fit and report
+    total_min = (elapsed_s + predicted) / 60 / (1 - REPORT_RESERVE)
     if steps >= design:
         why = f"the size's design length ({design} steps) fits the {budget_min:g}-minute budget on this machine"
     elif fits:
         why = (f"{design} steps would take about {predict(design) / 60:.1f} "
-               f"min of sweep here; {steps} steps fit the {budget_min:g}-minute budget")
+               f"min of sweep here; {steps} steps fit the {budget_min:g}-minute budget (the floor is {floor})")
     else:
-        why = (f"even {fewest} steps (the fewest that teach these models anything) take about "
-               f"{predicted / 60:.1f} min of sweep here, beyond the {budget_min:g}-minute budget: the demo will "
-               "run over it")
-    p = {"steps": steps, "design_steps": design, "budget_minutes": budget_min, "parallel": parallel,
-         "threads_per_run": threads, "seconds_before_sweep": round(elapsed_s, 1),
-         "predicted_sweep_seconds": round(predicted, 1), "timing": timing, "why": why}
+        why = (f"the floor of {floor} steps (the fewest at which this study was measured to show pretraining's "
+               f"gains and the scaling trends beyond seed noise) does not fit the {budget_min:g}-minute budget on "
+               f"this machine: the demo runs the floor anyway and will take about {total_min:.0f} min")
+    p = {"steps": steps, "design_steps": design, "floor_steps": floor, "budget_minutes": budget_min,
+         "parallel": parallel, "threads_per_run": threads, "seconds_before_sweep": round(elapsed_s, 1),
+         "predicted_sweep_seconds": round(predicted, 1), "predicted_total_minutes": round(total_min, 1),
+         "timing": timing, "why": why}
     write_json_atomic(path, p)
     log(f"  plan: {steps} pretraining steps per run: {why}")
     return p
 
 
+def floor_status(p: dict) -> str:
+    """Where the plan's steps stand against the floor, in a few words."""
+    floor = p.get("floor_steps")
+    if floor is None:
+        return f"{p['steps']} pretraining steps per run"
+    return f"{p['steps']} pretraining steps per run ({'at' if p['steps'] == floor else 'above'} the floor of {floor})"
+
+
 def describe_plan(p: dict, sweep_seconds: float | None, total_seconds: float | None) -> list[str]:
     """Report lines: what the demo chose and why, and how the prediction held up."""
-    lines = [f"Pretraining steps per run: {p['steps']}. {p['why'][:1].upper() + p['why'][1:]}."]
+    lines = [f"{floor_status(p)[:1].upper() + floor_status(p)[1:]}. {p['why'][:1].upper() + p['why'][1:]}."]
     if p.get("timing"):
         slow = max(p["timing"].items(), key=lambda kv: kv[1]["pretrain_step"])
         lines.append(f"This machine, one run's {p['threads_per_run']} thread(s): {slow[0]} takes "

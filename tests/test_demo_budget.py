@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from egoscale.demo_budget import PARALLEL_SLOWDOWN, PLAN, REPORT_RESERVE, plan, predict_sweep_seconds
+from egoscale.demo_budget import (PARALLEL_SLOWDOWN, PLAN, REPORT_RESERVE, describe_plan, floor_status, plan,
+                                  predict_sweep_seconds)
 
 SIZE = dict(categories=4, train_per_class=4, val_per_class=4, models=["vit_pico4"], img_sizes=[24], steps=400,
-            epochs=1, batch=16)
+            floor_steps=100, epochs=1, batch=16)
 CELLS = [("vit_pico4", 24)] * 4
 quiet = lambda *a, **k: None  # noqa: E731
 
@@ -23,20 +24,27 @@ def test_the_plan_fits_the_budget_and_is_kept_for_the_folder(tmp_path):
     tight = plan(tmp_path / "b", SIZE, CELLS, parallel=2, threads=1, budget_min=budget_min, elapsed_s=5, log=quiet,
                  timing=timing)  # the same timings: the choice itself is exact
     left = budget_min * 60 * (1 - REPORT_RESERVE) - tight["seconds_before_sweep"]  # after the reserve
-    assert 50 <= tight["steps"] < 400
+    assert 100 <= tight["steps"] < 400 and tight["floor_steps"] == 100
     # the most steps that fit (10-step granularity); the plan's own figure is rounded for display
     assert predict_sweep_seconds(CELLS, tight["steps"], tight["timing"], SIZE, 2) <= left
     assert abs(tight["predicted_sweep_seconds"] - predict_sweep_seconds(CELLS, tight["steps"], timing, SIZE, 2)) <= 0.05
     assert predict_sweep_seconds(CELLS, tight["steps"] + 10, tight["timing"], SIZE, 2) > left
 
-    # no budget can be met: the fewest useful steps, and the plan says it will run over
-    hopeless = plan(tmp_path / "c", SIZE, CELLS, parallel=2, threads=1, budget_min=0.01, elapsed_s=5, log=quiet,
-                    timing=timing)
-    assert hopeless["steps"] == 50 and "run over" in hopeless["why"]
+    # the floor does not fit: never fewer steps than the floor (a study that could show nothing); the
+    # plan runs the floor and says so before the sweep, with how long the whole demo will take
+    said = []
+    hopeless = plan(tmp_path / "c", SIZE, CELLS, parallel=2, threads=1, budget_min=0.01, elapsed_s=5,
+                    log=said.append, timing=timing)
+    assert hopeless["steps"] == 100
+    expected = (5 + predict_sweep_seconds(CELLS, 100, timing, SIZE, 2)) / 60 / (1 - REPORT_RESERVE)
+    assert hopeless["predicted_total_minutes"] == pytest.approx(expected, abs=0.05)
+    assert "floor of 100 steps" in said[-1] and f"about {expected:.0f} min" in said[-1]
+    assert floor_status(hopeless) == "100 pretraining steps per run (at the floor of 100)"
+    assert "above the floor of 100" in floor_status(tight) and "at the floor" in describe_plan(hopeless, 1, 2)[0]
 
     # re-running the demo in a folder reuses its plan, whatever the budget now: one study, one length
     again = plan(tmp_path / "c", SIZE, CELLS, parallel=2, threads=1, budget_min=60, elapsed_s=0, log=quiet)
-    assert again["steps"] == 50 and json.loads((tmp_path / "c" / PLAN).read_text())["steps"] == 50
+    assert again["steps"] == 100 and json.loads((tmp_path / "c" / PLAN).read_text())["steps"] == 100
 
 
 def test_the_sweep_prediction_runs_cells_longest_first_on_each_free_worker():
@@ -53,3 +61,15 @@ def test_the_sweep_prediction_runs_cells_longest_first_on_each_free_worker():
     # the run beyond the grid runs alone, after the others
     assert predict_sweep_seconds(cells, 10, timing, size, 2, after=[("a", 8)]) == pytest.approx(
         32 * PARALLEL_SLOWDOWN + 12)
+
+
+def test_workers_count_the_cores_this_process_may_use(monkeypatch):
+    """Under `taskset -c 0` on a 2-core machine the demo runs one cell at a time, not two on one core."""
+    import os
+
+    from egoscale.machine import usable_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert usable_cores() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert usable_cores() == 3

@@ -243,7 +243,10 @@ def test_quick_demo_end_to_end(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "report:" in r.stdout and "[7/7] report" in r.stdout
-    assert all(f"measured {a} (" in r.stdout for a in ("data", "model", "resolution"))
+    # the closing lines say each finding once: each trend, what pretraining bought, finetuning beside the probe
+    assert all(r.stdout.count(f"measured {a} (") == 1 for a in ("data", "model", "resolution"))
+    assert r.stdout.count("bought") == 1 and r.stdout.count("is at least the linear probe") == 1
+    assert "done in" in r.stdout and "20 pretraining steps per run:" in r.stdout
     rows = list(csv.DictReader(open(out / "runs" / "results.csv")))
     # 3 models x 2 image sizes x (1 + 2 fractions x 2 seeds) cells, each finetuned and probed, and each
     # model@size with random weights, once per seed, evaluated the same way
@@ -253,7 +256,7 @@ def test_quick_demo_end_to_end(tmp_path):
     # 7 plots of the fit (gains over random weights first), and the sweep's frames, labelled images,
     # loss curves and reconstructions
     assert html.count("data:image/png;base64,") == 11 and "not drawn" not in html
-    assert "How this demo was sized" in html and "Pretraining steps per run: 20." in html
+    assert "How this demo was sized" in html and "20 pretraining steps per run." in html
     assert json.loads((out / "plan.json").read_text())["steps"] == 20  # quick has no budget: always 20
     assert "What pretraining bought" in html and "over random weights" in r.stdout
     # the paper's evaluation beside the probe of the same weights, in the report and the closing lines

@@ -24,6 +24,7 @@ from egoscale.data.shards import ShardWriter, ensure_indexes, parse_size
 from egoscale.data.video import describe_error, find_videos, planned_samples, probe, sample_chunk
 from egoscale.errors import ConfigError, DataError
 from egoscale.fileio import write_json_atomic
+from egoscale.machine import usable_cores
 
 STATE = ".ingest-state.json"
 MANIFEST_VERSION = 1
@@ -277,7 +278,7 @@ def _run(cfg: IngestConfig, out: Path, state: dict, state_path: Path, log) -> No
     done_s = _seconds_before(tasks, t_start, cfg.fps, videos)
     bar = _progress(cfg, total_s, done_s)
     wall0 = time.time()
-    threads = cfg.threads or (0 if cfg.workers == 1 else max(1, (os.cpu_count() or 1) // cfg.workers))
+    threads = cfg.threads or (0 if cfg.workers == 1 else max(1, usable_cores() // cfg.workers))
     args = dict(fps=cfg.fps, short_side=cfg.short_side, quality=cfg.quality, threads=threads)
     key_prefix = "" if cfg.part is None else f"p{cfg.part_index()[0]:03d}_"
     try:

@@ -18,7 +18,7 @@ from egoscale.scaling.baselines import (baseline_variances, describe_bought, gai
 from egoscale.scaling.estimation import FORMS, bootstrap, cell_index, fit_form, predict_interval, seed_noise
 from egoscale.scaling.evaluations import describe_side_by_side, side_by_side
 from egoscale.scaling.results import read_table
-from egoscale.scaling.trends import describe, measured_trends
+from egoscale.scaling.trends import describe, measured_trends, same_trend
 
 SPECIAL_SPLITS = {"largest-data": "data_hours", "largest-model": "params", "largest-resolution": "img_size"}
 
@@ -239,9 +239,10 @@ def main(cfg: FitConfig) -> int:
     return 0
 
 
-def run_fit(cfg: FitConfig, log=print) -> dict:
+def run_fit(cfg: FitConfig, log=print, summary: bool = True) -> dict:
     """Fit every form, score each on the held-out splits, choose one, read the runs against their
-    random baselines; write fit.json and return what it holds."""
+    random baselines; write fit.json and return what it holds. `summary=False` logs the forms and the
+    choice only, for a caller that says the rest once in its own closing lines (the demo)."""
     t0 = time.time()
     table = read_table(cfg.table)
     rows, dropped, baselines = _rows(cfg, table)
@@ -276,7 +277,7 @@ def run_fit(cfg: FitConfig, log=print) -> dict:
     result["side_by_side"] = side_by_side(table, cfg.metric)
     result["seconds"] = round(time.time() - t0, 2)
     write_json_atomic(cfg.out, result)
-    for line in summary_lines(result, cfg):
+    for line in summary_lines(result, cfg)[:None if summary else 1]:
         log(line)
     return result
 
@@ -425,8 +426,9 @@ def summary_lines(result: dict, cfg: FitConfig) -> list[str]:
         bought = describe_bought(result["gains"])
         if bought:
             lines.append(f"random baselines: {bought}")
-        if not cfg.gains:
-            lines += [f"measured gain over random: {describe(t)}" for t in result["gain_trends"]]
+        if not cfg.gains:  # along data the baseline is the same at every size: that trend is the one above
+            lines += [f"measured gain over random: {describe(t)}" for t in result["gain_trends"]
+                      if not same_trend(t, result["trends"])]
     both = describe_side_by_side(result.get("side_by_side") or [])
     if both:
         lines.append(both)

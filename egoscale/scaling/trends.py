@@ -131,6 +131,21 @@ def describe(t: dict) -> str:
             f"rises in {t['rising']}/{t['lines']} lines{steps}; {verdict}")
 
 
+def same_trend(t: dict, trends: list[dict]) -> bool:
+    """Whether `trends` holds one along t's axis that measured the same (a gain's trend along data:
+    the random baseline of a model@size is the same at every data size, so it changes nothing)."""
+    return any(o["axis"] == t["axis"] and np.isclose(o["effect"], t["effect"])
+               and np.allclose(o["interval"], t["interval"]) for o in trends)
+
+
+def describe_gain(t: dict) -> str:
+    """A gain's trend after the trend of the accuracies along the same axis, e.g. 'over random weights
+    +1.7 pts [-0.4, +3.8], within seed noise'."""
+    lo, hi = (x * 100 for x in t["interval"])
+    return (f"over random weights {t['effect'] * 100:+.1f} pts [{lo:+.1f}, {hi:+.1f}], "
+            f"{'beyond' if t['clear'] else 'within'} seed noise")
+
+
 def cell_table(rows: list[dict], metric: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per (model, image size), one column per data size, 'mean ± s.d. (n)'."""
     cells = cell_means(rows, metric)

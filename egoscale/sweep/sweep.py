@@ -24,6 +24,7 @@ from egoscale.config import opt
 from egoscale.constants import ASSUMED_GPU_TFLOPS, ASSUMED_MFU
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
+from egoscale.machine import usable_cores
 from egoscale.models.flops import mae_train_flops
 from egoscale.sweep.folders import (cell_state, eval_dir, pid_alive, pretrain_dir, set_cell_state, stage_dir,
                                      update_results)
@@ -212,7 +213,7 @@ def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: 
         from concurrent.futures.process import BrokenProcessPool
 
         ctx = mp.get_context("spawn")  # no CUDA or thread-pool state inherited from this process
-        threads = max(1, (os.cpu_count() or 1) // slots)
+        threads = max(1, usable_cores() // slots)
         # longest cells first (by estimated FLOPs), so that no long cell runs alone at the end
         cost = {r["cell"]: r["flops"] or 0.0 for r in estimate(grid)}
         left = {cell.id: (i, cell) for i, cell in sorted(numbered, key=lambda ic: -cost.get(ic[1].id, 0.0))}

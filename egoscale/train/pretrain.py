@@ -17,6 +17,7 @@ from egoscale.data.loader import FrameStream, make_loader, normalize_batch, reso
 from egoscale.data.subset import describe_data
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
+from egoscale.machine import usable_cores
 from egoscale.models.checkpoint import mae_meta, mae_to_released, released_to_mae
 from egoscale.models.flops import mae_train_flops
 from egoscale.models.mae import MaskedAutoencoder
@@ -49,7 +50,7 @@ def resolve_workers(asked: int | None, device: torch.device) -> int:
         return asked
     if device.type != "cuda":
         return 4
-    per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    per_process = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(1, min(8, per_process))
 
 
