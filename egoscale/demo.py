@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from egoscale.config import opt
+from egoscale.demo_sizes import SIZES, DemoSize
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
 from egoscale.machine import usable_cores
@@ -23,25 +24,6 @@ from egoscale.machine import usable_cores
 DEMO_TARGET = 0.9
 FIT_EVAL = "linear_probe"
 
-SIZES = {
-    # world hours, categories, labelled per class, models, image sizes, fractions, seeds, pretrain steps (the
-    # design length; a time budget may choose fewer, never below floor_steps: the fewest at which the study
-    # was measured to show its gains and trends, benchmarks/README.md "The floor"), finetuning epochs, batch,
-    # time budget in minutes, and the run beyond the grid that checks the fit's extrapolation (model, image
-    # size; whole data, first seed). quick has no budget and claims nothing: its 20 steps are a smoke test of
-    # every stage, already the fewest that run them all
-    "quick": dict(hours=0.2, categories=6, train_per_class=8, val_per_class=8, models=["vit_pico4", "vit_nano4",
-                  "vit_micro4"], img_sizes=[24, 32], fractions=[1.0, 0.1, 0.01], seeds=[1, 2], steps=20,
-                  floor_steps=None, epochs=1, batch=32, minutes=None, beyond=("vit_pico4", 40)),
-    "default": dict(hours=1.0, categories=8, train_per_class=50, val_per_class=100, models=["vit_pico4",
-                    "vit_nano4", "vit_micro4"], img_sizes=[24, 32], fractions=[1.0, 0.1, 0.01], seeds=[1],
-                    full_seeds=[1, 2], steps=600, floor_steps=500, epochs=6, batch=32, minutes=10,
-                    beyond=("vit_pico4", 40)),
-    "large": dict(hours=2.0, categories=8, train_per_class=20, val_per_class=50, models=["vit_pico4", "vit_nano4",
-                  "vit_micro4"], img_sizes=[32, 48], fractions=[1.0, 0.1, 0.01], seeds=[1, 2],
-                  steps=2000, floor_steps=500, epochs=10, batch=32, full_seeds=[1, 2], minutes=None,
-                  beyond=("vit_nano4", 64)),
-}
 
 
 @dataclass
@@ -55,8 +37,9 @@ finished stages and ends by printing the path of report.html."""
                     "10-minute budget) or large (where scale shows; no budget: about 1.5 h on 2 cores)",
                     choices=list(SIZES))
     minutes: float | None = opt(None, "time budget of the default and large sizes: the demo times this machine and "
-                                "runs as many pretraining steps as fit, up to the size's design length (default: "
-                                "the size's budget)")
+                                "runs as many pretraining steps as fit, up to the size's design length and never "
+                                "below its floor (where the floor does not fit, it says before the sweep how long "
+                                "the demo will take instead) (default: the size's budget)")
     quick: bool = opt(False, "same as --size quick")
     seed: int = opt(0, "world seed")
     parallel: int | None = opt(None, "pretraining runs at once, each on its share of the cores (default: one per "
@@ -95,42 +78,44 @@ def demo_lr(model: str) -> float:
     return DEMO_LR * PICO_WIDTH / get_spec(model).width
 
 
-def demo_grid(out: Path, s: dict) -> dict:
+def demo_grid(out: Path, s: DemoSize) -> dict:
     """The sweep grid of the demo (a dict in the grid-file format)."""
     lab = out / "world" / "labelled"
     return {"name": "demo", "data": str(out / "frames"), "subsets": str(out / "frames" / "subsets"),
-            "models": s["models"], "img_sizes": s["img_sizes"], "fractions": s["fractions"], "seeds": s["seeds"],
-            "full_seeds": s.get("full_seeds"),
+            "models": list(s.models), "img_sizes": list(s.img_sizes), "fractions": list(s.fractions),
+            "seeds": list(s.seeds), "full_seeds": list(s.full_seeds) if s.full_seeds else None,
             # every model@size also evaluated untrained: the reference every accuracy is read against
             "baselines": ["random"],
-            "pretrain": {"steps": s["steps"], "batch_size": s["batch"], "lr": DEMO_LR, "warmup_steps": 100,
+            "pretrain": {"steps": s.steps, "batch_size": s.batch, "lr": DEMO_LR, "warmup_steps": 100,
                          **DEMO_MAE, "workers": 0, "log_every": 10, "save_every": 10_000,
                          # the whole data in the shuffle buffer: frames a second apart are near copies, and
                          # batches drawn from a few pieces (one room each) teach markedly less (calibration)
                          "shuffle_buffer": 10_000},
-            "model_overrides": {m: {"lr": lr} for m in s["models"] if (lr := demo_lr(m)) != DEMO_LR},
+            "model_overrides": {m: {"lr": lr} for m in s.models if (lr := demo_lr(m)) != DEMO_LR},
             # few-shot finetuning of 160 tiny images: the head first fitted on frozen features (LP-FT), then
             # a gentle lr and crops that keep most of the image; the paper's fresh head, lr and 8 % crops
             # left these runs below the linear probe of the same weights (benchmarks/README.md)
             "evals": [{"name": "finetune", "kind": "finetune", "train": str(lab / "train"), "val": str(lab / "val"),
-                       "condition": "full", "epochs": s["epochs"], "batch_size": s["batch"], "lr": 1e-4, "workers": 0,
+                       "condition": "full", "epochs": s.epochs, "batch_size": s.batch, "lr": 1e-4, "workers": 0,
                        "log_every": 50, "pool": "avg", "head_warmup": 1000, "crop_scale": 0.8,
                        # the val set scored once, after the last epoch: per epoch it cost as much as the training
-                       "eval_every": s["epochs"]},
+                       "eval_every": s.epochs,
+                       "model_overrides": {m: {"epochs": s.epochs_for(m), "eval_every": s.epochs_for(m)}
+                                           for m in s.models if s.epochs_for(m) != s.epochs}},
                       # mean-pooled patch tokens: early MAE features are read far better than from the
                       # class token (calibration), though the paper's protocol reads the class token
                       {"name": "probe", "kind": "probe", "train": str(lab / "train"), "val": str(lab / "val"),
                        "condition": "full", "workers": 0, "knn": 10, "pool": "avg"}]}
 
 
-def beyond_grid(out: Path, s: dict) -> dict:
+def beyond_grid(out: Path, s: DemoSize) -> dict:
     """One run beyond the demo's grid (more pixels, the whole data), linear probe only: the fit never
     sees it, and its prediction is checked against what it measures (`check_beyond`)."""
-    model, size = s["beyond"]
+    model, size = s.beyond
     g = demo_grid(out, s)
     return {**g, "name": "demo-beyond", "models": [model], "img_sizes": [size], "fractions": [1.0],
             "model_overrides": {k: v for k, v in g["model_overrides"].items() if k == model},
-            "seeds": s["seeds"][:1], "full_seeds": None, "baselines": [],
+            "seeds": list(s.seeds[:1]), "full_seeds": None, "baselines": [],
             "evals": [e for e in g["evals"] if e["kind"] == "probe"]}
 
 
@@ -203,11 +188,17 @@ def demo(cfg: DemoConfig, log=print) -> dict:
                          ("How this demo was sized", describe_plan(p, t_sweep, time.time() - t0))])
     bought = _closing_lines(fit, p, check, checked, headline, time.time() - t0, log)
     log(f"report: {html.resolve()}")
-    return {"headline": headline, "bought": bought, "beyond": check, "steps": p["steps"], "report": str(html),
-            "fit": fit["chosen"], "trends": fit["trends"], "gains": fit.get("gains"), "seconds": time.time() - t0}
+    # what this run of the demo was, beside fit.json's findings: its length, its time, the machine's cores
+    record = {"size": cfg.size, "world_seed": cfg.seed, "steps": p["steps"], "floor_steps": p.get("floor_steps"),
+              "budget_minutes": p.get("budget_minutes"), "parallel": parallel, "cores": usable_cores(),
+              "sweep_seconds": round(t_sweep, 1), "seconds": round(time.time() - t0, 1), "headline": headline,
+              "bought": bought}
+    write_json_atomic(out / "demo.json", record)
+    return {**record, "beyond": check, "report": str(html), "fit": fit["chosen"], "trends": fit["trends"],
+            "gains": fit.get("gains")}
 
 
-def _make_data(cfg: DemoConfig, s: dict, out: Path, stage, log) -> None:
+def _make_data(cfg: DemoConfig, s: DemoSize, out: Path, stage, log) -> None:
     """Stages 1-3: the world's video and labelled set, its frames in shards, the data-size subsets."""
     from egoscale.data.ingest import IngestConfig, ingest
     from egoscale.data.subset import SubsetConfig, make_subsets
@@ -215,29 +206,30 @@ def _make_data(cfg: DemoConfig, s: dict, out: Path, stage, log) -> None:
 
     quiet = lambda *a, **k: None  # noqa: E731
     stage(1, "world: rendering video and the labelled set")
-    make_world(WorldConfig(out=str(out / "world"), hours=s["hours"], categories=s["categories"],
-                           train_per_class=s["train_per_class"], val_per_class=s["val_per_class"], seed=cfg.seed,
+    make_world(WorldConfig(out=str(out / "world"), hours=s.hours, categories=s.categories,
+                           train_per_class=s.train_per_class, val_per_class=s.val_per_class, seed=cfg.seed,
                            progress=cfg.progress), log=log)
     stage(2, "ingest: frames at 1 fps into shards")
     man = ingest(IngestConfig(source=[f"world={out / 'world' / 'videos'}"], out=str(out / "frames"), fps=1,
                               short_side=0, shard_size="64MB", progress=cfg.progress), log=quiet)
     log(f"  {man['total']['frames']} frames, {man['total']['hours']:.2f} h, {len(man['shards'])} shards")
     stage(3, "subsets: contiguous stretches of experience")
-    make_subsets(SubsetConfig(frames=str(out / "frames"), fractions=s["fractions"], seeds=s["seeds"]), log=quiet)
+    make_subsets(SubsetConfig(frames=str(out / "frames"), fractions=list(s.fractions), seeds=list(s.seeds)),
+                 log=quiet)
 
 
-def _planned_grids(cfg: DemoConfig, s: dict, out: Path, parallel: int, elapsed: float, log):
+def _planned_grids(cfg: DemoConfig, s: DemoSize, out: Path, parallel: int, elapsed: float, log):
     """The grid and the run beyond it, at the number of steps the time budget allows on this machine."""
     from egoscale.demo_budget import plan
     from egoscale.sweep.grid import baseline_cells, cells, load_grid
 
     grid, beyond = load_grid(demo_grid(out, s)), load_grid(beyond_grid(out, s))
-    budget = cfg.minutes if cfg.minutes is not None else s["minutes"]
+    budget = cfg.minutes if cfg.minutes is not None else s.minutes
     p = plan(out, s, [(c.model, c.img_size) for c in cells(grid)], parallel,
              max(1, usable_cores() // parallel), budget, elapsed, log,
              baselines=[(c.model, c.img_size) for c in baseline_cells(grid)], mae_settings=DEMO_MAE,
              after=[(c.model, c.img_size) for c in cells(beyond)])
-    sized = {**s, "steps": p["steps"]}
+    sized = replace(s, steps=p["steps"])
     return load_grid(demo_grid(out, sized)), load_grid(beyond_grid(out, sized)), p
 
 

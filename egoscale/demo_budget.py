@@ -1,16 +1,16 @@
 """Sizing the demo's sweep to a time budget on whatever machine runs it.
 
 After the world, ingest and subsets (their time is known by then), the demo times this machine:
-a few pretraining, finetuning and feature-extraction steps of every model at every image size,
-each on the threads one sweep worker gets. From those it predicts the sweep's time for a given
-number of pretraining steps (cells run `parallel` at a time, longest first) and picks the most
-steps, up to the size's design value, that fit what is left of the budget after a reserve for
-the fit and the report. It never goes below the size's floor, the fewest steps at which the
-study was measured to show what it is about (benchmarks/README.md, "The floor"): where the floor
-does not fit, it runs the floor anyway and says, before the sweep starts, how long that will
-take and why. The plan is saved in OUT/plan.json and reused when the demo is re-run,
-so one study never mixes runs of different lengths; the report shows it next to the sweep's
-actual time.
+a few pretraining, finetuning and feature-extraction steps of every model@size the sweep runs,
+and a few batches of the data loader at each size, each on the threads one sweep worker gets.
+From those it predicts the sweep's time for a given number of pretraining steps (cells run
+`parallel` at a time, longest first) and picks the most steps, up to the size's design value,
+that fit what is left of the budget after a reserve for the fit and the report. It never goes
+below the size's floor, the fewest steps at which the study was measured to show what it is
+about (benchmarks/README.md, "The floor"): where the floor does not fit, it runs the floor
+anyway and says, before the sweep starts, how long that will take and why. The plan is saved in
+OUT/plan.json and reused when the demo is re-run, so one study never mixes runs of different
+lengths; the report shows it next to the sweep's actual time.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from egoscale.demo_sizes import DemoSize
 from egoscale.fileio import write_json_atomic
 
 PLAN = "plan.json"
 CELL_OVERHEAD_S = 2.0  # per cell: worker start-up, model build, checkpoint and result writes
 REPORT_RESERVE = 0.03  # share of the budget kept for the fit, extrapolation and report
 # Runs side by side are slower than the timing of one run alone predicts (they share the memory
-# system): the demo's sweeps took up to this many times the prediction (benchmarks/README.md, "The demo")
-PARALLEL_SLOWDOWN = 1.2
+# system and the last-level cache): benchmarks/README.md, "The demo" and "The floor"
+PARALLEL_SLOWDOWN = 1.12
 
 
 def _timed(fn, warm: int = 1, reps: int = 2) -> float:
@@ -72,10 +73,23 @@ def _time_one(spec, batch: int, mae_settings: dict) -> dict:
             "extract_image": _timed(extract) / batch}
 
 
-def time_machine(models: list[str], sizes: list[int], batch: int, threads: int,
-                 mae_settings: dict | None = None) -> dict[str, dict]:
+def _time_loading(frames: Path, size: int, batch: int, shuffle_buffer: int) -> float:
+    """Seconds per pretraining batch of the data loader in the run's own process (the demo's runs load
+    in the process that trains): read, decode, crop, resize, normalise."""
+    from egoscale.data.loader import FrameStream, make_loader, normalize_batch, resolve_pieces
+
+    pieces, _ = resolve_pieces(frames)
+    batches = iter(make_loader(FrameStream(pieces, size, shuffle_buffer=shuffle_buffer, batch_size=batch), batch,
+                               workers=0))
+    next(batches)  # fills the shuffle buffer: once per run, not per step
+    return _timed(lambda: normalize_batch(next(batches)), warm=1, reps=4)
+
+
+def time_machine(pairs: list[tuple[str, int]], batch: int, threads: int, mae_settings: dict | None = None,
+                 frames: Path | None = None, shuffle_buffer: int = 10_000) -> dict[str, dict]:
     """Seconds per pretraining step, per finetuning step and per extracted image, for each
-    model@size, measured here on `threads` threads (what one sweep worker gets)."""
+    (model, image size), measured here on `threads` threads (what one sweep worker gets); with
+    `frames`, also seconds per pretraining batch of the data loader at each size ("load_batch")."""
     import torch
 
     from egoscale.models import get_spec
@@ -83,40 +97,43 @@ def time_machine(models: list[str], sizes: list[int], batch: int, threads: int,
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return {f"{name}@{size}": _time_one(get_spec(name, img_size=size), batch, mae_settings or {})
-                for name in models for size in sizes}
+        loading = {z: _time_loading(frames, z, batch, shuffle_buffer) for z in {z for _, z in pairs}} if frames else {}
+        return {f"{name}@{size}": {**_time_one(get_spec(name, img_size=size), batch, mae_settings or {}),
+                                   **({"load_batch": loading[size]} if frames else {})}
+                for name, size in sorted(set(pairs))}
     finally:
         torch.set_num_threads(before)
 
 
-def predict_sweep_seconds(cells: list[tuple[str, int]], steps: int, timing: dict[str, dict], s: dict,
+def predict_sweep_seconds(cells: list[tuple[str, int]], steps: int, timing: dict[str, dict], s: DemoSize,
                           parallel: int, baselines: list[tuple[str, int]] = (),
                           after: list[tuple[str, int]] = ()) -> float:
     """The sweep's wall time: each cell's pretraining, finetuning and probe, and each baseline's
     finetuning and probe (no pretraining), `parallel` at a time (longest first, so the last round is
     the shortest cells), slowed by sharing the machine; then the `after` cells one at a time (the
     run beyond the grid)."""
-    n_train = s["categories"] * s["train_per_class"]
-    n_val = s["categories"] * s["val_per_class"]
+    n_train = s.categories * s.train_per_class
+    n_val = s.categories * s.val_per_class
 
-    def evaluations(t: dict) -> float:
-        ft_steps = s["epochs"] * math.ceil(n_train / s["batch"])
+    def evaluations(m: str, t: dict) -> float:
+        ft_steps = s.epochs_for(m) * math.ceil(n_train / s.batch)
         # finetuning extracts the training set once for its head's warm-up and scores the val set after
         # its last epoch (the demo's eval_every); the probe extracts train and val once
         extract = (2 * n_train + 2 * n_val) * t["extract_image"]
         return ft_steps * t["finetune_step"] + extract + CELL_OVERHEAD_S
 
     def cell(m: str, z: int) -> float:
-        return steps * timing[f"{m}@{z}"]["pretrain_step"] + evaluations(timing[f"{m}@{z}"])
+        t = timing[f"{m}@{z}"]
+        return steps * (t["pretrain_step"] + t.get("load_batch", 0.0)) + evaluations(m, t)
 
-    per = [cell(m, z) for m, z in cells] + [evaluations(timing[f"{m}@{z}"]) for m, z in baselines]
+    per = [cell(m, z) for m, z in cells] + [evaluations(m, timing[f"{m}@{z}"]) for m, z in baselines]
     workers = [0.0] * max(1, parallel)
     for p in sorted(per, reverse=True):  # longest first, each to the worker that frees up first
         workers[workers.index(min(workers))] += p
     return max(workers) * (PARALLEL_SLOWDOWN if parallel > 1 else 1.0) + sum(cell(m, z) for m, z in after)
 
 
-def plan(out: Path, s: dict, cells: list[tuple[str, int]], parallel: int, threads: int, budget_min: float | None,
+def plan(out: Path, s: DemoSize, cells: list[tuple[str, int]], parallel: int, threads: int, budget_min: float | None,
          elapsed_s: float, log, timing: dict | None = None, baselines: list[tuple[str, int]] = (),
          mae_settings: dict | None = None, after: list[tuple[str, int]] = ()) -> dict:
     """The demo's pretraining steps for this machine and budget (reused from OUT/plan.json).
@@ -129,19 +146,19 @@ def plan(out: Path, s: dict, cells: list[tuple[str, int]], parallel: int, thread
         log(f"  plan: {saved['steps']} pretraining steps per run, as chosen when this demo folder was started")
         return saved
     if budget_min is None:
-        p = {"steps": s["steps"], "floor_steps": None, "budget_minutes": None,
+        p = {"steps": s.steps, "floor_steps": None, "budget_minutes": None,
              "why": "no time budget: the size's design length"}
         write_json_atomic(path, p)
         return p
     t0 = time.time()
-    models = sorted({m for m, _ in [*cells, *after]})
-    sizes = sorted({z for _, z in [*cells, *after]})
-    timing = timing or time_machine(models, sizes, s["batch"], threads, mae_settings)
+    frames = Path(out) / "frames"
+    timing = timing or time_machine([*cells, *after], s.batch, threads, mae_settings,
+                                    frames if (frames / "manifest.json").is_file() else None)
     elapsed_s += time.time() - t0
     budget = budget_min * 60
     left = budget * (1 - REPORT_RESERVE) - elapsed_s
-    design = s["steps"]
-    floor = min(s["floor_steps"], design)
+    design = s.steps
+    floor = min(s.floor_steps or design, design)
 
     def predict(n: int) -> float:
         return predict_sweep_seconds(cells, n, timing, s, parallel, baselines, after)

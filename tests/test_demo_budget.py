@@ -1,14 +1,16 @@
 """The demo sizes its sweep to a time budget from timings taken on the machine that runs it."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
+from egoscale.demo_sizes import SIZES
 from egoscale.demo_budget import (PARALLEL_SLOWDOWN, PLAN, REPORT_RESERVE, describe_plan, floor_status, plan,
                                   predict_sweep_seconds)
 
-SIZE = dict(categories=4, train_per_class=4, val_per_class=4, models=["vit_pico4"], img_sizes=[24], steps=400,
-            floor_steps=100, epochs=1, batch=16)
+SIZE = replace(SIZES["default"], categories=4, train_per_class=4, val_per_class=4, models=("vit_pico4",),
+               img_sizes=(24,), steps=400, floor_steps=100, epochs=1, batch=16)
 CELLS = [("vit_pico4", 24)] * 4
 quiet = lambda *a, **k: None  # noqa: E731
 
@@ -50,7 +52,7 @@ def test_the_plan_fits_the_budget_and_is_kept_for_the_folder(tmp_path):
 def test_the_sweep_prediction_runs_cells_longest_first_on_each_free_worker():
     timing = {"a@8": {"pretrain_step": 1.0, "finetune_step": 0.0, "extract_image": 0.0},
               "b@8": {"pretrain_step": 3.0, "finetune_step": 0.0, "extract_image": 0.0}}
-    size = dict(SIZE, epochs=0)
+    size = replace(SIZE, epochs=0)
     cells = [("a", 8), ("a", 8), ("b", 8)]
     # 10 steps: cells of 10+2, 10+2 and 30+2 s; two workers: 32 on one, 24 on the other, slowed by
     # sharing the machine
@@ -73,3 +75,14 @@ def test_workers_count_the_cores_this_process_may_use(monkeypatch):
     assert usable_cores() == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
     assert usable_cores() == 3
+
+
+def test_the_prediction_counts_the_data_loader_of_each_step(tiny_study):
+    from egoscale.demo_budget import time_machine
+
+    # the demo's runs load their frames in the process that trains: each step waits for its batch
+    timed = time_machine([("vit_pico4", 24)], batch=8, threads=1, frames=tiny_study / "frames")
+    assert timed["vit_pico4@24"]["load_batch"] > 0
+    assert "load_batch" not in time_machine([("vit_pico4", 24)], batch=8, threads=1)["vit_pico4@24"]
+    timing = {"a@8": {"pretrain_step": 1.0, "load_batch": 0.5, "finetune_step": 0.0, "extract_image": 0.0}}
+    assert predict_sweep_seconds([("a", 8)], 10, timing, replace(SIZE, epochs=0), 1) == 10 * 1.5 + 2

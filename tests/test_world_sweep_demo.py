@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +102,25 @@ def test_full_data_repeats_are_independent_runs_on_the_whole_data(tiny_study, tm
     with pytest.raises(ConfigError, match="model_overrides.vit_pico4.seed"):
         load_grid(fixed)
     load_grid(_grid(tiny_study, pretrain={"seed": 0, "steps": 3}))  # one run per whole-data cell: fine
+
+
+def test_an_evaluation_can_take_other_settings_for_one_model(tiny_study, tmp_path):
+    from egoscale.sweep.grid import eval_config
+
+    g = _grid(tiny_study, models=["vit_pico4", "vit_nano4"], fractions=[1.0], seeds=[1], baselines=["random"])
+    g["evals"][0]["model_overrides"] = {"vit_pico4": {"epochs": 3}}
+    grid = load_grid(g)
+    ev = grid.evals[0]
+    # the model's own settings in its runs and its random baselines alike; the others keep the eval's
+    epochs = {c.id: eval_config(grid, ev, tmp_path / "ck.pt", tmp_path / "o", c).epochs for c in all_cells(grid)}
+    assert epochs == {"vit_pico4@32_1_s1": 3, "vit_nano4@32_1_s1": 1, "vit_pico4@32_random_s1": 3,
+                      "vit_nano4@32_random_s1": 1}
+    g["evals"][0]["model_overrides"] = {"vit_micro4": {"epochs": 3}}
+    with pytest.raises(ConfigError, match=r"evals\[0\].model_overrides names 'vit_micro4', which is not in models"):
+        load_grid(g)
+    g["evals"][0]["model_overrides"] = {"vit_pico4": {"epoch": 3}}
+    with pytest.raises(ConfigError, match=r"evals\[0\].model_overrides.vit_pico4"):
+        load_grid(g)
 
 
 def test_random_baselines_are_evaluated_once_per_seed_and_marked_in_the_table(tiny_study, tmp_path):
@@ -278,6 +298,17 @@ def test_quick_demo_end_to_end(tmp_path):
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "sweep: 0 cells run, 114 already done, 0 failed" in again.stdout
     assert np.isfinite(fit["noise_sigma"])
+    # the run's record, and the benchmark that reads demo folders against the targets
+    record = json.loads((out / "demo.json").read_text())
+    assert record["steps"] == 20 and record["size"] == "quick" and record["floor_steps"] is None
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import demo_targets
+
+    run = demo_targets.check_run(out, 10, 15, 2)
+    assert [c["cell"] for c in run["cells"]][:2] == ["vit_pico4 @ 24", "vit_pico4 @ 32"] and len(run["cells"]) == 6
+    top = max(g["data_hours"] for g in fit["gains"])
+    assert run["gain_ok"] == sum(g["gain"] >= 0.1 for g in fit["gains"] if g["data_hours"] == top)
+    assert run["beyond_inside"] == check["forms"][check["chosen"]]["inside"]
 
 
 def test_a_changed_grid_is_refused_over_an_existing_sweep_folder(tiny_study, tmp_path):

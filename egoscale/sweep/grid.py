@@ -15,7 +15,8 @@
     model_overrides: {vit_h14: {lr: 1.0e-4}}                # per model
     evals:
       - {name: permissive, kind: finetune, train: /data/imagenet/train, val: /data/imagenet/val,
-         condition: permissive}
+         condition: permissive,
+         model_overrides: {vit_h14: {lr: 5.0e-5}}}          # per model, as for pretraining
     compute: {gpu_tflops: 989, mfu: 0.4, gpus_per_run: 8}   # for --dry-run estimates
     slurm: {partition: gpu, gpus_per_node: 8, timeout_min: 2880, cpus_per_task: 64}
 
@@ -88,10 +89,12 @@ def _resolve(value, base: Path):
     return str((base / value).resolve()) if isinstance(value, str) and not Path(value).is_absolute() else value
 
 
-def _checked_eval(i: int, ev: dict, base: Path, src: str) -> dict:
-    """One entry of `evals`, its paths resolved and its settings checked as its stage would."""
+def _checked_eval(i: int, ev: dict, base: Path, src: str, models: list[str]) -> dict:
+    """One entry of `evals`, its paths resolved and its settings checked as its stage would, with
+    each model's overrides."""
     ev = dict(ev)
     kind, name = ev.pop("kind", None), ev.pop("name", None)
+    overrides = ev.pop("model_overrides", None) or {}
     if kind not in EVAL_KINDS:
         raise ConfigError(f"{src}: evals[{i}].kind must be one of {', '.join(EVAL_KINDS)}, got {kind!r}")
     if not name:
@@ -103,7 +106,15 @@ def _checked_eval(i: int, ev: dict, base: Path, src: str) -> dict:
         raise ConfigError(f"{src}: evals[{i}].{key} is set by the sweep itself; remove it")
     # the checkpoint is the cell's pretraining run; any path stands in for it here
     build(_CONFIGS[kind], {**ev, "checkpoint": "pretrain/CELL/checkpoint.pt"}, source=f"{src}: evals[{i}] ({name})")
-    return {"kind": kind, "name": name, **ev}
+    for m, over in overrides.items():
+        if m not in models:
+            raise ConfigError(f"{src}: evals[{i}].model_overrides names {m!r}, which is not in models")
+        if set(over) & {"checkpoint", "out", "progress", "model", "img_size"}:
+            raise ConfigError(f"{src}: evals[{i}].model_overrides.{m} may not set "
+                              f"{sorted(set(over) & {'checkpoint', 'out', 'progress', 'model', 'img_size'})[0]}")
+        build(_CONFIGS[kind], {**ev, **over, "checkpoint": "pretrain/CELL/checkpoint.pt"},
+              source=f"{src}: evals[{i}].model_overrides.{m}")
+    return {"kind": kind, "name": name, **ev, **({"model_overrides": overrides} if overrides else {})}
 
 
 def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
@@ -128,7 +139,7 @@ def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
         if m not in grid.models:
             raise ConfigError(f"{src}: model_overrides names {m!r}, which is not in models")
         build(PretrainConfig, {**grid.pretrain, **over}, source=f"{src}: model_overrides.{m}")
-    grid.evals = [_checked_eval(i, ev, base, src) for i, ev in enumerate(grid.evals)]
+    grid.evals = [_checked_eval(i, ev, base, src, grid.models) for i, ev in enumerate(grid.evals)]
     dup = [n for n in {e["name"] for e in grid.evals} if sum(e["name"] == n for e in grid.evals) > 1]
     if dup:
         raise ConfigError(f"{src}: evals need unique names ({dup[0]!r} is given twice)")
@@ -209,7 +220,9 @@ def _grouped(grid: Grid, values: dict) -> dict:
 def eval_config(grid: Grid, ev: dict, checkpoint: Path, out: Path, cell: Cell | None = None):
     """An evaluation's settings: of `checkpoint`, or for a baseline cell of its randomly initialised model
     (seeded by the cell's seed; the label subset stays the grid's; `checkpoint` is not read)."""
-    values = {k: v for k, v in ev.items() if k not in ("kind", "name")}
+    values = {k: v for k, v in ev.items() if k not in ("kind", "name", "model_overrides")}
+    if cell is not None:
+        values.update(ev.get("model_overrides", {}).get(cell.model, {}))
     if cell is not None and cell.baseline:
         values = {**values, "checkpoint": "none", "model": cell.model, "img_size": cell.img_size,
                   "init_seed": cell.seed, "out": str(out)}
