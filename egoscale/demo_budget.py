@@ -29,7 +29,7 @@ CELL_OVERHEAD_S = 2.0  # per cell: worker start-up, model build, checkpoint and 
 REPORT_RESERVE = 0.03  # share of the budget kept for the fit, extrapolation and report
 # Runs side by side are slower than the timing of one run alone predicts (they share the memory
 # system and the last-level cache): benchmarks/README.md, "The demo" and "The floor"
-PARALLEL_SLOWDOWN = 1.12
+PARALLEL_SLOWDOWN = 1.16
 
 
 def _timed(fn, warm: int = 1, reps: int = 3) -> float:
