@@ -109,9 +109,8 @@ def _checked_eval(i: int, ev: dict, base: Path, src: str, models: list[str]) -> 
     for m, over in overrides.items():
         if m not in models:
             raise ConfigError(f"{src}: evals[{i}].model_overrides names {m!r}, which is not in models")
-        if set(over) & {"checkpoint", "out", "progress", "model", "img_size"}:
-            raise ConfigError(f"{src}: evals[{i}].model_overrides.{m} may not set "
-                              f"{sorted(set(over) & {'checkpoint', 'out', 'progress', 'model', 'img_size'})[0]}")
+        for key in sorted(set(over) & {"checkpoint", "out", "progress", "model", "img_size"}):
+            raise ConfigError(f"{src}: evals[{i}].model_overrides.{m} may not set {key}: the sweep sets it")
         build(_CONFIGS[kind], {**ev, **over, "checkpoint": "pretrain/CELL/checkpoint.pt"},
               source=f"{src}: evals[{i}].model_overrides.{m}")
     return {"kind": kind, "name": name, **ev, **({"model_overrides": overrides} if overrides else {})}
