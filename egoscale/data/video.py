@@ -114,14 +114,24 @@ def sample_chunk(path: str | Path, fps: float, k0: int, k1: int | None, short_si
         try:
             _sample_into(res, path, fps, k0, k1, short_side, quality, threads, seek=False)
         except Exception as e:  # noqa: BLE001 - any decoder failure is reported, not raised
-            res.error = describe_error(e)
+            res.error = _failure(res, e, k0, fps)
     except Exception as e:  # noqa: BLE001
-        res.error = describe_error(e)
+        res.error = _failure(res, e, k0, fps)
     if res.error is None and k1 is not None and k0 + len(res.samples) < k1:
         last = res.samples[-1].pts_time if res.samples else None
         res.error = (f"stream ended early (truncated?): {len(res.samples)} of {k1 - k0} samples from "
                      f"t={k0 / fps:g} s" + (f", last frame at {last:.2f} s" if last is not None else ""))
     return res
+
+
+def _failure(res: ChunkResult, e: Exception, k0: int, fps: float) -> str:
+    """Why decoding stopped. A decoder error after some samples is a stream that ended early: FFmpeg
+    meets a cut file's missing bytes as an error with one decoding thread and as an early end with
+    several, and both are the same damage to the person reading the list of failed files."""
+    if not res.samples:
+        return describe_error(e)
+    return (f"stream ended early (damaged or truncated?): {len(res.samples)} samples from t={k0 / fps:g} s, then "
+            f"{describe_error(e)}")
 
 
 class _SeekOvershoot(Exception):
