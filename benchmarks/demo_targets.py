@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 from egoscale.models.registry import get_spec
+from egoscale.scaling.records import load_fit
 
 
 def _load(path: Path) -> dict | None:
@@ -32,13 +33,13 @@ def _load(path: Path) -> dict | None:
 
 def check_run(folder: Path, gain_min: float, best_min: float, tol: float) -> dict:
     """One demo folder against the targets: each target's verdict and, cell by cell, the misses."""
-    fit = _load(folder / "fit.json")
-    if fit is None:
+    if not (folder / "fit.json").is_file():
         raise SystemExit(f"{folder}: no fit.json (did the demo run to the end?)")
+    fit = load_fit(folder / "fit.json")
     plan, beyond, demo = (_load(folder / n) for n in ("plan.json", "beyond/check.json", "demo.json"))
-    top = max(g["data_hours"] for g in fit["gains"])
-    gains = {(g["model"], g["img_size"]): g for g in fit["gains"] if g["data_hours"] == top}
-    sbs = {(s["model"], s["img_size"]): s for s in fit.get("side_by_side") or [] if s["data_hours"] == top}
+    top = max(g["data_hours"] for g in fit.gains)
+    gains = {(g["model"], g["img_size"]): g for g in fit.gains if g["data_hours"] == top}
+    sbs = {(s["model"], s["img_size"]): s for s in fit.side_by_side if s["data_hours"] == top}
     cells = []
     for key in sorted(gains, key=lambda k: (get_spec(k[0]).width, k[1])):  # smallest model first
         g, s = gains[key], sbs.get(key)
@@ -46,7 +47,7 @@ def check_run(folder: Path, gain_min: float, best_min: float, tol: float) -> dic
                       "gain": g["gain"], "interval": g["interval"],
                       "finetune": s["finetune"] if s else None,
                       "ft_minus_probe": s["difference"] if s else None})
-    trends = {t["axis"]: t for t in fit["trends"]}
+    trends = {t["axis"]: t for t in fit.trends}
     chosen = beyond["forms"][beyond["chosen"]] if beyond else None
     out = {
         "folder": str(folder), "world_seed": (demo or {}).get("world_seed"), "steps": (plan or {}).get("steps"),

@@ -59,10 +59,10 @@ def paper_grid(law, noise: float, rng) -> list[dict]:
     return rows
 
 
-def true_error(fit: dict, h: dict, law) -> float:
+def true_error(fit, h: dict, law) -> float:
     """RMS over the split's scored cells of (prediction - the law's value), in points: what the
     fit's cell error estimates from noisy runs."""
-    rows = fit["data"]
+    rows = fit.data
     cells = {}
     for p in h["predictions"]:
         r = rows[p["row"]]
@@ -97,10 +97,10 @@ def main() -> None:
                 write_table(paper_grid(law, args.noise, rng), table)
                 fit = run_fit(FitConfig(table=str(table), out=str(table.with_suffix(".json")),
                                         bootstrap=args.bootstrap, seed=d), log=lambda *a: None)
-                name = fit["chosen"]
+                name = fit.chosen
                 chosen.append(name)
-                e = fit["forms"][name]
-                for h in e["holdout"]:
+                e = fit.chosen_form
+                for h in e.holdout:
                     if "mae_points" in h:
                         sp = h["split"]
                         errs[sp].append(h["cell_error_points"])
@@ -108,9 +108,8 @@ def main() -> None:
                         covs[sp].append(h["coverage"])
                         seed_covs[sp].append(h["coverage_seeds_only"])
                         true_errs[sp].append(true_error(fit, h, law))
-                valid += bool(e["validated"]["ok"])
-                far = {k: float(FORMS[k].predict(np.array(v["theta"]), *CLAIM)) for k, v in fit["forms"].items()
-                       if "theta" in v}
+                valid += bool(e.validated.ok)
+                far = {k: float(FORMS[k].predict(np.array(v.theta), *CLAIM)) for k, v in fit.forms.items()}
                 wrong += abs(far[name] - truth) > 0.05
                 best_far.append(min(far, key=lambda k: abs(far[k] - truth)))
             picks = ", ".join(f"{k} {chosen.count(k)}" for k in sorted(set(chosen)))

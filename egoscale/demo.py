@@ -18,6 +18,7 @@ from egoscale.demo_sizes import SIZES, DemoSize
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
 from egoscale.machine import usable_cores
+from egoscale.scaling.records import FitResult, level_label
 
 # The world's "human level": top-1 on the world's labelled val set. Fixed and documented rather
 # than measured, so that runs at different sizes aim at the same thing.
@@ -119,9 +120,9 @@ def beyond_grid(out: Path, s: DemoSize) -> dict:
             "evals": [e for e in g["evals"] if e["kind"] == "probe"]}
 
 
-def check_beyond(fit: dict, result: dict, level: float = 0.9) -> dict:
-    """The fitted forms' predictions (with their 90 % prediction intervals for one new run) for a run
-    the fit never saw, beside what the run measured."""
+def check_beyond(fit: FitResult, result: dict) -> dict:
+    """The fitted forms' predictions (with their prediction intervals for one new run, at the fit's
+    level) for a run the fit never saw, beside what the run measured."""
     from egoscale.scaling.extrapolate import at
     from egoscale.scaling.fit import reference_params
 
@@ -129,16 +130,17 @@ def check_beyond(fit: dict, result: dict, level: float = 0.9) -> dict:
                              "patch_size": result.get("patch_size")}])[0]
     N, D, R = row["params"], float(result["data_hours"]), float(result["img_size"])
     preds = at(fit, N, D, R)
-    forms = {k: {**v, "inside": bool(v["pi"][0] <= result["top1"] <= v["pi"][1])} for k, v in preds.items()}
+    forms = {k: {**v.to_json(), "inside": bool(v.pi[0] <= result["top1"] <= v.pi[1])} for k, v in preds.items()}
     return {"model": result["model"], "img_size": R, "data_hours": D, "params": N, "measured": result["top1"],
-            "chosen": fit["chosen"], "forms": forms, "level": level}
+            "chosen": fit.chosen, "forms": forms, "level": fit.level}
 
 
 def describe_beyond(c: dict) -> str:
     f = c["forms"][c["chosen"]]
     return (f"beyond the grid ({c['model']} at {c['img_size']:.0f} px, {c['data_hours']:.3g} h, never fitted): "
             f"{c['chosen']} predicted {f['pred']:.1%} [{f['pi'][0]:.1%}, {f['pi'][1]:.1%}], measured "
-            f"{c['measured']:.1%}: {'inside' if f['inside'] else 'OUTSIDE'} its {c['level']:.0%} prediction interval")
+            f"{c['measured']:.1%}: {'inside' if f['inside'] else 'OUTSIDE'} its {level_label(c['level'])} prediction "
+            "interval")
 
 
 def main(cfg: DemoConfig) -> int:
@@ -194,8 +196,8 @@ def demo(cfg: DemoConfig, log=print) -> dict:
               "sweep_seconds": round(t_sweep, 1), "seconds": round(time.time() - t0, 1), "headline": headline,
               "bought": bought}
     write_json_atomic(out / "demo.json", record)
-    return {**record, "beyond": check, "report": str(html), "fit": fit["chosen"], "trends": fit["trends"],
-            "gains": fit.get("gains")}
+    return {**record, "beyond": check, "report": str(html), "fit": fit.chosen, "trends": fit.trends,
+            "gains": fit.gains}
 
 
 def _make_data(cfg: DemoConfig, s: DemoSize, out: Path, stage, log) -> None:
@@ -233,22 +235,22 @@ def _planned_grids(cfg: DemoConfig, s: DemoSize, out: Path, parallel: int, elaps
     return load_grid(demo_grid(out, sized)), load_grid(beyond_grid(out, sized)), p
 
 
-def _check_beyond_run(fit: dict, out: Path, cell) -> tuple[dict | None, list[str]]:
+def _check_beyond_run(fit: FitResult, out: Path, cell) -> tuple[dict | None, list[str]]:
     """The run beyond the grid beside every form's prediction for it (beyond/check.json), and the
     report's paragraphs about it."""
     found = out / "beyond" / "eval" / f"{cell.id}_probe" / "result.json"
     if not found.is_file():  # its failure was logged with the file to read; the study stands without the check
         return None, [f"The run beyond the grid ({cell.id}) failed: see {out / 'beyond'} (`egoscale sweep status`)."]
-    check = check_beyond(fit, json.loads(found.read_text()), fit.get("level", 0.9))
+    check = check_beyond(fit, json.loads(found.read_text()))
     write_json_atomic(out / "beyond" / "check.json", check)
     line = describe_beyond(check)
     return check, [line[:1].upper() + line[1:] + ".",
-                   "Every form, with its 90 % prediction interval for one new run:"] + [
+                   f"Every form, with its {fit.label} prediction interval for one new run:"] + [
         f"- {k}: {v['pred']:.1%} [{v['pi'][0]:.1%}, {v['pi'][1]:.1%}], {'inside' if v['inside'] else 'outside'}"
         for k, v in check["forms"].items()]
 
 
-def _closing_lines(fit: dict, p: dict, check: dict | None, checked: list[str], headline: str, seconds: float,
+def _closing_lines(fit: FitResult, p: dict, check: dict | None, checked: list[str], headline: str, seconds: float,
                    log) -> str:
     """The run's findings, each said once: what pretraining bought, the measured trends (with their
     gains over random weights where those differ), finetuning beside the probe, the run beyond the grid,
@@ -259,12 +261,12 @@ def _closing_lines(fit: dict, p: dict, check: dict | None, checked: list[str], h
     from egoscale.scaling.trends import describe, describe_gain, same_trend
 
     log(f"done in {seconds:.0f} s, {floor_status(p)}:")
-    bought = describe_bought(fit.get("gains") or [])
-    gains = {g["axis"]: g for g in fit.get("gain_trends", [])}
+    bought = describe_bought(fit.gains or [])
+    gains = {g["axis"]: g for g in fit.gain_trends}
     lines = [bought] + [f"measured {describe(t)}" + (
         f"; {describe_gain(gains[t['axis']])}" if t["axis"] in gains and not same_trend(gains[t["axis"]], [t]) else "")
-        for t in fit["trends"]]
-    lines += [describe_side_by_side(fit.get("side_by_side") or []), describe_beyond(check) if check else checked[0],
+        for t in fit.trends]
+    lines += [describe_side_by_side(fit.side_by_side), describe_beyond(check) if check else checked[0],
               f"extrapolation: {headline}"]
     for line in filter(None, lines):
         log(f"  {line}")

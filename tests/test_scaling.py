@@ -3,14 +3,17 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import egoscale as egoscale_pkg
 from egoscale.errors import DataError
 from egoscale.scaling.estimation import FORMS, bootstrap, fit_form, predict_interval
 from egoscale.scaling.extrapolate import at, scale_together
 from egoscale.scaling.fit import FitConfig, run_fit
+from egoscale.scaling.records import Cheapest, CheapestPlan, FormFit, Validation, load_fit
 from egoscale.scaling.results import import_logs, read_table, write_table
 from tests.cli import egoscale
 
@@ -96,8 +99,8 @@ def test_bootstrap_intervals_cover_the_truth_about_as_often_as_they_say():
 def test_auto_picks_the_generating_form_by_held_out_error(tmp_path):
     write_table(grid("power_error", TRUE["power_error"]), tmp_path / "r.csv")
     fit = run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / "fit.json"), bootstrap=30), log=quiet)
-    assert fit["chosen"] == "power_error" and "held-out" in fit["why"]
-    assert set(fit["splits"]) == {"largest-data", "largest-model", "largest-resolution"}
+    assert fit.chosen == "power_error" and "held-out" in fit.why
+    assert set(fit.splits) == {"largest-data", "largest-model", "largest-resolution"}
     saved = json.loads((tmp_path / "fit.json").read_text())
     assert saved["chosen"] == "power_error" and len(saved["forms"]["power_error"]["bootstrap"]) == 30
 
@@ -106,7 +109,7 @@ def test_held_out_errors_are_the_mean_absolute_prediction_errors(tmp_path):
     write_table(grid("logit_linear", TRUE["logit_linear"]), tmp_path / "r.csv")
     fit = run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / "f.json"), form="logit_linear",
                             holdout=["data_fraction=1.0"], bootstrap=20), log=quiet)
-    h = fit["forms"]["logit_linear"]["holdout"][0]
+    h = fit.forms["logit_linear"].holdout[0]
     rows = read_table(tmp_path / "r.csv")
     held = [r for r in rows if r["data_fraction"] == 1.0]
     assert h["n"] == len(held) == 6
@@ -116,7 +119,7 @@ def test_held_out_errors_are_the_mean_absolute_prediction_errors(tmp_path):
     assert 0 <= h["coverage"] <= 1 and 0 <= h["coverage_seeds_only"] <= h["coverage"]
     # one run per held-out cell: the cell-mean error is the runs' RMS error less the seed noise
     rmse2 = np.mean([(p["pred"] - p["true"]) ** 2 for p in h["predictions"]])
-    want = max(0.0, rmse2 - fit["noise_sigma"] ** 2) ** 0.5 * 100
+    want = max(0.0, rmse2 - fit.noise_sigma ** 2) ** 0.5 * 100
     assert h["cell_error_points"] == pytest.approx(want, abs=1e-6)
     # a COLUMN=VALUE split has no axis to step back along: seeds and parameters alone
     assert h["extrapolation_sigma_points"] is None
@@ -127,10 +130,9 @@ def test_target_above_the_asymptote_is_unreachable(tmp_path):
     fit = run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / "f.json"), form="power_error",
                             bootstrap=20), log=quiet)
     res = scale_together(fit, 0.9)  # the law's floor E = 0.2 caps accuracy at 0.8
-    assert "unreachable" in res["forms"]["power_error"]
-    assert "asymptote" in res["forms"]["power_error"]["unreachable"]
-    ok = scale_together(fit, 0.7)["forms"]["power_error"]
-    assert ok["k"] > 1 and ok["params"] == pytest.approx(632e6 * ok["k"])
+    assert res.forms["power_error"].k is None and "asymptote" in res.forms["power_error"].unreachable
+    ok = scale_together(fit, 0.7).forms["power_error"]
+    assert ok.k > 1 and ok.params == pytest.approx(632e6 * ok.k) and ok.unreachable is None
 
 
 def _log(path, rows):
@@ -186,18 +188,18 @@ def test_cheapest_scale_under_the_compute_model(tmp_path):
     write_table(grid("logit_linear", TRUE["logit_linear"]), tmp_path / "r.csv")
     fit = run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / "f.json"), form="logit_linear",
                             bootstrap=10), log=quiet)
-    res = cheapest(fit, 0.8, budget=1e21)["forms"]["logit_linear"]
-    form, theta = FORMS["logit_linear"], np.array(fit["forms"]["logit_linear"]["theta"])
-    assert form.predict(theta, res["params"], res["hours"], res["resolution"]) >= 0.8
-    assert res["flops"] == pytest.approx(float(train_flops(res["params"], res["hours"], res["resolution"])))
-    assert res["flops"] == min(f["flops"] for f in res["frontier"])  # the cheapest point is on the frontier
-    assert res["within_budget"] == (res["flops"] <= 1e21)
+    res = cheapest(fit, 0.8, budget=1e21).forms["logit_linear"]
+    form, theta = FORMS["logit_linear"], np.array(fit.forms["logit_linear"].theta)
+    assert form.predict(theta, res.params, res.hours, res.resolution) >= 0.8
+    assert res.flops == pytest.approx(float(train_flops(res.params, res.hours, res.resolution)))
+    assert res.flops == min(f["flops"] for f in res.frontier)  # the cheapest point is on the frontier
+    assert res.within_budget == (res.flops <= 1e21)
     # bootstrap spread of the cheapest compute: brackets the fit's own answer; a budget far above
     # it is met by (almost) every resampled fit, one far below by none
-    lo, hi = res["flops_interval"]
-    assert res["reachable_fraction"] == 1.0 and lo <= res["flops"] <= hi
-    assert cheapest(fit, 0.8, budget=hi * 10)["forms"]["logit_linear"]["p_within_budget"] == 1.0
-    assert cheapest(fit, 0.8, budget=lo / 10)["forms"]["logit_linear"]["p_within_budget"] == 0.0
+    lo, hi = res.flops_interval
+    assert res.reachable_fraction == 1.0 and lo <= res.flops <= hi
+    assert cheapest(fit, 0.8, budget=hi * 10).forms["logit_linear"].p_within_budget == 1.0
+    assert cheapest(fit, 0.8, budget=lo / 10).forms["logit_linear"].p_within_budget == 0.0
 
 
 def test_a_wrong_form_gets_a_form_error_that_restores_interval_coverage(tmp_path):
@@ -205,22 +207,22 @@ def test_a_wrong_form_gets_a_form_error_that_restores_interval_coverage(tmp_path
     write_table(grid("power_error", TRUE["power_error"], all_resolutions=True), tmp_path / "r.csv")
     splits = ["largest-data", "largest-model", "largest-resolution"]
     fits = {name: run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / f"{name}.json"), form=name,
-                                    holdout=splits, bootstrap=20), log=quiet)["forms"][name]
+                                    holdout=splits, bootstrap=20), log=quiet).forms[name]
             for name in ("power_error", "logit_linear")}
     right, wrong = fits["power_error"], fits["logit_linear"]
-    assert wrong["form_sigma"] > 2 * right["form_sigma"]
+    assert wrong.form_sigma > 2 * right.form_sigma
     # the wrong form's extrapolation error, measured one step back on each split, widens its
     # intervals: they cover more of the held-out runs than seeds and parameters alone
-    sig = {n: np.mean([h["extrapolation_sigma_points"] for h in f["holdout"]]) for n, f in fits.items()}
+    sig = {n: np.mean([h["extrapolation_sigma_points"] for h in f.holdout]) for n, f in fits.items()}
     assert sig["logit_linear"] > 2 * sig["power_error"]
-    plain = np.mean([h["coverage_seeds_only"] for h in wrong["holdout"]])
-    calibrated = np.mean([h["coverage"] for h in wrong["holdout"]])
+    plain = np.mean([h["coverage_seeds_only"] for h in wrong.holdout])
+    calibrated = np.mean([h["coverage"] for h in wrong.holdout])
     assert calibrated > plain
     # a new run's prediction interval includes the form error: wider than seeds + parameters alone
-    fit = json.loads((tmp_path / "logit_linear.json").read_text())
-    with_err = at(fit, 1e8, 100.0, 224.0)["logit_linear"]["pi"]
-    fit["forms"]["logit_linear"]["form_sigma"] = 0.0
-    without = at(fit, 1e8, 100.0, 224.0)["logit_linear"]["pi"]
+    fit = load_fit(tmp_path / "logit_linear.json")
+    with_err = at(fit, 1e8, 100.0, 224.0)["logit_linear"].pi
+    fit.forms["logit_linear"].form_sigma = 0.0
+    without = at(fit, 1e8, 100.0, 224.0)["logit_linear"].pi
     assert with_err[1] - with_err[0] > without[1] - without[0]
 
 
@@ -303,16 +305,16 @@ def test_largest_model_split_holds_out_an_architecture_at_every_resolution(tmp_p
     write_table(rows, tmp_path / "r.csv")
     fit = run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / "f.json"), form="logit_linear",
                             holdout=["largest-model", "largest-resolution"], bootstrap=20), log=quiet)
-    assert {r["model"]: r["params"] for r in fit["data"]}["vit_h14"] == get_spec("vit_h14").encoder_params(224)
-    assert len({r["params"] for r in fit["data"] if r["model"] == "vit_h14"}) == 1
-    assert {r["params_at_resolution"] for r in fit["data"] if r["model"] == "vit_h14"} == {
+    assert {r["model"]: r["params"] for r in fit.data}["vit_h14"] == get_spec("vit_h14").encoder_params(224)
+    assert len({r["params"] for r in fit.data if r["model"] == "vit_h14"}) == 1
+    assert {r["params_at_resolution"] for r in fit.data if r["model"] == "vit_h14"} == {
         get_spec("vit_h14").encoder_params(s) for s in (224, 448, 476)}
-    held = {h["split"]: h for h in fit["forms"]["logit_linear"]["holdout"]}
+    held = {h["split"]: h for h in fit.forms["logit_linear"].holdout}
     model = held["largest-model"]
-    assert model["n"] == 30 and {fit["data"][p["row"]]["model"] for p in model["predictions"]} == {"vit_h14"}
+    assert model["n"] == 30 and {fit.data[p["row"]]["model"] for p in model["predictions"]} == {"vit_h14"}
     assert model["scored_at_resolution"] == 224 and set(model["other_resolutions"]) == {"448", "476"}
     assert held["largest-resolution"]["n"] == 10
-    assert {fit["data"][p["row"]]["img_size"] for p in held["largest-resolution"]["predictions"]} == {476}
+    assert {fit.data[p["row"]]["img_size"] for p in held["largest-resolution"]["predictions"]} == {476}
 
 
 def test_a_form_that_turns_down_along_the_path_is_flagged_and_not_chosen(tmp_path):
@@ -335,9 +337,30 @@ def test_a_form_that_turns_down_along_the_path_is_flagged_and_not_chosen(tmp_pat
     data = grid("logit_interaction", bent, noise=0.005, all_resolutions=True)
     write_table(data, tmp_path / "r.csv")
     fit = run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / "f.json"), bootstrap=20), log=quiet)
-    flagged = {k for k, v in fit["forms"].items() if v.get("non_physical")}
-    assert "logit_interaction" in flagged and fit["chosen"] not in flagged
-    assert "non-physical" in fit["why"]
+    flagged = {k for k, v in fit.forms.items() if v.non_physical}
+    assert "logit_interaction" in flagged and fit.chosen not in flagged
+    assert "non-physical" in fit.why
+
+
+def test_every_interval_is_labelled_with_the_fits_own_level(tmp_path):
+    from egoscale.scaling.report import report
+
+    # a fit at 80 %: its printout, every extrapolation and the report name 80 %, never the default 90 %
+    write_table(grid("logit_linear", TRUE["logit_linear"]), tmp_path / "r.csv")
+    f = tmp_path / "fit.json"
+    texts = [egoscale("fit", tmp_path / "r.csv", "--out", f, "--level", "0.8", "--bootstrap", "20").stdout]
+    assert load_fit(f).level == 0.8 and load_fit(f).label == "80%"
+    texts += [egoscale("extrapolate", f, *args).stdout for args in (
+        ["--at", "params=1e9,hours=1e4,resolution=448"], ["--target", "0.85", "--scale-together"],
+        ["--target", "0.85", "--budget-flops", "1e22"], ["--claim", "paper", "--target", "0.85"])]
+    report(str(f), str(tmp_path / "rep"), target="0.85")
+    texts += [(tmp_path / "rep" / name).read_text() for name in ("report.md", "report.html")]
+    for text in texts:
+        assert "90%" not in text and "90 %" not in text
+    assert all("80%" in t for t in texts[1:]), [t[:200] for t in texts if "80%" not in t]
+    # the rule this keeps: the package reads the level from the fit, never with a default of its own
+    package = Path(egoscale_pkg.__file__).parent
+    assert not [p for p in package.rglob("*.py") if '.get("level"' in p.read_text()]
 
 
 def test_the_papers_claim_is_checked_form_by_form(tmp_path):
@@ -347,13 +370,13 @@ def test_the_papers_claim_is_checked_form_by_form(tmp_path):
     fit = run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / "f.json"), bootstrap=20), log=quiet)
     # the human target is defined on top-5: on a top-1 fit the predictions still come, without a verdict
     r = check_claim(fit, "paper")
-    assert r["target"] is None and "defined on top5" in r["target_source"]
-    assert r["forms"]["logit_linear"]["pred"] == at(fit, 2.5e9, 20000, 952)["logit_linear"]["pred"]
-    lo, hi = r["forms"]["logit_linear"]["pi"]
+    assert r.target is None and "defined on top5" in r.target_source
+    assert r.forms["logit_linear"].prediction == at(fit, 2.5e9, 20000, 952)["logit_linear"]
+    lo, hi = r.forms["logit_linear"].prediction.pi
     for target, says in ((hi + (1 - hi) / 2, "outside"), ((lo + hi) / 2, "inside"), (lo / 2, "passed")):
-        got = check_claim(fit, "paper", str(target))["forms"]["logit_linear"]
-        assert says in got["claim"], (target, got)
-        assert got["k_to_target"] is not None or says == "outside"
+        got = check_claim(fit, "paper", str(target)).forms["logit_linear"]
+        assert says in got.claim, (target, got)
+        assert got.k_to_target is not None or says == "outside"
     run = egoscale("extrapolate", tmp_path / "f.json", "--claim", "paper", "--target", "0.9")
     assert run.returncode == 0 and "2.5e+09 params" in run.stdout and run.stdout.count("90% PI") == 3
 
@@ -364,18 +387,18 @@ def test_forms_are_held_to_a_validation_bar_and_the_fit_says_when_none_meets_it(
     # extrapolation error), and the bar says so
     write_table(grid("logit_linear", TRUE["logit_linear"], noise=0.003), tmp_path / "a.csv")
     fit = run_fit(FitConfig(table=str(tmp_path / "a.csv"), out=str(tmp_path / "a.json"), bootstrap=20), log=quiet)
-    v = fit["forms"]["logit_linear"]["validated"]
-    assert v["worst_split_points"] <= 1.0 and v["ok"] == (v["worst_split_coverage"] >= 0.85)
-    assert "power_error" in fit["forms"] and not fit["forms"]["power_error"]["validated"]["ok"]  # 4-12 points off
+    v = fit.forms["logit_linear"].validated
+    assert v.worst_split_points <= 1.0 and v.ok == (v.worst_split_coverage >= 0.85)
+    assert "power_error" in fit.forms and not fit.forms["power_error"].validated.ok  # 4-12 points off
     # with a bar it meets, it is chosen over a form that fails it
     fit = run_fit(FitConfig(table=str(tmp_path / "a.csv"), out=str(tmp_path / "c.json"), bootstrap=20,
                             min_coverage=0.2), log=quiet)
-    assert fit["forms"]["logit_linear"]["validated"]["ok"] and fit["forms"][fit["chosen"]]["validated"]["ok"]
+    assert fit.forms["logit_linear"].validated.ok and fit.chosen_form.validated.ok
     # five points of noise: no form can predict held-out runs within one point, and the fit says so
     write_table(grid("logit_linear", TRUE["logit_linear"], noise=0.05), tmp_path / "b.csv")
     fit = run_fit(FitConfig(table=str(tmp_path / "b.csv"), out=str(tmp_path / "b.json"), bootstrap=20), log=quiet)
-    assert not any(f["validated"]["ok"] for f in fit["forms"].values() if "validated" in f)
-    assert "not validated by these runs" in fit["why"]
+    assert not any(f.validated.ok for f in fit.forms.values())
+    assert "not validated by these runs" in fit.why
 
 
 def test_coverage_short_of_the_bar_fails_only_beyond_chance_in_few_runs():
@@ -414,16 +437,16 @@ def test_gains_over_random_baselines_in_the_fit_and_the_report(tmp_path):
     fit = run_fit(FitConfig(table=str(tmp_path / "results.csv"), out=str(tmp_path / "fit.json"), bootstrap=20),
                   log=quiet)
     # the baselines are the reference, not data at zero hours
-    assert fit["n_rows"] == 16 and len(fit["baselines"]) == 8 and not fit["dropped"]
-    gains = {(g["model"], g["data_hours"], g["img_size"]): g for g in fit["gains"]}
+    assert fit.n_rows == 16 and len(fit.baselines) == 8 and not fit.dropped
+    gains = {(g["model"], g["data_hours"], g["img_size"]): g for g in fit.gains}
     assert set(gains) == set(truth)
     for k, g in gains.items():
         assert g["gain"] == pytest.approx(truth[k], abs=0.015)
         assert g["interval"][0] < g["gain"] < g["interval"][1] and g["verdict"] == "above"
         assert g["random_noise_known"]
     # trends of the gains: the model's better random weights do not count as something pretraining bought
-    raw = {t["axis"]: t for t in fit["trends"]}
-    gain_trend = {t["axis"]: t for t in fit["gain_trends"]}
+    raw = {t["axis"]: t for t in fit.trends}
+    gain_trend = {t["axis"]: t for t in fit.gain_trends}
     assert raw["model"]["effect"] == pytest.approx(0.10, abs=0.01)
     assert gain_trend["model"]["effect"] == pytest.approx(0.05, abs=0.01)
     assert gain_trend["data"]["effect"] == pytest.approx(raw["data"]["effect"], abs=1e-9)  # the same baseline
@@ -434,11 +457,11 @@ def test_gains_over_random_baselines_in_the_fit_and_the_report(tmp_path):
     # --gains fits the gains themselves
     g = run_fit(FitConfig(table=str(tmp_path / "results.csv"), out=str(tmp_path / "fit_gains.json"), bootstrap=20,
                           gains=True), log=quiet)
-    by = {(r["model"], r["data_hours"], r["img_size"], r["seed"]): r for r in g["data"]}
+    by = {(r["model"], r["data_hours"], r["img_size"], r["seed"]): r for r in g.data}
     r = by[("b", 1.0, 48.0, 1)]
     assert r["top1"] == pytest.approx(r["top1_pretrained"] - r["top1_random"])
     assert r["top1"] == pytest.approx(truth[("b", 1.0, 48.0)], abs=0.015)
-    assert {t["axis"]: t["effect"] for t in g["trends"]} == {t["axis"]: t["effect"] for t in g["gain_trends"]}
+    assert {t["axis"]: t["effect"] for t in g.trends} == {t["axis"]: t["effect"] for t in g.gain_trends}
     html = report(str(tmp_path / "fit.json"), str(tmp_path / "report")).read_text()
     assert "What pretraining bought" in html and "gain_over_random" in (tmp_path / "report" / "report.md").read_text()
     assert "Pretraining on 1 h bought" in html and "above random in 4" in html
@@ -448,8 +471,8 @@ def test_gains_over_random_baselines_in_the_fit_and_the_report(tmp_path):
     write_table(no_b, tmp_path / "partial.csv")
     p = run_fit(FitConfig(table=str(tmp_path / "partial.csv"), out=str(tmp_path / "p.json"), bootstrap=20,
                           gains=True), log=quiet)
-    assert p["n_rows"] == 8 and len(p["dropped"]) == 8
-    assert all("no random baseline of b" in d["dropped_because"] for d in p["dropped"])
+    assert p.n_rows == 8 and len(p.dropped) == 8
+    assert all("no random baseline of b" in d["dropped_because"] for d in p.dropped)
     write_table([x for x in rows if not x.get("baseline")], tmp_path / "none.csv")
     with pytest.raises(DataError, match="--gains needs random-initialisation baselines"):
         run_fit(FitConfig(table=str(tmp_path / "none.csv"), out=str(tmp_path / "n.json"), gains=True), log=quiet)
@@ -462,7 +485,8 @@ def test_the_frontier_plot_says_so_when_no_form_reaches_the_target(tmp_path, mon
     write_table(grid("logit_linear", TRUE["logit_linear"]), tmp_path / "r.csv")
     run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / "fit.json"), bootstrap=10), log=quiet)
     fit = rep.load_fit(str(tmp_path / "fit.json"))
-    monkeypatch.setattr(rep, "cheapest", lambda f, t: {"forms": {k: {"unreachable": "never"} for k in f["forms"]}})
+    monkeypatch.setattr(rep, "cheapest", lambda f, t: CheapestPlan(
+        target=t, budget=None, epochs=1.0, fps=1.0, forms={k: Cheapest(unreachable="never") for k in f.forms}))
     out = rep.plot_frontier(fit, tmp_path / "frontier.png", 0.9)
     assert out.stat().st_size > 5_000
 
@@ -470,17 +494,19 @@ def test_the_frontier_plot_says_so_when_no_form_reaches_the_target(tmp_path, mon
 def test_choose_prefers_validated_physical_forms_and_says_why():
     from egoscale.scaling.fit import FitConfig, choose
 
-    def form(err, physical=True, ok=True):
-        return {"heldout_points": err, "heldout_mae_points": None if err is None else err + 1, "rmse": 0.02,
-                "non_physical": None if physical else {"note": "turns down"},
-                "validated": {"ok": ok, "why_not": None if ok else "held-out error 2.00 > 1 points on a split"}}
+    def form(err, physical=True, ok=True, rmse=0.02):
+        return FormFit(formula="", theta=[], params={}, params_ci={}, rmse=rmse, converged=True, grad_norm=0.0,
+                       asymptote=1.0, bootstrap=[], heldout_points=err,
+                       heldout_mae_points=None if err is None else err + 1,
+                       non_physical=None if physical else {"note": "turns down"},
+                       validated=Validation(ok=ok, why_not=None if ok else "held-out error 2.00 > 1 points on a split"))
 
     cfg = FitConfig(table="x.csv")
     name, why = choose({"a": form(0.5, physical=False), "b": form(0.9), "c": form(0.7, ok=False)}, 3, cfg)
     assert name == "b" and "a not considered: non-physical" in why and "c not chosen: below the validation bar" in why
     name, why = choose({"b": form(0.9, ok=False), "c": form(0.7, ok=False)}, 3, cfg)
     assert name == "c" and "no physical form meets the validation bar" in why and "c: held-out error 2.00" in why
-    nothing_held_out = {"b": {**form(None), "rmse": 0.03}, "c": {**form(None), "rmse": 0.01}}
+    nothing_held_out = {"b": form(None, rmse=0.03), "c": form(None, rmse=0.01)}
     assert choose(nothing_held_out, 0, cfg) == ("c", "no held-out split was possible; chosen by in-sample RMSE, "
                                                      "which favours flexible forms")
 
@@ -510,7 +536,7 @@ def test_finetuning_is_shown_beside_the_probe_of_the_same_weights(tmp_path):
     write_table(rows, tmp_path / "results.csv")
     fit = run_fit(FitConfig(table=str(tmp_path / "results.csv"), out=str(tmp_path / "fit.json"), bootstrap=20,
                             eval="linear_probe"), log=quiet)
-    got = {(r["model"], r["img_size"]): r for r in fit["side_by_side"]}
+    got = {(r["model"], r["img_size"]): r for r in fit.side_by_side}
     assert {k: v["verdict"] for k, v in got.items()} == {("a", 32.0): "at least", ("a", 48.0): "at least",
                                                           ("b", 32.0): "within", ("b", 48.0): "below"}
     assert got[("b", 48.0)]["difference"] == pytest.approx(-0.06, abs=1e-9)

@@ -16,6 +16,7 @@ import torch
 from egoscale.constants import ASSUMED_GPU_TFLOPS, ASSUMED_MFU
 from egoscale.data.video import probe, sample_chunk
 from egoscale.errors import ConfigError
+from egoscale.scaling.records import load_fit
 from egoscale.sweep.grid import all_cells, baseline_cells, cells, load_grid
 from egoscale.sweep.slurm import slurm_jobs
 from egoscale.sweep.sweep import estimate, run_local, status
@@ -291,13 +292,13 @@ def test_quick_demo_end_to_end(tmp_path):
     assert "A run the fit never saw" in html and "beyond the grid (vit_pico4 at 40 px" in r.stdout
     assert "Measured trends" in html and "<li>data (" in html and "vit_micro4 @32 px" in html
     assert (out / "report" / "reconstructions.png").is_file()
-    fit = json.loads((out / "fit.json").read_text())
-    assert fit["n_rows"] == 30 and len(fit["baselines"]) == 12 and len(fit["gains"]) == 18
-    assert set(fit["splits"]) >= {"largest-data", "largest-model", "largest-resolution"}
+    fit = load_fit(out / "fit.json")
+    assert fit.n_rows == 30 and len(fit.baselines) == 12 and len(fit.gains) == 18
+    assert set(fit.splits) >= {"largest-data", "largest-model", "largest-resolution"}
     again = subprocess.run([sys.executable, "-m", "egoscale", "demo", "--quick", "--out", str(out), "--no-progress"],
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "sweep: 0 cells run, 114 already done, 0 failed" in again.stdout
-    assert np.isfinite(fit["noise_sigma"])
+    assert np.isfinite(fit.noise_sigma)
     # the run's record, and the benchmark that reads demo folders against the targets
     record = json.loads((out / "demo.json").read_text())
     assert record["steps"] == 20 and record["size"] == "quick" and record["floor_steps"] is None
@@ -306,8 +307,8 @@ def test_quick_demo_end_to_end(tmp_path):
 
     run = demo_targets.check_run(out, 10, 15, 2)
     assert [c["cell"] for c in run["cells"]][:2] == ["vit_pico4 @ 24", "vit_pico4 @ 32"] and len(run["cells"]) == 6
-    top = max(g["data_hours"] for g in fit["gains"])
-    assert run["gain_ok"] == sum(g["gain"] >= 0.1 for g in fit["gains"] if g["data_hours"] == top)
+    top = max(g["data_hours"] for g in fit.gains)
+    assert run["gain_ok"] == sum(g["gain"] >= 0.1 for g in fit.gains if g["data_hours"] == top)
     assert run["beyond_inside"] == check["forms"][check["chosen"]]["inside"]
 
 

@@ -127,6 +127,11 @@ def bootstrap(form: Form, X, y, theta: np.ndarray, n_boot: int = 200, delta: flo
     return np.array(out)
 
 
+def level_label(level: float) -> str:
+    """An interval level for people: 0.9 -> '90%', 0.8 -> '80%', 0.975 -> '97.5%'."""
+    return f"{level:.0%}" if round(level * 100, 6) == round(level * 100) else f"{level:.1%}"
+
+
 def predict_interval(form: Form, samples: np.ndarray, X, noise: float = 0.0, level: float = 0.9, seed: int = 0):
     """(median, lo, hi) of predictions; with noise > 0 a prediction interval for one new run."""
     preds = np.array([form.predict(t, *X) for t in samples])  # (B, n)

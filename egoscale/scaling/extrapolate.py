@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import brentq
 
 from egoscale.config import opt
 from egoscale.constants import MASK_RATIO
-from egoscale.errors import ConfigError, DataError
+from egoscale.errors import ConfigError
 from egoscale.models.flops import decoder_params
 from egoscale.scaling.forms import FORMS
+from egoscale.scaling.records import (Cheapest, CheapestPlan, ClaimCheck, ClaimForm, FitResult, KToTarget, Prediction,
+                                      ScaleTogether, jsonable, level_label, load_fit)
 
 # Named targets with their source. Human top-5 error of a trained annotator on ImageNet:
 # 5.1 % (Russakovsky et al. 2015, IJCV, section 6.4), so top-5 accuracy 0.949.
@@ -87,138 +88,132 @@ def main(cfg: ExtrapolateConfig) -> int:
     if cfg.claim:
         fits = [fit] + ([load_fit(cfg.other_fit)] if cfg.other_fit else [])
         res = [check_claim(f, cfg.claim, cfg.target) for f in fits]
-        print(json.dumps(res, indent=2) if cfg.json else "\n\n".join(describe_claim(f, r) for f, r in zip(fits, res)))
+        print(_json(res) if cfg.json else "\n\n".join(describe_claim(r) for r in res))
         return 0
     if cfg.at:
         res = at(fit, *parse_at(cfg.at))
-        print(json.dumps(res, indent=2) if cfg.json else "\n".join(
-            f"{name:<18} {fit['metric']} {r['pred']:.3f}  90% CI [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]  "
-            f"90% PI [{r['pi'][0]:.3f}, {r['pi'][1]:.3f}]{'  <- chosen' if name == fit['chosen'] else ''}"
+        print(_json(res) if cfg.json else "\n".join(
+            f"{name:<18} {fit.metric} {describe_prediction(r, fit.level)}{'  <- chosen' if name == fit.chosen else ''}"
             for name, r in res.items()))
         return 0
     value, source = resolve_target(fit, cfg.target)
     if cfg.budget_flops is not None:
         res = cheapest(fit, value, cfg.budget_flops, epochs=cfg.epochs)
-        print(json.dumps(res, indent=2) if cfg.json else describe_cheapest(fit, res, source))
+        print(_json(res) if cfg.json else describe_cheapest(fit, res, source))
         return 0
     res = scale_together(fit, value)
-    print(json.dumps(res, indent=2) if cfg.json else describe_scale_together(fit, res, source))
+    print(_json(res) if cfg.json else describe_scale_together(fit, res, source))
     return 0
 
 
-def check_claim(fit: dict, name: str = "paper", target: str | None = None) -> dict:
-    """Every form's prediction at a claim's scale (with intervals), the target, the scale-together k
-    each form needs to reach it, and whether the claim lies inside each form's 90 % interval."""
+def _json(res) -> str:
+    return json.dumps(jsonable(res), indent=2)
+
+
+def describe_prediction(p: Prediction, level: float) -> str:
+    """'0.734  90% CI [0.701, 0.760]  90% PI [0.690, 0.771]', labelled with the fit's level."""
+    lab = level_label(level)
+    return f"{p.pred:.3f}  {lab} CI [{p.ci[0]:.3f}, {p.ci[1]:.3f}]  {lab} PI [{p.pi[0]:.3f}, {p.pi[1]:.3f}]"
+
+
+def check_claim(fit: FitResult, name: str = "paper", target: str | None = None) -> ClaimCheck:
+    """Every form's prediction at a claim's scale (with intervals at the fit's level), the target,
+    the scale-together k each form needs to reach it, and whether the claim lies inside each form's
+    interval."""
     c = CLAIMS[name]
     tname = target or c["target"]
     try:
         value, source = resolve_target(fit, tname)
     except ConfigError:  # the named target is defined on another metric: show the predictions anyway
-        value, source = None, f"{tname} is defined on {TARGETS[tname]['metric']}, not {fit['metric']}"
+        value, source = None, f"{tname} is defined on {TARGETS[tname]['metric']}, not {fit.metric}"
     preds = at(fit, c["params"], c["hours"], c["resolution"])
     st = scale_together(fit, value) if value is not None else None
     forms = {}
     for form, p in preds.items():
-        rec = {**p, "non_physical": bool(fit["forms"][form].get("non_physical"))}
-        if value is not None:
-            r = st["forms"][form]
-            rec["k_to_target"] = None if "unreachable" in r else r["k"]
-            lo, hi = p["pi"]
-            rec["claim"] = ("inside: the form's interval reaches the target" if hi >= value > lo else
-                            "the form predicts the target is passed there" if lo >= value else
-                            "outside: the form's interval stays below the target")
+        rec = ClaimForm(prediction=p, non_physical=bool(fit.forms[form].non_physical))
+        if st is not None:
+            rec.k_to_target = st.forms[form].k
+            lo, hi = p.pi
+            rec.claim = ("inside: the form's interval reaches the target" if hi >= value > lo else
+                         "the form predicts the target is passed there" if lo >= value else
+                         "outside: the form's interval stays below the target")
         forms[form] = rec
-    return {"claim": c["text"], "metric": fit["metric"], "target": value, "target_source": source,
-            "scale": {k: c[k] for k in ("params", "hours", "resolution")}, "forms": forms,
-            "verdict": None if st is None else verdict(fit, st, f"{fit['metric']} {value:.3f}")}
+    return ClaimCheck(claim=c["text"], metric=fit.metric, target=value, target_source=source,
+                      scale={k: c[k] for k in ("params", "hours", "resolution")}, forms=forms, level=fit.level,
+                      verdict=None if st is None else verdict(fit, st, f"{fit.metric} {value:.3f}"))
 
 
-def describe_claim(fit: dict, r: dict) -> str:
-    sc = r["scale"]
-    lines = [f"claim: {r['claim']}", f"{r['metric']} at {sc['params']:.3g} params, {sc['hours']:.3g} h, "
+def describe_claim(r: ClaimCheck) -> str:
+    sc = r.scale
+    lines = [f"claim: {r.claim}", f"{r.metric} at {sc['params']:.3g} params, {sc['hours']:.3g} h, "
              f"{sc['resolution']:.0f} px; target "
-             + (f"{r['target']:.3f} ({r['target_source']})" if r["target"] is not None else r["target_source"])]
-    for name, p in r["forms"].items():
-        k = p.get("k_to_target")
-        need = "" if "k_to_target" not in p else (f"; reaches the target at k={k:.3g}" if k else "; never reaches it")
-        lines.append(f"  {name:<18} {p['pred']:.3f}  90% CI [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]  90% PI "
-                     f"[{p['pi'][0]:.3f}, {p['pi'][1]:.3f}]{need}" + (f"; {p['claim']}" if "claim" in p else "")
-                     + ("  (NON-PHYSICAL)" if p["non_physical"] else ""))
-    if r.get("verdict"):
-        lines.append(r["verdict"])
+             + (f"{r.target:.3f} ({r.target_source})" if r.target is not None else r.target_source)]
+    for name, p in r.forms.items():
+        need = "" if r.target is None else (f"; reaches the target at k={p.k_to_target:.3g}" if p.k_to_target
+                                            else "; never reaches it")
+        lines.append(f"  {name:<18} {describe_prediction(p.prediction, r.level)}{need}"
+                     + (f"; {p.claim}" if p.claim else "") + ("  (NON-PHYSICAL)" if p.non_physical else ""))
+    if r.verdict:
+        lines.append(r.verdict)
     return "\n".join(lines)
 
 
-def verdict(fit: dict, res: dict, target_text: str) -> str:
+def verdict(fit: FitResult, res: ScaleTogether, target_text: str) -> str:
     """One sentence on what the forms together say about reaching a target (`scale_together`'s
     result): a scale when the physical forms agree within a factor of 10, else that the runs
     cannot decide, with every form's answer."""
-    def answer(name, r):
-        bad = " (non-physical)" if fit["forms"][name].get("non_physical") else ""
-        return f"{name} {'unreachable' if 'unreachable' in r else format(r['k'], '.3g') + 'x'}{bad}"
+    def answer(name, r: KToTarget):
+        bad = " (non-physical)" if fit.forms[name].non_physical else ""
+        return f"{name} {'unreachable' if r.k is None else format(r.k, '.3g') + 'x'}{bad}"
 
-    forms = res["forms"]
-    physical = {k: r for k, r in forms.items() if not fit["forms"][k].get("non_physical")}
-    ks = [r.get("k") for r in physical.values()]
+    forms = res.forms
+    physical = {k: r for k, r in forms.items() if not fit.forms[k].non_physical}
+    ks = [r.k for r in physical.values()]
     everyone = "; ".join(answer(k, r) for k, r in forms.items())
     if physical and all(k is not None for k in ks) and max(ks) / min(ks) <= 10:
-        r = physical[fit["chosen"]] if fit["chosen"] in physical else next(iter(physical.values()))
-        return (f"{target_text} needs about {r['params']:.3g} params, {r['hours']:.3g} h, {r['resolution']:.0f} px "
+        r = physical[fit.chosen] if fit.chosen in physical else next(iter(physical.values()))
+        return (f"{target_text} needs about {r.params:.3g} params, {r.hours:.3g} h, {r.resolution:.0f} px "
                 f"(k = {min(ks):.3g}-{max(ks):.3g} x the largest run, the physical forms agree within 10x: "
                 f"{everyone})")
     return (f"the runs cannot decide where {target_text} is: the forms disagree (k = how many times the largest "
             f"run's model, data and pixels: {everyone})")
 
 
-def describe_cheapest(fit: dict, res: dict, source: str) -> str:
-    lines = [f"target {fit['metric']} {res['target']:.3f} ({source}); budget {res['budget']:.3g} FLOPs, "
-             f"{res['epochs']:g} epoch(s) over the data:"]
-    for name, r in res["forms"].items():
-        if "unreachable" in r:
-            lines.append(f"  {name:<18} unreachable: {r['unreachable']}")
+def describe_cheapest(fit: FitResult, res: CheapestPlan, source: str) -> str:
+    lines = [f"target {fit.metric} {res.target:.3f} ({source}); budget {res.budget:.3g} FLOPs, "
+             f"{res.epochs:g} epoch(s) over the data:"]
+    for name, r in res.forms.items():
+        if r.unreachable:
+            lines.append(f"  {name:<18} unreachable: {r.unreachable}")
             continue
-        edge = f"; at the edge of the searched {', '.join(r['at_search_edge'])}" if r.get("at_search_edge") else ""
-        iv, ivs = r.get("flops_interval"), ""
+        edge = f"; at the edge of the searched {', '.join(r.at_search_edge)}" if r.at_search_edge else ""
+        iv, ivs = r.flops_interval, ""
         if iv and iv[0] is not None:
             upper = f"{iv[1]:.3g}" if iv[1] is not None else "unbounded"
-            ivs = (f"; {fit.get('level', 0.9):.0%} interval [{iv[0]:.3g}, {upper}], "
-                   f"P(within budget) {r['p_within_budget']:.0%}")
-        lines.append(f"  {name:<18} cheapest: {r['params']:.3g} params, {r['hours']:.3g} h, {r['resolution']:.0f} px "
-                     f"= {r['flops']:.3g} FLOPs ({'within' if r['within_budget'] else 'OVER'} budget{ivs}); "
-                     f"frontier of {len(r['frontier'])} model sizes in --json{edge}")
+            ivs = f"; {fit.label} interval [{iv[0]:.3g}, {upper}], P(within budget) {r.p_within_budget:.0%}"
+        lines.append(f"  {name:<18} cheapest: {r.params:.3g} params, {r.hours:.3g} h, {r.resolution:.0f} px "
+                     f"= {r.flops:.3g} FLOPs ({'within' if r.within_budget else 'OVER'} budget{ivs}); "
+                     f"frontier of {len(r.frontier)} model sizes in --json{edge}")
     return "\n".join(lines)
 
 
-def describe_scale_together(fit: dict, res: dict, source: str) -> str:
-    b = res["base"]
-    lines = [f"target {fit['metric']} {res['target']:.3f} ({source}); from the largest run N={b['params']:.3g}, "
+def describe_scale_together(fit: FitResult, res: ScaleTogether, source: str) -> str:
+    b = res.base
+    lines = [f"target {fit.metric} {res.target:.3f} ({source}); from the largest run N={b['params']:.3g}, "
              f"D={b['hours']:.3g} h, R={b['resolution']:.0f} px, scaling N, D, pixels by k:"]
-    for name, r in res["forms"].items():
-        mark = "  <- chosen" if name == fit["chosen"] else ""
-        if fit["forms"][name].get("non_physical"):
-            mark += f"  (NON-PHYSICAL: {fit['forms'][name]['non_physical']['note']})"
-        if "unreachable" in r:
-            lines.append(f"  {name:<18} unreachable: {r['unreachable']}{mark}")
+    for name, r in res.forms.items():
+        mark = "  <- chosen" if name == fit.chosen else ""
+        if fit.forms[name].non_physical:
+            mark += f"  (NON-PHYSICAL: {fit.forms[name].non_physical['note']})"
+        if r.unreachable:
+            lines.append(f"  {name:<18} unreachable: {r.unreachable}{mark}")
             continue
-        iv = r.get("k_interval")
-        ivs = f"90% CI k in [{iv[0]:.3g}, {iv[1]:.3g}]" if iv else r.get("note", "")
-        lines.append(f"  {name:<18} k={r['k']:.3g}: {r['params']:.3g} params, {r['hours']:.3g} h, "
-                     f"{r['resolution']:.0f} px; {ivs}{mark}")
-    lines.append(verdict(fit, res, f"{fit['metric']} {res['target']:.3f}"))
+        iv = r.k_interval
+        ivs = f"{fit.label} CI k in [{iv[0]:.3g}, {iv[1]:.3g}]" if iv else (r.note or "")
+        lines.append(f"  {name:<18} k={r.k:.3g}: {r.params:.3g} params, {r.hours:.3g} h, "
+                     f"{r.resolution:.0f} px; {ivs}{mark}")
+    lines.append(verdict(fit, res, f"{fit.metric} {res.target:.3f}"))
     return "\n".join(lines)
-
-
-def load_fit(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such fit (run `egoscale fit` first)")
-    try:
-        fit = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise DataError(f"{path}: not a fit.json (not valid JSON)") from None
-    if not isinstance(fit, dict) or "forms" not in fit:
-        raise DataError(f"{path}: not a fit.json")
-    return fit
 
 
 def parse_at(text: str) -> tuple[float, float, float]:
@@ -235,11 +230,11 @@ def parse_at(text: str) -> tuple[float, float, float]:
     return vals["params"], vals["hours"], vals["resolution"]
 
 
-def resolve_target(fit: dict, target: str) -> tuple[float, str]:
+def resolve_target(fit: FitResult, target: str) -> tuple[float, str]:
     if target in TARGETS:
         t = TARGETS[target]
-        if t["metric"] != fit["metric"]:
-            raise ConfigError(f"target {target!r} is defined on {t['metric']}, but the fit models {fit['metric']}; "
+        if t["metric"] != fit.metric:
+            raise ConfigError(f"target {target!r} is defined on {t['metric']}, but the fit models {fit.metric}; "
                               f"fit with --metric {t['metric']}, or give a number")
         return t["value"], t["source"]
     try:
@@ -251,36 +246,31 @@ def resolve_target(fit: dict, target: str) -> tuple[float, str]:
     return v, "given number"
 
 
-def _fitted(fit: dict) -> dict:
-    return {k: v for k, v in fit["forms"].items() if "theta" in v}
-
-
-def at(fit: dict, N: float, D: float, R: float) -> dict:
+def at(fit: FitResult, N: float, D: float, R: float) -> dict[str, Prediction]:
+    """Every form's prediction at N parameters, D hours and R px, with intervals at the fit's level."""
     out = {}
-    lvl = fit.get("level", 0.9)
-    lo, hi = (1 - lvl) / 2 * 100, (1 + lvl) / 2 * 100
-    for name, e in _fitted(fit).items():
+    lo, hi = (1 - fit.level) / 2 * 100, (1 + fit.level) / 2 * 100
+    for name, e in fit.forms.items():
         form = FORMS[name]
-        samples = np.array([form.predict(t, N, D, R) for t in e["bootstrap"]]).ravel()
+        samples = np.array([form.predict(t, N, D, R) for t in e.bootstrap]).ravel()
         # one new run: parameter uncertainty + seed noise + the form's own (held-out) error
-        sd = (fit.get("noise_sigma", 0.0) ** 2 + e.get("form_sigma", 0.0) ** 2) ** 0.5
+        sd = (fit.noise_sigma ** 2 + e.form_sigma ** 2) ** 0.5
         noisy = np.clip(samples + np.random.default_rng(0).normal(0, sd or 1e-12, samples.shape), 0.0, 1.0)
-        out[name] = {"pred": float(form.predict(e["theta"], N, D, R)), "ci": [float(np.percentile(samples, lo)),
-                     float(np.percentile(samples, hi))],
-                     "pi": [float(np.percentile(noisy, lo)), float(np.percentile(noisy, hi))]}
+        out[name] = Prediction(pred=float(form.predict(e.theta, N, D, R)),
+                               ci=[float(np.percentile(samples, lo)), float(np.percentile(samples, hi))],
+                               pi=[float(np.percentile(noisy, lo)), float(np.percentile(noisy, hi))])
     return out
 
 
-def base_run(fit: dict) -> tuple[float, float, float]:
+def base_run(rows: list[dict]) -> tuple[float, float, float]:
     """The largest run: the maximum N, D and R among the fitted rows."""
-    rows = fit["data"]
     return max(r["params"] for r in rows), max(r["data_hours"] for r in rows), max(r["img_size"] for r in rows)
 
 
 def path_range(rows: list[dict]) -> tuple[float, float]:
     """The scale-together path's range checked for physical behaviour: from the smallest run's
     scale (the smallest of N, D and pixels relative to the largest run) to k = K_PATH."""
-    N0, D0, R0 = base_run({"data": rows})
+    N0, D0, R0 = base_run(rows)
     lo = min(min(r["params"] / N0, r["data_hours"] / D0, (r["img_size"] / R0) ** 2) for r in rows)
     return max(lo, 1e-9), K_PATH
 
@@ -294,7 +284,7 @@ def turning_point(form, theta, rows: list[dict], points: int = 600, tol: float =
     its extrapolation says more about the form than about the runs. `tol` (accuracy) ignores
     flat stretches.
     """
-    base = base_run({"data": rows})
+    base = base_run(rows)
     lo, hi = path_range(rows)
     ks = np.geomspace(lo, hi, points)
     pred = np.asarray(form.predict(theta, base[0] * ks, base[1] * ks, base[2] * np.sqrt(ks)), float)
@@ -324,50 +314,48 @@ def _k_for(form, theta, base, target) -> float | None:
     return math.exp(brentq(g, 0.0, math.log(K_MAX), xtol=1e-6))
 
 
-def scale_together(fit: dict, target: float) -> dict:
+def scale_together(fit: FitResult, target: float) -> ScaleTogether:
     """Per form: the common factor k (N x k, D x k, pixels x k) that reaches `target`, with intervals."""
-    base = base_run(fit)
-    lvl = fit.get("level", 0.9)
-    out = {"base": {"params": base[0], "hours": base[1], "resolution": base[2]}, "target": target, "forms": {}}
-    for name, e in _fitted(fit).items():
+    base = base_run(fit.data)
+    lvl = fit.level
+    out = ScaleTogether(base={"params": base[0], "hours": base[1], "resolution": base[2]}, target=target, forms={})
+    for name, e in fit.forms.items():
         form = FORMS[name]
-        asym = form.asymptote(e["theta"])
-        k = _k_for(form, e["theta"], base, target)
-        ks = [_k_for(form, t, base, target) for t in e["bootstrap"]]
+        asym = form.asymptote(e.theta)
+        k = _k_for(form, e.theta, base, target)
+        ks = [_k_for(form, t, base, target) for t in e.bootstrap]
         reached = [x for x in ks if x is not None]
         frac = len(reached) / len(ks) if ks else 0.0
-        rec = {"asymptote": asym, "reachable_fraction": frac}
+        rec = KToTarget(asymptote=asym, reachable_fraction=frac)
         if k is None:
-            rec["unreachable"] = (f"{name} levels off at {asym:.3f} (its asymptote), below the target {target:.3f}"
-                                  if asym < target else f"{name} does not reach {target:.3f} within k <= {K_MAX:g}")
+            rec.unreachable = (f"{name} levels off at {asym:.3f} (its asymptote), below the target {target:.3f}"
+                               if asym < target else f"{name} does not reach {target:.3f} within k <= {K_MAX:g}")
         else:
-            rec.update(k=k, params=base[0] * k, hours=base[1] * k, resolution=base[2] * math.sqrt(k))
+            rec.k, rec.params, rec.hours, rec.resolution = k, base[0] * k, base[1] * k, base[2] * math.sqrt(k)
         if reached and frac >= (1 + lvl) / 2:  # an interval only when most samples reach the target
             lo, hi = np.percentile(reached, [(1 - lvl) / 2 * 100, (1 + lvl) / 2 * 100])
-            rec["k_interval"] = [float(lo), float(hi)]
-            rec["params_interval"] = [base[0] * lo, base[0] * hi]
-            rec["hours_interval"] = [base[1] * lo, base[1] * hi]
-            rec["resolution_interval"] = [base[2] * math.sqrt(lo), base[2] * math.sqrt(hi)]
+            rec.k_interval = [float(lo), float(hi)]
+            rec.params_interval = [base[0] * lo, base[0] * hi]
+            rec.hours_interval = [base[1] * lo, base[1] * hi]
+            rec.resolution_interval = [base[2] * math.sqrt(lo), base[2] * math.sqrt(hi)]
         elif ks:
-            rec["k_interval"] = None
-            rec["note"] = (f"only {frac:.0%} of bootstrap fits reach the target: the upper end of the interval is "
-                           "unbounded")
-        out["forms"][name] = rec
+            rec.note = (f"only {frac:.0%} of bootstrap fits reach the target: the upper end of the interval is "
+                        "unbounded")
+        out.forms[name] = rec
     return out
 
 
-def curve(fit: dict, ks: np.ndarray) -> dict:
+def curve(fit: FitResult, ks: np.ndarray) -> dict:
     """Predicted accuracy along the scale-together path, per form: median and interval bands."""
-    base = base_run(fit)
-    lvl = fit.get("level", 0.9)
+    base = base_run(fit.data)
     out = {}
-    for name, e in _fitted(fit).items():
+    for name, e in fit.forms.items():
         form = FORMS[name]
         N, D, R = base[0] * ks, base[1] * ks, base[2] * np.sqrt(ks)
-        samples = np.array([form.predict(t, N, D, R) for t in e["bootstrap"]])
-        out[name] = {"pred": form.predict(e["theta"], N, D, R).tolist(),
-                     "lo": np.percentile(samples, (1 - lvl) / 2 * 100, 0).tolist(),
-                     "hi": np.percentile(samples, (1 + lvl) / 2 * 100, 0).tolist()}
+        samples = np.array([form.predict(t, N, D, R) for t in e.bootstrap])
+        out[name] = {"pred": form.predict(e.theta, N, D, R).tolist(),
+                     "lo": np.percentile(samples, (1 - fit.level) / 2 * 100, 0).tolist(),
+                     "hi": np.percentile(samples, (1 + fit.level) / 2 * 100, 0).tolist()}
     return out
 
 
@@ -385,8 +373,8 @@ def train_flops(N, D, R, epochs: float = 1.0, fps: float = 1.0, patch: int = 14,
     return per_image * epochs * np.asarray(D, float) * 3600.0 * fps
 
 
-def cheapest(fit: dict, target: float, budget: float | None = None, epochs: float = 1.0, fps: float = 1.0,
-             points: int = 48) -> dict:
+def cheapest(fit: FitResult, target: float, budget: float | None = None, epochs: float = 1.0, fps: float = 1.0,
+             points: int = 48) -> CheapestPlan:
     """Per form: the cheapest (N, D, R) on a log grid whose predicted accuracy reaches `target`,
     its compute, whether it fits `budget`, and the frontier (the cheapest D and R for each N).
 
@@ -401,43 +389,40 @@ def cheapest(fit: dict, target: float, budget: float | None = None, epochs: floa
     Rs = np.geomspace(112, 2048, points // 2)
     NN, DD, RR = np.meshgrid(Ns, Ds, Rs, indexing="ij")
     cost = train_flops(NN, DD, RR, epochs, fps)
-    lvl = fit.get("level", 0.9)
-    out = {"target": target, "budget": budget, "epochs": epochs, "fps": fps, "forms": {}}
-    for name, e in _fitted(fit).items():
+    lvl = fit.level
+    out = CheapestPlan(target=target, budget=budget, epochs=epochs, fps=fps, forms={})
+    for name, e in fit.forms.items():
         form = FORMS[name]
         boot = np.array([cost[reach].min() if (reach := form.predict(t, NN, DD, RR) >= target).any() else np.inf
-                         for t in e["bootstrap"]])
-        spread = {}
+                         for t in e.bootstrap])
+        rec = Cheapest()
         if len(boot):
             # "lower"/"higher" quantiles pick sample values, so an unreachable sample stays inf, not nan
             lo, hi = (float(np.quantile(boot, (1 - lvl) / 2, method="lower")),
                       float(np.quantile(boot, (1 + lvl) / 2, method="higher")))
-            spread = {"flops_interval": [lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None],
-                      "reachable_fraction": float(np.isfinite(boot).mean())}
+            rec.flops_interval = [lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None]
+            rec.reachable_fraction = float(np.isfinite(boot).mean())
             if budget is not None:
-                spread["p_within_budget"] = float((boot <= budget).mean())
-        ok = form.predict(e["theta"], NN, DD, RR) >= target
+                rec.p_within_budget = float((boot <= budget).mean())
+        out.forms[name] = rec
+        ok = form.predict(e.theta, NN, DD, RR) >= target
         if not ok.any():
-            out["forms"][name] = {"unreachable": f"no N <= 1e12, D <= 1e7 h, R <= 2048 px reaches {target:.3f} "
-                                                 f"(asymptote {form.asymptote(e['theta']):.3f})", **spread}
+            rec.unreachable = (f"no N <= 1e12, D <= 1e7 h, R <= 2048 px reaches {target:.3f} "
+                               f"(asymptote {form.asymptote(e.theta):.3f})")
             continue
         c = np.where(ok, cost, np.inf)
         i = np.unravel_index(np.argmin(c), c.shape)
-        rec = {"params": float(Ns[i[0]]), "hours": float(Ds[i[1]]), "resolution": float(Rs[i[2]]),
-               "flops": float(c[i]), **spread}
-        edges = [n for n, k, m in (("params", i[0], points), ("hours", i[1], points), ("resolution", i[2], points // 2))
-                 if k in (0, m - 1)]
-        if edges:  # the optimum sits on the searched range's edge: the form wants more (or less) there
-            rec["at_search_edge"] = edges
+        rec.params, rec.hours, rec.resolution = float(Ns[i[0]]), float(Ds[i[1]]), float(Rs[i[2]])
+        rec.flops = float(c[i])
+        # the optimum on the searched range's edge: the form wants more (or less) there
+        rec.at_search_edge = [n for n, k, m in (("params", i[0], points), ("hours", i[1], points),
+                                                ("resolution", i[2], points // 2)) if k in (0, m - 1)]
         if budget is not None:
-            rec["within_budget"] = bool(c[i] <= budget)
-        front = []
+            rec.within_budget = bool(c[i] <= budget)
         for a in range(points):  # for each model size: the cheapest data and resolution that reach the target
             ca = c[a]
             if np.isfinite(ca).any():
                 j = np.unravel_index(np.argmin(ca), ca.shape)
-                front.append({"params": float(Ns[a]), "hours": float(Ds[j[0]]), "resolution": float(Rs[j[1]]),
-                              "flops": float(ca[j])})
-        rec["frontier"] = front
-        out["forms"][name] = rec
+                rec.frontier.append({"params": float(Ns[a]), "hours": float(Ds[j[0]]), "resolution": float(Rs[j[1]]),
+                                     "flops": float(ca[j])})
     return out

@@ -11,12 +11,12 @@ import numpy as np
 
 from egoscale.config import opt
 from egoscale.errors import ConfigError, DataError
-from egoscale.fileio import write_json_atomic
 from egoscale.scaling.extrapolate import turning_point
 from egoscale.scaling.baselines import (baseline_variances, describe_bought, gain_table, is_baseline,
                                         subtract_baselines)
 from egoscale.scaling.estimation import FORMS, bootstrap, cell_index, fit_form, predict_interval, seed_noise
 from egoscale.scaling.evaluations import describe_side_by_side, side_by_side
+from egoscale.scaling.records import FitResult, FormFit, Validation
 from egoscale.scaling.results import read_table
 from egoscale.scaling.trends import describe, measured_trends, same_trend
 
@@ -51,9 +51,9 @@ example:
     seed: int = opt(0, "bootstrap seed")
     max_heldout_points: float = opt(1.0, "validation bar: a form's held-out error on every split (of its predicted "
                                     "cell means, seed noise taken out) at most this many points of the metric")
-    min_coverage: float = opt(0.85, "validation bar: its 90%% prediction intervals (with its extrapolation error "
-                              "along the split's axis) cover at least this share of held-out runs on every split, "
-                              "up to chance in the split's number of runs")
+    min_coverage: float = opt(0.85, "validation bar: its prediction intervals at --level (with its "
+                              "extrapolation error along the split's axis) cover at least this share of held-out runs "
+                              "on every split, up to chance in the split's number of runs")
 
     def __post_init__(self):
         for h in self.holdout:
@@ -162,7 +162,7 @@ def coverage_shortfall(covered: int, n: int, bar: float) -> float:
     return float(binom.cdf(covered, n, bar))
 
 
-def _validation(holdout: list[dict], cfg: FitConfig) -> dict:
+def _validation(holdout: list[dict], cfg: FitConfig) -> Validation:
     """Whether a form meets the validation bar on every held-out split: the error of its predicted
     cell means (seed noise taken out) at most the bar, and no split's coverage short of the bar by
     more than chance in its number of runs explains (one-sided binomial test at 5 %)."""
@@ -178,8 +178,8 @@ def _validation(holdout: list[dict], cfg: FitConfig) -> dict:
     for h in short:
         fails.append(f"interval coverage {h['coverage']:.0%} of {h['n_scored']} runs on {h['split']}, short of "
                      f"{cfg.min_coverage:.0%} beyond chance")
-    return {"ok": ok, "worst_split_points": worst_err, "worst_split_coverage": worst_cov,
-            "why_not": "; ".join(fails) if fails else (None if done else "no held-out split")}
+    return Validation(ok=ok, worst_split_points=worst_err, worst_split_coverage=worst_cov,
+                      why_not="; ".join(fails) if fails else (None if done else "no held-out split"))
 
 
 def _form_sigma(excess: list[np.ndarray]) -> float:
@@ -239,7 +239,7 @@ def main(cfg: FitConfig) -> int:
     return 0
 
 
-def run_fit(cfg: FitConfig, log=print, summary: bool = True) -> dict:
+def run_fit(cfg: FitConfig, log=print, summary: bool = True) -> FitResult:
     """Fit every form, score each on the held-out splits, choose one, read the runs against their
     random baselines; write fit.json and return what it holds. `summary=False` logs the forms and the
     choice only, for a caller that says the rest once in its own closing lines (the demo)."""
@@ -252,37 +252,37 @@ def run_fit(cfg: FitConfig, log=print, summary: bool = True) -> dict:
     splits = list(cfg.holdout)
     if not splits and cfg.form == "auto":
         splits = [s for s, col in SPECIAL_SPLITS.items() if len({r[col] for r in rows}) > 1]
-    result = {"metric": cfg.metric, "table": cfg.table, "level": cfg.level, "noise_sigma": noise,
-              "n_rows": len(rows), "dropped": dropped, "splits": splits, "forms": {}, "data": rows,
-              "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}
+    forms, skipped = {}, {}
     for name in names:
         form = FORMS[name]
         if len(rows) <= len(form.params):
             log(f"{name}: skipped, {len(rows)} rows cannot determine {len(form.params)} parameters")
-            result["forms"][name] = {"skipped": f"{len(rows)} rows for {len(form.params)} parameters"}
+            skipped[name] = f"{len(rows)} rows for {len(form.params)} parameters"
             continue
-        entry = result["forms"][name] = fit_one(form, rows, X, y, noise, splits, cfg)
-        log(describe_form(name, entry))
-    fitted = {k: v for k, v in result["forms"].items() if "theta" in v}
-    if not fitted:
+        forms[name] = fit_one(form, rows, X, y, noise, splits, cfg)
+        log(describe_form(name, forms[name]))
+    if not forms:
         raise DataError("no form could be fitted: too few rows")
-    result["chosen"], result["why"] = choose(fitted, len(splits), cfg)
+    chosen, why = choose(forms, len(splits), cfg)
+    result = FitResult(metric=cfg.metric, table=cfg.table, level=cfg.level, noise_sigma=noise, n_rows=len(rows),
+                       data=rows, forms=forms, chosen=chosen, why=why, dropped=dropped, splits=splits,
+                       skipped=skipped, config={k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
     if baselines and len({(r.get("eval"), r.get("condition")) for r in rows}) > 1:
         log("random baselines not read: the rows hold several evaluations (pick one with --eval)")
         baselines = []
     if baselines:
-        result.update(_gains(rows, baselines, cfg))
-    result["trends"] = (result["gain_trends"] if cfg.gains else measured_trends(rows, cfg.metric, cfg.level))
+        _read_gains(result, rows, baselines, cfg)
+    result.trends = (result.gain_trends if cfg.gains else measured_trends(rows, cfg.metric, cfg.level))
     # the paper's evaluation beside the probe of the same weights, where the table holds both
-    result["side_by_side"] = side_by_side(table, cfg.metric)
-    result["seconds"] = round(time.time() - t0, 2)
-    write_json_atomic(cfg.out, result)
+    result.side_by_side = side_by_side(table, cfg.metric)
+    result.seconds = round(time.time() - t0, 2)
+    result.save(cfg.out)
     for line in summary_lines(result, cfg)[:None if summary else 1]:
         log(line)
     return result
 
 
-def fit_one(form, rows: list[dict], X, y, noise: float, splits: list[str], cfg: FitConfig) -> dict:
+def fit_one(form, rows: list[dict], X, y, noise: float, splits: list[str], cfg: FitConfig) -> FormFit:
     """One form: fitted to every row with bootstrap intervals, scored on each held-out split,
     checked against the validation bar and along the scale-together path."""
     full = fit_form(form, X, y, cfg.huber_delta)
@@ -290,28 +290,23 @@ def fit_one(form, rows: list[dict], X, y, noise: float, splits: list[str], cfg: 
     lo, hi = (1 - cfg.level) / 2 * 100, (1 + cfg.level) / 2 * 100
     readable = [form.readable(t) for t in samples]
     ci = {k: [float(np.percentile([r[k] for r in readable], q)) for q in (lo, hi)] for k in readable[0]}
-    entry = {"formula": form.formula, "theta": full["theta"].tolist(), "params": form.readable(full["theta"]),
-             "params_ci": ci, "rmse": full["rmse"], "converged": full["converged"],
-             "grad_norm": full["grad_norm"], "asymptote": form.asymptote(full["theta"]),
-             "bootstrap": samples.tolist(), "holdout": []}
-    excess = []  # per split, per held-out row: squared error beyond what seeds and the bootstrap explain
+    holdout, excess = [], []  # per split, per held-out row: squared error beyond what seeds and the bootstrap explain
     for split in splits:
-        holdout, over = score_split(form, rows, X, y, split, noise, cfg)
-        entry["holdout"].append(holdout)
+        record, over = score_split(form, rows, X, y, split, noise, cfg)
+        holdout.append(record)
         if over is not None:
             excess.append(over)
-    # The form's own error: held-out rows miss by more than seed noise and parameter uncertainty
-    # explain when the form is wrong; prediction intervals for new runs (`extrapolate`) include its
-    # size, estimated from all the held-out errors.
-    entry["form_sigma"] = _form_sigma(excess)
-    valid = [h for h in entry["holdout"] if "mae_points" in h]
+    valid = [h for h in holdout if "mae_points" in h]
     mean = lambda key: float(np.mean([h[key] for h in valid])) if valid else None  # noqa: E731
-    entry["heldout_mae_points"] = mean("mae_points")
-    entry["heldout_points"] = mean("cell_error_points")
-    entry["heldout_floor_points"] = mean("noise_floor_points")
-    entry["validated"] = _validation(entry["holdout"], cfg)
-    entry["non_physical"] = turning_point(form, full["theta"], rows)
-    return entry
+    # The form's own error (form_sigma): held-out rows miss by more than seed noise and parameter
+    # uncertainty explain when the form is wrong; prediction intervals for new runs (`extrapolate`)
+    # include its size, estimated from all the held-out errors.
+    return FormFit(formula=form.formula, theta=full["theta"].tolist(), params=form.readable(full["theta"]),
+                   params_ci=ci, rmse=full["rmse"], converged=full["converged"], grad_norm=full["grad_norm"],
+                   asymptote=form.asymptote(full["theta"]), bootstrap=samples.tolist(), holdout=holdout,
+                   form_sigma=_form_sigma(excess), heldout_mae_points=mean("mae_points"),
+                   heldout_points=mean("cell_error_points"), heldout_floor_points=mean("noise_floor_points"),
+                   validated=_validation(holdout, cfg), non_physical=turning_point(form, full["theta"], rows))
 
 
 def score_split(form, rows: list[dict], X, y, split: str, noise: float, cfg: FitConfig
@@ -366,18 +361,18 @@ def _scored_runs(split: str, rows: list[dict], te, err: np.ndarray) -> tuple[np.
                        "scored_at_resolution": float(common_resolution(rows))}
 
 
-def choose(fitted: dict[str, dict], n_splits: int, cfg: FitConfig) -> tuple[str, str]:
+def choose(fitted: dict[str, FormFit], n_splits: int, cfg: FitConfig) -> tuple[str, str]:
     """The form to extrapolate with, and why: the lowest mean held-out error of its predicted cell
     means (the runs' error breaking ties) among physical forms that meet the validation bar, else
     among physical forms, else among all; by in-sample RMSE when nothing could be held out."""
-    scored = {k: v["heldout_points"] + 1e-6 * v["heldout_mae_points"] for k, v in fitted.items()
-              if v["heldout_points"] is not None}
+    scored = {k: v.heldout_points + 1e-6 * v.heldout_mae_points for k, v in fitted.items()
+              if v.heldout_points is not None}
     if not scored:
-        return (min(fitted, key=lambda k: fitted[k]["rmse"]),
+        return (min(fitted, key=lambda k: fitted[k].rmse),
                 "no held-out split was possible; chosen by in-sample RMSE, which favours flexible forms")
     # a form that turns down along the scale-together path is not chosen for extrapolation
-    physical = {k: v for k, v in scored.items() if not fitted[k]["non_physical"]}
-    validated = {k: v for k, v in physical.items() if fitted[k]["validated"]["ok"]}
+    physical = {k: v for k, v in scored.items() if not fitted[k].non_physical}
+    validated = {k: v for k, v in physical.items() if fitted[k].validated.ok}
     pool = validated or physical or scored
     chosen = min(pool, key=pool.get)
     why = (f"lowest mean held-out error of its predicted cell means ({scored[chosen]:.2f} points over "
@@ -394,42 +389,49 @@ def choose(fitted: dict[str, dict], n_splits: int, cfg: FitConfig) -> tuple[str,
     elif not validated:
         why += (f"; no physical form meets the validation bar (held-out error <= {cfg.max_heldout_points:g} "
                 f"points of its cell means and coverage >= {cfg.min_coverage:.0%} up to chance, on every split; "
-                f"{chosen}: {fitted[chosen]['validated']['why_not']}): its extrapolation is not validated by these "
+                f"{chosen}: {fitted[chosen].validated.why_not}): its extrapolation is not validated by these "
                 "runs")
     return chosen, why
 
 
-def _gains(rows: list[dict], baselines: list[dict], cfg: FitConfig) -> dict:
-    """What pretraining bought, cell by cell, and the trends of those gains."""
+def _read_gains(result: FitResult, rows: list[dict], baselines: list[dict], cfg: FitConfig) -> None:
+    """What pretraining bought, cell by cell, and the trends of those gains, into `result`."""
     pretrained = [{**r, cfg.metric: r[f"{cfg.metric}_pretrained"]} for r in rows] if cfg.gains else rows
     gains = rows if cfg.gains else subtract_baselines(rows, baselines, cfg.metric)[0]
-    return {"baselines": baselines, "gains": gain_table(pretrained, baselines, cfg.metric, cfg.level),
-            "gain_trends": measured_trends(gains, cfg.metric, cfg.level,
-                                           baseline_variances(rows, baselines, cfg.metric))}
+    result.baselines = baselines
+    result.gains = gain_table(pretrained, baselines, cfg.metric, cfg.level)
+    result.gain_trends = measured_trends(gains, cfg.metric, cfg.level, baseline_variances(rows, baselines, cfg.metric))
 
 
-def describe_form(name: str, entry: dict) -> str:
+def describe_form(name: str, entry: FormFit) -> str:
     """One form's line in the fit's printout."""
-    held = ("n/a" if entry["heldout_points"] is None else
-            f"{heldout_text(entry['heldout_points'], entry['heldout_floor_points'])} pts (cell means; runs "
-            f"{entry['heldout_mae_points']:.2f})")
-    return (f"{name:<18} in-sample RMSE {entry['rmse'] * 100:5.2f} pts, held-out error {held}"
-            f", asymptote {entry['asymptote']:.3f}{'' if entry['converged'] else ' (NOT converged)'}"
-            + (f"; NON-PHYSICAL: {entry['non_physical']['note']}" if entry["non_physical"] else ""))
+    held = ("n/a" if entry.heldout_points is None else
+            f"{heldout_text(entry.heldout_points, entry.heldout_floor_points)} pts (cell means; runs "
+            f"{entry.heldout_mae_points:.2f})")
+    return (f"{name:<18} in-sample RMSE {entry.rmse * 100:5.2f} pts, held-out error {held}"
+            f", asymptote {entry.asymptote:.3f}{'' if entry.converged else ' (NOT converged)'}"
+            + (f"; NON-PHYSICAL: {entry.non_physical['note']}" if entry.non_physical else ""))
 
 
-def summary_lines(result: dict, cfg: FitConfig) -> list[str]:
+def summary_lines(result: FitResult, cfg: FitConfig) -> list[str]:
     """The fit's closing lines: the choice, the measured trends, what pretraining bought."""
-    lines = [f"chosen: {result['chosen']} — {result['why']}"]
-    lines += [f"measured: {describe(t)}" for t in result["trends"]]
-    if result.get("gains") is not None:
-        bought = describe_bought(result["gains"])
+    lines = [f"chosen: {result.chosen} — {result.why}"]
+    lines += [f"measured: {describe(t)}" for t in result.trends]
+    if result.gains is not None:
+        bought = describe_bought(result.gains)
         if bought:
             lines.append(f"random baselines: {bought}")
         if not cfg.gains:  # along data the baseline is the same at every size: that trend is the one above
-            lines += [f"measured gain over random: {describe(t)}" for t in result["gain_trends"]
-                      if not same_trend(t, result["trends"])]
-    both = describe_side_by_side(result.get("side_by_side") or [])
+            lines += [f"measured gain over random: {describe(t)}" for t in result.gain_trends
+                      if not same_trend(t, result.trends)]
+    both = describe_side_by_side(result.side_by_side)
     if both:
         lines.append(both)
     return lines
+
+
+def config_of(fit: FitResult) -> FitConfig:
+    """The FitConfig a fit was made with; settings a fit written before them lacks take today's defaults."""
+    known = {k: v for k, v in fit.config.items() if k in FitConfig.__dataclass_fields__}
+    return FitConfig(**known)
+

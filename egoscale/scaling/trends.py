@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-from egoscale.scaling.estimation import seed_noise
+from egoscale.scaling.estimation import level_label, seed_noise
 
 AXES = {"data": "data_hours", "model": "model", "resolution": "img_size"}
 _KEYS = ("model", "data_hours", "img_size")
@@ -127,7 +127,7 @@ def describe(t: dict) -> str:
                     + ": noise there taken from the other sizes)")
     steps = f", at every step in {t['monotone']}/{t['lines']}" if t["steps"] > 1 else ""
     return (f"{t['axis']} ({_value(t['column'], t['from'])} → {_value(t['column'], t['to'])}): "
-            f"{t['effect'] * 100:+.1f} pts [{lo:+.1f}, {hi:+.1f}] ({t['level']:.0%}), "
+            f"{t['effect'] * 100:+.1f} pts [{lo:+.1f}, {hi:+.1f}] ({level_label(t['level'])}), "
             f"rises in {t['rising']}/{t['lines']} lines{steps}; {verdict}")
 
 
