@@ -144,7 +144,7 @@ def _write_videos(cfg: WorldConfig, out: Path, bar) -> list[str]:
                 for p in s.encode(av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")):
                     c.mux(p)
                 if bar is not None:
-                    bar.update(dt / 3600)
+                    bar.update(min(dt / 3600, bar.total - bar.n))  # float sums overshoot the total otherwise
             for p in s.encode():
                 c.mux(p)
             c.close()
