@@ -1,5 +1,6 @@
 """Checkpoint I/O: the paper's released layout written by timm itself, round trips, bad files."""
 
+import shutil
 import subprocess
 import sys
 
@@ -22,7 +23,7 @@ from egoscale.models import (
     save_mae,
     save_vit,
 )
-from egoscale.models.checkpoint import load_into, mae_to_released
+from egoscale.models.checkpoint import load_into, mae_to_released, resolve_checkpoint
 from tests.cli import egoscale
 
 
@@ -33,7 +34,7 @@ def _timm_vit_s14(num_classes=0):
     for p in m.parameters():  # random, non-default values everywhere
         nn.init.normal_(p, std=0.05)
     if num_classes:
-        bn = nn.BatchNorm1d(384, affine=False)
+        bn = nn.BatchNorm1d(384, affine=False, eps=1e-6)  # the paper's finetuning script's head
         bn.running_mean.normal_()
         bn.running_var.uniform_(0.5, 2.0)
         m.head = nn.Sequential(bn, nn.Linear(384, num_classes))
@@ -49,7 +50,8 @@ def released_files(tmp_path_factory):
                if k.startswith(("decoder_", "mask_token"))}
     torch.save({"model": {**pre.state_dict(), **decoder}}, root / "vits14" / "vits14_0.01_1.pth")
     fin = _timm_vit_s14(num_classes=1000)
-    torch.save({"model": fin.state_dict()}, root / "vits14" / "finetuned_vits14_0.01_1.pth")
+    (root / "finetuned_vits14").mkdir()  # the Hub's layout, as the paper's helper downloads it
+    torch.save({"model": fin.state_dict()}, root / "finetuned_vits14" / "vits14_0.01_1.pth")
     return root, pre, fin
 
 
@@ -72,6 +74,44 @@ def test_released_finetuned_file_gives_timms_logits(released_files):
         diff = (model(x) - fin(x)).abs().max().item()
     assert model.num_classes == 1000
     assert diff <= 1e-4
+
+
+def test_released_files_are_found_in_a_hugging_face_cache_laid_out_as_the_hub(released_files, tmp_path,
+                                                                              monkeypatch):
+    # a warm cache, as hf_hub_download leaves it: snapshots/<commit>/{ARCH,finetuned_ARCH}/ID.pth
+    from huggingface_hub import constants
+
+    root, pre, fin = released_files
+    repo = tmp_path / "hub" / "models--eminorhan--humanlike-vits"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    for sub in ("vits14", "finetuned_vits14"):
+        (repo / "snapshots" / commit / sub).mkdir(parents=True)
+        shutil.copy(root / sub / "vits14_0.01_1.pth", repo / "snapshots" / commit / sub / "vits14_0.01_1.pth")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    got = resolve_checkpoint("vits14_0.01_1", finetuned=True)
+    assert got.parent.name == "finetuned_vits14" and got.name == "vits14_0.01_1.pth"
+    assert resolve_checkpoint("vits14_0.01_1").parent.name == "vits14"
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (load_model("vits14_0.01_1", finetuned=True).eval()(x) - fin(x)).abs().max() <= 1e-4
+    with pytest.raises(CheckpointError, match=r"finetuned_vits14/vits14_0.1_1.pth"):  # where it would be
+        resolve_checkpoint("vits14_0.1_1", finetuned=True)
+
+
+def test_a_fresh_head_is_the_papers(tmp_path):
+    # BatchNorm eps 1e-6 and a Linear started at truncated normal std 0.01 with zero bias, as the
+    # paper's finetuning and linear-probe scripts make it: the first logits are small
+    vit = build_vit("vit_s14", num_classes=1000)
+    bn, linear = vit.head
+    assert bn.eps == 1e-6 and not bn.affine
+    assert 0.009 < linear.weight.std().item() < 0.011
+    assert torch.count_nonzero(linear.bias) == 0
+    with torch.no_grad():
+        logits = vit.train()(torch.randn(8, 3, 224, 224))
+    assert logits.std().item() < 0.5
 
 
 def test_loading_at_another_size_resamples_positions(released_files):

@@ -98,11 +98,21 @@ def test_masking_keeps_an_exact_number_of_patches(ratio, kept):
 
 
 @pytest.mark.parametrize("patches,ratio,kept", [(64, 0.8, 12), (1024, 0.8, 204), (196, 0.9, 19), (256, 0.9, 25),
-                                                (256, 0.75, 64), (100, 0.9, 10), (4, 0.9, 1)])
+                                                (256, 0.75, 64), (25, 0.8, 4), (100, 0.8, 19), (100, 0.9, 9),
+                                                (4, 0.9, 1)])
 def test_kept_patch_count_is_the_reference_truncation(patches, ratio, kept):
-    # facebookresearch/mae and transformers keep int(L * (1 - ratio)); only float error is
-    # guarded (100 x 0.1 is 9.999... in floating point), and at least one patch stays visible
+    # facebookresearch/mae and transformers keep int(L * (1 - ratio)) as the float product gives
+    # it (25 x 0.2 is 4.999... in floating point: 4 kept, at 70 and 140 px with patch 14); at least one
     assert num_visible(patches, ratio) == kept
+    from transformers import ViTMAEConfig
+    from transformers.models.vit_mae.modeling_vit_mae import ViTMAEEmbeddings
+
+    side = int(patches ** 0.5)
+    if side * side == patches and int(patches * (1 - ratio)) > 0:  # transformers' masking keeps as many
+        # (where the product is below one it would keep none: egoscale keeps one)
+        emb = ViTMAEEmbeddings(ViTMAEConfig(image_size=side * 2, patch_size=2, hidden_size=8, mask_ratio=ratio))
+        _, mask, _ = emb.random_masking(torch.zeros(1, patches, 8))
+        assert int((mask == 0).sum()) == kept
 
 
 def _timm_block(dim, heads):
@@ -292,3 +302,16 @@ def test_encoder_parameter_count_from_the_shape_matches_the_built_model(name, si
     with torch.device("meta"):
         model = build_vit(spec, img_size=size, num_classes=0)
     assert spec.encoder_params(size) == count_params(model)
+
+
+def test_position_tables_resample_as_the_papers_loader_does():
+    # the paper's interpolate_pos_embed: the class token kept, the grid bicubic
+    # (align_corners=False, no antialiasing): a 56 px table read at 112 px and at 28 px
+    from egoscale.models.pos_embed import resample_pos_embed
+
+    table = torch.randn(1, 1 + 16, 32)
+    for new in (8, 2):
+        grid = table[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
+        want = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+        want = torch.cat([table[:, :1], want.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
+        assert torch.allclose(resample_pos_embed(table, (new, new), (4, 4)), want, atol=1e-6)

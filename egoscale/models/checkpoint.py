@@ -293,12 +293,24 @@ def load_mae(path: str | os.PathLike, *, obj: dict | None = None) -> MaskedAutoe
 
 
 # --- released checkpoints by identifier ------------------------------------------------------
-def _released_candidates(identifier: str, finetuned: bool, roots: list[Path]) -> list[Path]:
+def hub_location(identifier: str, finetuned: bool) -> tuple[str, str]:
+    """(subfolder, filename) of a released file on the Hub, as the paper's helper stores them:
+    `ARCH/ID.pth` pretrained, `finetuned_ARCH/ID.pth` finetuned."""
     arch = parse_released(identifier).arch
-    name = f"{'finetuned_' if finetuned else ''}{identifier}.pth"
+    return (f"finetuned_{arch}" if finetuned else arch), f"{identifier}.pth"
+
+
+def _released_candidates(identifier: str, finetuned: bool, roots: list[Path]) -> list[Path]:
+    """Where a local folder may hold a released file: laid out as the Hub (and a download of it)
+    is, flat, or as the paper's logs folders are."""
+    sub, name = hub_location(identifier, finetuned)
+    arch = parse_released(identifier).arch
     out = []
     for root in roots:
-        out += [root / name, root / arch / name, root / f"{arch}_logs" / name]
+        if finetuned:  # a flat folder's ID.pth is the pretrained file: finetuned ones carry the prefix
+            out += [root / sub / name, root / f"finetuned_{name}", root / arch / f"finetuned_{name}"]
+        else:
+            out += [root / name, root / arch / name, root / f"{arch}_logs" / name]
     return out
 
 
@@ -307,8 +319,8 @@ def resolve_checkpoint(identifier: str | os.PathLike, *, finetuned: bool = False
     """A path for a checkpoint file, folder, or released identifier like 'vith14@476_1.0_1'.
 
     Released identifiers are looked up in `local_dirs` (and $EGOSCALE_CHECKPOINTS), then in the
-    Hugging Face cache, then on the Hub (`eminorhan/humanlike-vits`, one subfolder per
-    architecture, `finetuned_` prefix for the finetuned files) when online.
+    Hugging Face cache, then on the Hub (`eminorhan/humanlike-vits`: `ARCH/ID.pth`, and
+    `finetuned_ARCH/ID.pth` for the finetuned files) when online.
     """
     p = Path(identifier)
     if p.is_file():
@@ -332,8 +344,7 @@ def resolve_checkpoint(identifier: str | os.PathLike, *, finetuned: bool = False
     for c in candidates:
         if c.is_file():
             return c
-    arch = released.arch
-    filename = f"{'finetuned_' if finetuned else ''}{ident}.pth"
+    sub, filename = hub_location(ident, finetuned)
     try:
         from huggingface_hub import constants, hf_hub_download
     except ImportError:  # pragma: no cover - it is a dependency
@@ -341,19 +352,19 @@ def resolve_checkpoint(identifier: str | os.PathLike, *, finetuned: bool = False
     hub_reason = "huggingface_hub not installed"
     if hf_hub_download is not None:
         try:  # the cache first, so that offline machines with a warm cache work
-            return Path(hf_hub_download(HUB_REPO, filename, subfolder=arch, local_files_only=True))
+            return Path(hf_hub_download(HUB_REPO, filename, subfolder=sub, local_files_only=True))
         except Exception:
             pass
         if constants.HF_HUB_OFFLINE:
             hub_reason = "offline (HF_HUB_OFFLINE is set)"
         else:
             try:
-                return Path(hf_hub_download(HUB_REPO, filename, subfolder=arch))
+                return Path(hf_hub_download(HUB_REPO, filename, subfolder=sub))
             except Exception as e:
                 hub_reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
     looked = ", ".join(str(c) for c in candidates) or "no local folders given"
     raise CheckpointError(f"{ident}: not found; looked in {looked}; the Hugging Face cache; "
-                          f"and the Hub {HUB_REPO}/{arch}/{filename} ({hub_reason})")
+                          f"and the Hub {HUB_REPO}/{sub}/{filename} ({hub_reason})")
 
 
 def load_model(identifier: str | os.PathLike, *, finetuned: bool = False, img_size: int | None = None,

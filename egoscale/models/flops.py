@@ -12,14 +12,12 @@ from egoscale.models.registry import ViTSpec
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
-    """Patches kept visible: int(L * (1 - ratio)), as the MAE reference code and transformers'
-    ViTMAE count them (truncated: 64 patches at 0.8 keep 12), at least one.
-
-    A float product a hair below an integer (L = 100 at 0.9 gives 9.999...) is read as that
-    integer: only float error is guarded against, never a real fraction.
+    """Patches kept visible: int(L * (1 - ratio)) exactly as the float product gives it, as the MAE
+    reference code, the paper's fork and transformers' ViTMAE count them (64 patches at 0.8 keep
+    12; 25 at 0.8 keep 4, the product being 4.999...), so masks and losses match theirs at every
+    size. At least one patch stays visible.
     """
-    kept = num_patches * (1.0 - mask_ratio)
-    return max(1, int(kept + 1e-6))
+    return max(1, int(num_patches * (1 - mask_ratio)))
 
 
 def _blocks_flops(tokens: int, width: int, mlp_dim: int, depth: int, queries: int | None = None) -> float:

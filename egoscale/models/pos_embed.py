@@ -37,11 +37,13 @@ def sincos_2d(width: int, grid: tuple[int, int], cls_token: bool = True) -> torc
 
 def resample_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int],
                        old_grid: tuple[int, int] | None = None, num_prefix_tokens: int = 1) -> torch.Tensor:
-    """Resample a learned (1, prefix + gh*gw, C) table to another grid (bicubic, antialiased).
+    """Resample a learned (1, prefix + gh*gw, C) table to another grid: bicubic without
+    antialiasing, as the paper's (and MAE's, DeiT's) `interpolate_pos_embed` does, so a released
+    checkpoint read at another size gives the paper's table to float precision.
 
     Prefix tokens (the class token) are kept as they are. Pure and dtype-preserving.
     """
     if old_grid is not None and tuple(old_grid) == tuple(new_grid):
         return pos_embed
     return resample_abs_pos_embed(pos_embed, list(new_grid), list(old_grid) if old_grid else None,
-                                  num_prefix_tokens=num_prefix_tokens)
+                                  num_prefix_tokens=num_prefix_tokens, interpolation="bicubic", antialias=False)

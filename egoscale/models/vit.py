@@ -28,10 +28,21 @@ from egoscale.models.registry import ViTSpec, get_spec
 
 
 def make_head(width: int, num_classes: int) -> nn.Module:
-    """The paper's classifier head: BatchNorm1d without affine parameters, then Linear."""
+    """The paper's classifier head, as its finetuning and linear-probe scripts build it: BatchNorm1d
+    without affine parameters (eps 1e-6), then a Linear started small (truncated normal, std 0.01,
+    zero bias), so the first logits are near zero and the head does not swamp the encoder."""
     if num_classes <= 0:
         return nn.Identity()
-    return nn.Sequential(nn.BatchNorm1d(width, affine=False), nn.Linear(width, num_classes))
+    head = nn.Sequential(nn.BatchNorm1d(width, affine=False, eps=1e-6), nn.Linear(width, num_classes))
+    _init_head(head)
+    return head
+
+
+def _init_head(head: nn.Module) -> None:
+    if isinstance(head, nn.Sequential):
+        with torch.no_grad():
+            trunc_normal_(head[1].weight, std=0.01)
+            nn.init.zeros_(head[1].bias)
 
 
 class VisionTransformer(nn.Module):
@@ -93,6 +104,7 @@ class VisionTransformer(nn.Module):
                 elif isinstance(m, nn.LayerNorm):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
+        _init_head(self.head)  # the loop above made its Linear xavier: back to the paper's start
 
     # --- timm's standard calls -------------------------------------------------------------
     @torch.jit.ignore
