@@ -184,3 +184,18 @@ def test_pretrained_tiny_model_beats_random_init_on_an_easy_task(tmp_path):
                                       val=str(lab / "val"), out=str(tmp_path / name), condition="full", workers=0,
                                       progress=False), log=quiet)["top1"]
     assert acc["pretrained"] >= acc["random"] + 0.15, acc
+
+
+def test_a_released_file_passed_by_path_keeps_its_provenance(tmp_path):
+    # the paper's files carry no record of their own: fraction and seed come from the name, by
+    # identifier or by path alike, also for a classifier file whose record says nothing of pretraining
+    from egoscale.evaluate.common import load_backbone
+    from egoscale.models import build_vit, save_vit
+
+    (tmp_path / "ckpts").mkdir()
+    torch.save({"model": build_vit("vit_s14").state_dict()}, tmp_path / "ckpts" / "vits14_0.01_1.pth")
+    _, info = load_backbone(str(tmp_path / "ckpts" / "vits14_0.01_1.pth"), None, None, 4)
+    assert info["data_fraction"] == 0.01 and info["data_seed"] == 1
+    save_vit(tmp_path / "vits14_0.1_2.pth", build_vit("vit_s14", num_classes=4))
+    _, info = load_backbone(str(tmp_path / "vits14_0.1_2.pth"), None, None, 4)
+    assert info["data_fraction"] == 0.1 and info["data_seed"] == 2

@@ -69,3 +69,20 @@ def test_convert_to_a_folder_needs_a_target_and_transformers_needs_a_decoder(run
     # an encoder-only file (what timm's folder holds) is no MAE
     r = egoscale("convert", tmp_path / "t" / "model.safetensors", "--to", "transformers", tmp_path / "hf")
     assert r.returncode == 2 and "no MAE decoder" in r.stderr
+
+
+def test_a_torch_file_for_the_papers_code_holds_the_weights_only(run, tmp_path):
+    # a training checkpoint carries optimizer, scaler and RNG state; the converted file does not,
+    # unless asked, and both load to the same weights
+    src = run / "checkpoint.pt"
+    full = torch.load(src, map_location="cpu", weights_only=False)
+    assert {"model", "egoscale"} < set(full)
+    assert egoscale("convert", run, tmp_path / "slim.pth").returncode == 0
+    slim = torch.load(tmp_path / "slim.pth", map_location="cpu", weights_only=True)
+    assert set(slim) == {"model", "egoscale"}
+    assert (tmp_path / "slim.pth").stat().st_size < src.stat().st_size / 2
+    assert all(torch.equal(slim["model"][k], full["model"][k]) for k in full["model"])
+    assert egoscale("convert", run, tmp_path / "all.pth", "--keep-training-state").returncode == 0
+    assert set(torch.load(tmp_path / "all.pth", map_location="cpu", weights_only=False)) == set(full)
+    a, b = load_mae(tmp_path / "slim.pth").state_dict(), load_mae(src).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -84,7 +84,8 @@ def load_backbone(checkpoint: str, model: str | None, img_size: int | None, num_
     weights, else the caller's torch seed does), marked as such in the result row: no pretraining
     steps, no video, `baseline: random`. The provenance
     (pretraining data fraction, hours, frames, steps, seed) is read from the checkpoint's own
-    `egoscale` entry, written by the run that made it, or from a released file's name.
+    `egoscale` entry, written by the run that made it, or from a released file's name (its
+    identifier, or the file name of one passed by path: `ckpts/vits14_0.01_1.pth`).
     """
     if checkpoint == "none":
         if not model:
@@ -106,6 +107,10 @@ def load_backbone(checkpoint: str, model: str | None, img_size: int | None, num_
             "checkpoint_sha256_16": _digest(path), **provenance(obj)}
     if released:  # the paper's released checkpoints: fraction and seed are in the name
         info.update(data_fraction=released.fraction, data_seed=released.seed)
+    elif named := parse_released(Path(path).stem):  # a released file passed by its path: the same, from
+        # its file name, where the file itself does not say (an egoscale file's own record comes first)
+        info.setdefault("data_fraction", named.fraction)
+        info.setdefault("data_seed", named.seed)
     return vit, info
 
 

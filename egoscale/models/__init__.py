@@ -9,7 +9,7 @@ alone brings in torchvision and torch's compiler).
 from importlib import import_module
 
 _WHERE = {
-    "egoscale.models.checkpoint": ["LoadReport", "export_safetensors", "import_safetensors", "load_mae",
+    "egoscale.models.checkpoint": ["LoadReport", "export_safetensors", "write_torch", "load_mae",
                                    "load_model", "load_vit", "read_checkpoint", "save_checkpoint", "save_mae",
                                    "save_vit"],
     "egoscale.models.flops": ["mae_train_flops", "vit_gflops"],

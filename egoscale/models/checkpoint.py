@@ -125,9 +125,16 @@ def export_safetensors(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
-def import_safetensors(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """The reverse of `export_safetensors`: a torch checkpoint egoscale (and MAE code) reads."""
-    return save_checkpoint(dst, read_checkpoint(src))
+def write_torch(src: str | os.PathLike, dst: str | os.PathLike, keep_training_state: bool = False) -> Path:
+    """A torch checkpoint egoscale and the paper's code read: `{"model": ..., "egoscale": ...}`,
+    the weights and egoscale's description only (from a .pt/.pth or a .safetensors). A training
+    checkpoint's optimizer, scaler, RNG and data-cursor state stay behind unless
+    `keep_training_state`: they are for resuming the run, which its own folder does, and they
+    make a file three times the size of its weights."""
+    obj = read_checkpoint(src)
+    if not keep_training_state:
+        obj = {k: obj[k] for k in ("model", "egoscale") if k in obj}
+    return save_checkpoint(dst, obj)
 
 
 # --- layouts ---------------------------------------------------------------------------------
@@ -388,6 +395,6 @@ def load_model(identifier: str | os.PathLike, *, finetuned: bool = False, img_si
     return model
 
 
-__all__ = ["LoadReport", "save_checkpoint", "read_checkpoint", "export_safetensors", "import_safetensors",
+__all__ = ["LoadReport", "save_checkpoint", "read_checkpoint", "export_safetensors", "write_torch",
            "load_vit", "load_mae", "save_mae", "save_vit", "load_model", "resolve_checkpoint",
            "infer_spec", "get_spec"]

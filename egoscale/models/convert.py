@@ -15,7 +15,10 @@ TARGETS = ("auto", "safetensors", "torch", "transformers", "timm")
 class ConvertConfig:
     """Convert a checkpoint. Loading never runs code.
 
-  --to auto (default)  torch (.pt/.pth) <-> .safetensors, the direction from DST's suffix
+  --to auto (default)  torch (.pt/.pth) <-> .safetensors, the direction from DST's suffix; a
+                       torch file holds the weights and egoscale's description only (what the
+                       paper's code loads), without a training checkpoint's optimizer and RNG
+                       state unless --keep-training-state
   --to transformers    an MAE (encoder + decoder) as a folder DST that
                        transformers.ViTMAEForPreTraining.from_pretrained(DST) loads
   --to timm            the encoder as a folder DST that timm.create_model("local-dir:DST",
@@ -32,6 +35,8 @@ examples:
                    "transformers / timm", positional=True, required=True, metavar="DST")
     to: str = opt("auto", "what to write: auto (by DST's suffix), safetensors, torch, transformers or timm",
                   choices=list(TARGETS))
+    keep_training_state: bool = opt(False, "--to torch: also copy the optimizer, scaler, RNG and data-cursor "
+                                    "state of a training checkpoint (only useful to resume it elsewhere)")
 
     def __post_init__(self):
         if self.to not in TARGETS:
@@ -43,15 +48,14 @@ examples:
 
 def main(cfg: ConvertConfig) -> int:
     from egoscale.models import export
-    from egoscale.models.checkpoint import (export_safetensors, import_safetensors, load_mae, load_vit,
-                                            resolve_checkpoint)
+    from egoscale.models.checkpoint import export_safetensors, load_mae, load_vit, resolve_checkpoint, write_torch
 
     src = resolve_checkpoint(cfg.src)
     to = cfg.to if cfg.to != "auto" else "safetensors" if cfg.dst.endswith(".safetensors") else "torch"
     if to == "safetensors":
         print(f"wrote {export_safetensors(src, cfg.dst)}")
     elif to == "torch":
-        print(f"wrote {import_safetensors(src, cfg.dst)}")
+        print(f"wrote {write_torch(src, cfg.dst, cfg.keep_training_state)}")
     elif to == "transformers":
         out = export.to_transformers(load_mae(src), cfg.dst)
         print(f"wrote {out}: transformers.ViTMAEForPreTraining.from_pretrained({str(out)!r})")
