@@ -4,9 +4,14 @@ Stage-specific defaults live on the stage's config dataclass; what is here is sh
 more than one stage (or by a stage and the analysis that models it).
 """
 
-# The paper's MAE mask ratio (He et al. 2022's default too): pretraining's default, the mask
+# The paper's MAE mask ratio (He et al. 2022's default is 0.75): pretraining's default, the mask
 # assumed for files that do not record theirs, and the compute model of the scaling analysis.
 MASK_RATIO = 0.8
+
+# How images are resampled to the model's size: the paper's pretraining crops and evaluation
+# resizes are bicubic (torchvision's interpolation=3); bilinear is the other choice offered.
+INTERPOLATIONS = ("bicubic", "bilinear")
+INTERPOLATION = "bicubic"
 
 # Dense bf16 peak TFLOP/s by device name (vendor datasheets; SXM parts), the denominator of MFU.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "V100": 125.0}

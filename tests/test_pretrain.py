@@ -444,3 +444,32 @@ def test_a_torch_older_than_the_code_needs_is_named_in_one_line():
     check_torch("2.14.1+cu130")  # numbers, not strings: 14 > 6
     with pytest.raises(EgoscaleError, match=r"needs torch >= 2.6 \(this is 2.4.1\+cu121\)"):
         check_torch("2.4.1+cu121")
+
+
+@pytest.mark.parametrize("side", [256, 48])  # the reduced-DCT route (crop >= 2x the output) and the full decode
+def test_training_crops_are_resized_with_the_interpolation_asked_for(side):
+    # each route follows torchvision's RandomResizedCrop on the PIL image with the same box and
+    # mode (the paper's pipeline, bicubic by default) closer than it follows the other mode
+    import io
+    import random
+
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import pil_to_tensor, resized_crop
+
+    from egoscale.data.loader import augment, random_resized_crop_box
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:side, 0:side]
+    img = np.stack([(np.sin(xx / 3.0) + np.cos(yy / 5.0)) * 60 + 128 + rng.normal(0, 20, (side, side))] * 3, -1)
+    buf = io.BytesIO()
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=95)
+    pil = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    for seed in range(4):
+        x, y, w, h = random_resized_crop_box(side, side, random.Random(seed), (0.2, 1.0))
+        ref = {m: pil_to_tensor(resized_crop(pil, y, x, h, w, [24, 24], InterpolationMode(m))).float()
+               for m in ("bicubic", "bilinear")}
+        for mode, other in (("bicubic", "bilinear"), ("bilinear", "bicubic")):
+            got = augment(buf.getvalue(), 24, random.Random(seed), (0.2, 1.0), flip=False, interpolation=mode).float()
+            assert (got - ref[mode]).abs().mean() < (got - ref[other]).abs().mean(), (side, seed, mode)

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2.functional import resized_crop
 
-from egoscale.constants import IMAGENET_MEAN, IMAGENET_STD
+from egoscale.constants import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION
 from egoscale.data.cursor import Cursor, ResumableBatches, Sample
 from egoscale.data.shards import load_index
 from egoscale.errors import DataError
@@ -131,13 +132,15 @@ def random_resized_crop_box(w: int, h: int, rng: random.Random, scale=(0.2, 1.0)
     return (w - cw) // 2, (h - ch) // 2, cw, ch
 
 
-def augment(data: bytes, size: int, rng: random.Random, scale=(0.2, 1.0), flip: bool = True) -> torch.Tensor:
+def augment(data: bytes, size: int, rng: random.Random, scale=(0.2, 1.0), flip: bool = True,
+            interpolation: str = INTERPOLATION) -> torch.Tensor:
     """Image bytes -> RandomResizedCrop(size, scale) + horizontal flip, uint8 (3, H, W).
 
     Two routes, both libjpeg-turbo: when the crop is at least twice the output, PIL decodes the
-    JPEG at a reduced DCT scale (`draft`), which skips most of the decoding work; otherwise
-    the whole frame is decoded (`decode_rgb`) and the crop resized with torchvision's uint8
-    antialiased bilinear kernel.
+    JPEG at a reduced DCT scale (`draft`), which skips most of the decoding work, and resizes the
+    crop (PIL's filters are antialiased); otherwise the whole frame is decoded (`decode_rgb`) and
+    the crop resized with torchvision's antialiased kernel. `interpolation`: bicubic (the paper's)
+    or bilinear.
     """
     img = Image.open(io.BytesIO(data))  # reads the header only
     w, h = img.size
@@ -149,13 +152,17 @@ def augment(data: bytes, size: int, rng: random.Random, scale=(0.2, 1.0), flip: 
         box = (x * sx, y * sy, (x + cw) * sx, (y + ch) * sy)
         if img.mode != "RGB":
             img = img.convert("RGB")
-        out = torch.from_numpy(np.asarray(img.resize((size, size), Image.BILINEAR, box=box)).copy())
+        out = torch.from_numpy(np.asarray(img.resize((size, size), _PIL_FILTERS[interpolation], box=box)).copy())
         out = out.permute(2, 0, 1)
     else:
-        out = resized_crop(decode_rgb(data), y, x, ch, cw, [size, size], antialias=True)
+        out = resized_crop(decode_rgb(data), y, x, ch, cw, [size, size], InterpolationMode(interpolation),
+                           antialias=True)
     if flip and rng.random() < 0.5:
         out = out.flip(-1)
     return out
+
+
+_PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 
 
 def normalize_batch(batch: torch.Tensor, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -194,16 +201,17 @@ class FrameStream(IterableDataset):
         shuffle_buffer: samples mixed across pieces before they are emitted.
         batch_size, accum_steps: images per micro-batch, micro-batches per optimizer step.
         resume: a `ResumableBatches.state_dict()` of the same layout: where every reader continues.
+        interpolation: how crops are resized (`augment`).
     """
 
     def __init__(self, pieces: list[Piece], img_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  shuffle_buffer: int = 1000, scale=(0.2, 1.0), resume: dict | None = None, batch_size: int = 1,
-                 accum_steps: int = 1):
+                 accum_steps: int = 1, interpolation: str = INTERPOLATION):
         if not pieces:
             raise DataError("no input pieces")
         self.pieces, self.img_size, self.seed = pieces, img_size, seed
         self.rank, self.world_size = rank, world_size
-        self.shuffle_buffer, self.scale = shuffle_buffer, scale
+        self.shuffle_buffer, self.scale, self.interpolation = shuffle_buffer, scale, interpolation
         self.batch_size, self.accum_steps = batch_size, accum_steps
         self.resume = resume
         self.start = resume["batches"] if resume else 0  # batches this process took before
@@ -257,7 +265,7 @@ class FrameStream(IterableDataset):
             entry[1] -= 1
             if not entry[1]:
                 del held[sample]
-            yield augment(entry[0], self.img_size, rng, self.scale)
+            yield augment(entry[0], self.img_size, rng, self.scale, interpolation=self.interpolation)
 
 
 class _Reader:

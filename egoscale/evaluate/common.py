@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from egoscale.constants import IMAGENET_MEAN, IMAGENET_STD
+from egoscale.constants import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION
 from egoscale.errors import ConfigError, DataError
 from egoscale.evaluate.config import EvalData, resolve_fraction
 from egoscale.evaluate.labelled import Labelled, label_subset, read_list, scan, write_list
@@ -168,18 +168,20 @@ def describe_result(r: dict, out: str) -> str:
             f"top-5 {r['top5']:.2%} (best, epoch {r['best_epoch']}){extra} -> {out}/result.json")
 
 
-def train_transform(size: int, scale=(0.08, 1.0)):
-    """The paper's minimal augmentation: RandomResizedCrop + horizontal flip."""
-    return T.Compose([T.RandomResizedCrop(size, scale=scale), T.RandomHorizontalFlip(), T.ToTensor(),
-                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+def train_transform(size: int, scale=(0.08, 1.0), interpolation: str = INTERPOLATION):
+    """The paper's minimal augmentation: RandomResizedCrop (bicubic, as the paper's) + horizontal flip."""
+    mode = T.InterpolationMode(interpolation)
+    return T.Compose([T.RandomResizedCrop(size, scale=scale, interpolation=mode), T.RandomHorizontalFlip(),
+                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def val_transform(size: int):
+def val_transform(size: int, interpolation: str = INTERPOLATION):
     """Resize then CenterCrop(size): the paper's Resize(size + 32), but keeping at least 87.5 % of the
     side (ImageNet's 224/256), which the 32-px margin alone would not at small sizes (at 32 px it
     would keep the central quarter of the image)."""
     short = min(size + 32, round(size / 0.875))
-    return T.Compose([T.Resize(short), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return T.Compose([T.Resize(short, interpolation=T.InterpolationMode(interpolation)), T.CenterCrop(size),
+                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 class ImageList(torch.utils.data.Dataset):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from egoscale.config import opt, to_dict
+from egoscale.constants import INTERPOLATION, INTERPOLATIONS
 from egoscale.errors import ConfigError
 from egoscale.evaluate.labelled import CONDITIONS
 from egoscale.train.config import PRECISION_HELP, PRECISIONS, check_precision
@@ -38,6 +39,8 @@ class EvalData:
     img_size: int | None = opt(None, "image side in px (default: the checkpoint's)")
     pool: str = opt("token", "features the head reads: token (class token, the paper's) or avg (mean of "
                     "the patch tokens)", choices=["token", "avg"])
+    interpolation: str = opt(INTERPOLATION, "how images are resized to the model: bicubic (the paper's) or "
+                             "bilinear", choices=list(INTERPOLATIONS))
     workers: int = opt(4, "data loader processes")
     device: str = opt("auto", "auto, cuda or cpu")
     precision: str = opt("auto", PRECISION_HELP, choices=list(PRECISIONS))
@@ -74,7 +77,7 @@ def resolve_fraction(condition: str | None, label_fraction: float | None) -> tup
 
 # Settings that make an evaluation folder's results (and cached features) what they are.
 IDENTITY = ("checkpoint", "train", "val", "model", "condition", "label_fraction", "sampling", "train_list", "seed",
-            "init_seed", "img_size", "pool")
+            "init_seed", "img_size", "pool", "interpolation")
 
 
 def eval_record(cfg: EvalData) -> dict:

@@ -136,7 +136,7 @@ def _finetune(cfg: FinetuneConfig, d: Dist, out: Path, record: dict, changed: di
     choose_attention(vit, d.device, bf16)
     fresh = cfg.resume == "none" or (cfg.resume == "auto" and not (out / CHECKPOINT).is_file())
     if cfg.head_warmup and fresh:  # the head first learns to read the frozen encoder (a resumed run loads its own)
-        loss = warm_head(vit, ImageList(data.train, val_transform(size)), cfg, d, bf16)
+        loss = warm_head(vit, ImageList(data.train, val_transform(size, cfg.interpolation)), cfg, d, bf16)
         if d.is_main:
             log(f"head warm-up: {cfg.head_warmup} steps on frozen features, training loss {loss:.3f}")
     module = parallelize(vit, d, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
@@ -144,8 +144,8 @@ def _finetune(cfg: FinetuneConfig, d: Dist, out: Path, record: dict, changed: di
     no_decay = [p for n, p in vit.named_parameters() if not (p.ndim >= 2 and n not in vit.no_weight_decay())]
     optimizer = adamw([{"params": decay, "weight_decay": cfg.weight_decay},
                        {"params": no_decay, "weight_decay": 0.0}], lr, d.device)
-    train_ds = ImageList(data.train, train_transform(size, (cfg.crop_scale, 1.0)))
-    val_ds = ImageList(data.val, val_transform(size))
+    train_ds = ImageList(data.train, train_transform(size, (cfg.crop_scale, 1.0), cfg.interpolation))
+    val_ds = ImageList(data.val, val_transform(size, cfg.interpolation))
     val_idx = list(range(d.rank, len(val_ds), d.world_size))  # every val image exactly once
     val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_ds, val_idx), cfg.batch_size,
                                              num_workers=cfg.workers)

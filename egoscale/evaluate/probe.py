@@ -109,7 +109,7 @@ def _probe(cfg: ProbeConfig, out: Path, record: dict, changed: dict, log) -> dic
         f"{data.classes} classes")
     record_run(out, data, record, changed)
     t0 = time.time()
-    tf = val_transform(size)
+    tf = val_transform(size, cfg.interpolation)
     cache = out / ("features" if cfg.pool == "token" else f"features-{cfg.pool}")
     tr_f, tr_y = extract(vit, ImageList(data.train, tf), cache / "train", cfg.chunk, cfg.batch_size,
                          cfg.workers, device, cfg.progress, "train", bf16)

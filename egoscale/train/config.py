@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from egoscale.config import opt, to_dict
-from egoscale.constants import MASK_RATIO
+from egoscale.constants import INTERPOLATION, INTERPOLATIONS, MASK_RATIO
 from egoscale.data.subset import describe_data
 from egoscale.errors import ConfigError
 from egoscale.models.registry import get_spec
@@ -71,6 +71,8 @@ examples:
     warmup_steps: int = opt(0, "linear warmup steps")
     weight_decay: float = opt(0.0, "AdamW weight decay (paper: 0)")
     mask_ratio: float = opt(MASK_RATIO, "fraction of patches masked (paper: 0.8)")
+    interpolation: str = opt(INTERPOLATION, "how training crops are resized: bicubic (paper) or bilinear",
+                             choices=list(INTERPOLATIONS))
     norm_pix_loss: bool = opt(False, "per-patch normalised pixel targets (paper: off)")
     decoder_width: int | None = opt(None, "override decoder width (paper: 512)")
     decoder_depth: int | None = opt(None, "override decoder blocks (paper: 8)")
@@ -160,7 +162,7 @@ examples:
 
 # Settings that make a pretraining run what it is: a run folder resumes only with the same ones.
 IDENTITY = ("model", "img_size", "patch_size", "decoder_width", "decoder_depth", "mask_ratio", "norm_pix_loss",
-            "data_fraction", "data_frames", "data_subset")
+            "interpolation", "data_fraction", "data_frames", "data_subset")
 
 
 def run_record(cfg: PretrainConfig, data: dict | None = None) -> dict:

@@ -186,7 +186,7 @@ def _stream(cfg: PretrainConfig, pieces, img_size: int, d, trainer: Trainer, wor
     seeded by the step."""
     seed = cfg.seed * 1_000_003
     kw = dict(rank=d.rank, world_size=d.world_size, shuffle_buffer=cfg.shuffle_buffer, batch_size=cfg.batch_size,
-              accum_steps=cfg.accum_steps)
+              accum_steps=cfg.accum_steps, interpolation=cfg.interpolation)
     stream = FrameStream(pieces, img_size, seed=seed, **kw)
     saved = trainer.data_state
     if saved is not None and all(saved.get(k) == v for k, v in stream.layout(workers).items()):
