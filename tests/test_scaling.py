@@ -140,18 +140,32 @@ def _log(path, rows):
 
 
 def test_importer_reads_the_published_log_format(tmp_path):
+    from egoscale.scaling.results import describe_import
+
+    fin, pre = tmp_path / "finetuning_logs", tmp_path / "pretraining_logs" / "vits14_logs"
+    fin.mkdir()
+    pre.mkdir(parents=True)
     lines = [{"train_lr": 1e-4, "test_acc1": 10.0 + e, "test_acc5": 30.0 + e, "epoch": e,
               "n_parameters": 22_004_584} for e in range(5)]
     lines[2]["test_acc1"] = 20.0  # the best epoch is not the last
-    _log(tmp_path / "vits14_0.01_2_log.txt", lines)
-    _log(tmp_path / "vith14@476_1.0_1_log.txt", [{"test_acc1": 50.0, "test_acc5": 75.0, "epoch": 0,
-                                                  "n_parameters": 633_197_800}])
-    rows = {r["model"] + str(r["img_size"]): r for r in import_logs(tmp_path, total_hours=5000)}
+    _log(fin / "vits14_0.01_2_log.txt", lines)
+    _log(fin / "vith14@476_1.0_1_log.txt", [{"test_acc1": 50.0, "test_acc5": 75.0, "epoch": 0,
+                                             "n_parameters": 633_197_800}])
+    # its pretraining: two 48-hour jobs, each logging from it 0, the second at a tenth of the lr
+    _log(pre / "vits14_0.01_2_log.txt", [{"train_lr": 3e-4, "train_loss": 1.0, "it": i} for i in (0, 1000, 2000)]
+         + [{"train_lr": 3e-5, "train_loss": 0.5, "it": i} for i in (0, 1000)])
+    rows = {r["model"] + str(r["img_size"]): r for r in import_logs(fin, total_hours=5000)}
     s = rows["vit_s14224"]
     assert s["params"] == 22_004_584 - 385_000 and s["data_hours"] == 50 and s["seed"] == 2
-    assert (s["top1"], s["top5"], s["top1_last"], s["top5_last"]) == (0.2, 0.32, 0.14, 0.34)
+    # each the best over the epochs, as the paper reports them; the last epoch's beside them
+    assert (s["top1"], s["top5"], s["top1_last"], s["top5_last"]) == (0.2, 0.34, 0.14, 0.34)
+    assert s["eval_epochs"] == 5 and s["pretrain_steps"] == 3000
+    assert s["note"] == "pretraining lr 0.0003 for 2,000 steps, then 3e-05 for 1,000 steps"
     h = rows["vit_h14476"]
-    assert h["params"] == 633_197_800 - 1_281_000 and h["data_hours"] == 5000
+    assert h["params"] == 633_197_800 - 1_281_000 and h["data_hours"] == 5000 and h["eval_epochs"] == 1
+    said = describe_import(list(rows.values()))
+    assert any("vit_h14 @476 px: 1 finetuning log(s) stop after 1 epochs (the others run 5)" in x for x in said)
+    assert any("1 run(s) without a pretraining log" in x for x in said)
 
 
 def test_importer_names_the_file_and_line_of_a_malformed_line(tmp_path):

@@ -19,10 +19,10 @@ from egoscale.models.registry import RELEASED_FORMAT, get_spec, parse_released
 
 COLUMNS = ["model", "params", "img_size", "patch_size", "data_fraction", "data_hours", "data_frames", "seed",
            "pretrain_seed", "pretrain_steps", "pretrain_images", "pretrain_flops", "eval", "condition",
-           "label_fraction", "top1", "top5", "top1_last", "top5_last", "baseline", "source"]
+           "label_fraction", "eval_epochs", "top1", "top5", "top1_last", "top5_last", "baseline", "source", "note"]
 NUMERIC = {"params", "img_size", "patch_size", "data_fraction", "data_hours", "data_frames", "seed", "pretrain_seed",
-           "pretrain_steps", "pretrain_images", "pretrain_flops", "label_fraction", "top1", "top5", "top1_last",
-           "top5_last"}
+           "pretrain_steps", "pretrain_images", "pretrain_flops", "label_fraction", "eval_epochs", "top1", "top5",
+           "top1_last", "top5_last"}
 
 
 @dataclass
@@ -33,14 +33,18 @@ examples:
   egoscale results collect runs/eval --out results.csv
   egoscale results import-logs humanlike-vits/logs/finetuning_logs --total-hours 5000 --out results.csv
 
-`import-logs` reads {arch}_{fraction}_{seed}_log.txt files (one JSON object per line with test_acc1,
-test_acc5, epoch, n_parameters); hours = fraction x --total-hours."""
+`import-logs` reads the finetuning logs {arch}_{fraction}_{seed}_log.txt (one JSON object per line with
+test_acc1, test_acc5, epoch, n_parameters; hours = fraction x --total-hours) and, where it finds them,
+the pretraining logs of the same runs (--pretrain-logs; default: a pretraining_logs folder beside
+SOURCE) for each run's steps and learning rates."""
 
     action: str = opt("collect", "collect (result.json files under SOURCE) or import-logs (the paper's logs "
                       "in SOURCE)", positional=True, required=True, metavar="ACTION",
                       choices=["collect", "import-logs"])
     source: str = opt(".", "folder to read", positional=True, required=True, metavar="SOURCE")
     total_hours: float | None = opt(None, "import-logs: hours of the full data set (paper: ~5000)")
+    pretrain_logs: str | None = opt(None, "import-logs: the pretraining logs' folder (default: SOURCE/../"
+                                    "pretraining_logs when it exists)")
     out: str = opt("results.csv", "table to write")
 
     def __post_init__(self):
@@ -49,7 +53,12 @@ test_acc5, epoch, n_parameters); hours = fraction x --total-hours."""
 
 
 def main(cfg: ResultsConfig) -> int:
-    rows = collect(cfg.source) if cfg.action == "collect" else import_logs(cfg.source, cfg.total_hours)
+    if cfg.action == "collect":
+        rows = collect(cfg.source)
+    else:
+        rows = import_logs(cfg.source, cfg.total_hours, pretrain_logs=cfg.pretrain_logs)
+        for line in describe_import(rows):
+            print(line)
     write_table(rows, cfg.out)
     print(f"wrote {len(rows)} rows to {cfg.out}")
     return 0
@@ -100,7 +109,8 @@ def row_from_result(result: dict, source: str) -> dict:
             "pretrain_steps": result.get("pretrain_steps"),
             "pretrain_images": result.get("pretrain_images"), "pretrain_flops": result.get("pretrain_flops"),
             "eval": result.get("eval"), "condition": result.get("condition"),
-            "label_fraction": result.get("label_fraction"), "top1": result.get("top1"), "top5": result.get("top5"),
+            "label_fraction": result.get("label_fraction"), "eval_epochs": result.get("epochs"),
+            "top1": result.get("top1"), "top5": result.get("top5"),
             "top1_last": result.get("top1_last"), "top5_last": result.get("top5_last"),
             # "random" for an untrained encoder's evaluation (steps 0), empty for a pretrained one
             "baseline": result.get("baseline"),
@@ -122,40 +132,111 @@ def collect(runs_dir: str | Path, files: list[Path] | None = None) -> list[dict]
     return rows
 
 
-def import_logs(log_dir: str | Path, total_hours: float, frames_per_hour: float = 3600.0) -> list[dict]:
+def import_logs(log_dir: str | Path, total_hours: float, frames_per_hour: float = 3600.0,
+                pretrain_logs: str | Path | None = None) -> list[dict]:
     """Rows from the paper's published finetuning logs: `{arch}_{fraction}_{seed}_log.txt`, one JSON
     object per line with test_acc1/test_acc5 (percent), epoch and n_parameters (head included).
+
+    top1 and top5 are each the best over the epochs, as the paper reports them (not top-5 at the
+    best top-1 epoch); `eval_epochs` is how many epochs the log holds. Each run's pretraining log,
+    where found, gives `pretrain_steps` and, in `note`, its learning rates when they changed.
     """
     log_dir = Path(log_dir)
     files = sorted(p for p in log_dir.rglob("*_log.txt") if parse_released(p.name, log=True))
     if not files:
         raise DataError(f"{log_dir}: no logs named {RELEASED_FORMAT}_log.txt")
+    if pretrain_logs is None and (log_dir.parent / "pretraining_logs").is_dir():
+        pretrain_logs = log_dir.parent / "pretraining_logs"
+    pre = ({p.name: p for p in Path(pretrain_logs).rglob("*_log.txt")} if pretrain_logs else {})
     rows = []
     for f in files:
         rid = parse_released(f.name, log=True)
-        size, fraction, seed = rid.img_size, rid.fraction, rid.seed
         spec = get_spec(rid.model)
-        epochs = []
-        for n, line in enumerate(f.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                epochs.append((int(rec["epoch"]), float(rec["test_acc1"]) / 100, float(rec["test_acc5"]) / 100,
-                               int(rec["n_parameters"])))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                what = f"missing {e}" if isinstance(e, KeyError) else type(e).__name__
-                raise DataError(f"{f}:{n}: not a log line with test_acc1, test_acc5, epoch, n_parameters "
-                                f"({what})") from None
-        if not epochs:
-            raise DataError(f"{f}: empty log")
-        best = max(epochs, key=lambda e: (e[1], e[2]))
+        epochs = _finetune_epochs(f)
         last = max(epochs, key=lambda e: e[0])
         head = spec.width * 1000 + 1000  # the 1000-way Linear; BatchNorm(affine=False) has none
-        hours = fraction * total_hours
-        rows.append({"model": spec.name, "params": best[3] - head, "img_size": size, "patch_size": spec.patch_size,
-                     "data_fraction": fraction, "data_hours": hours, "data_frames": round(hours * frames_per_hour),
-                     "seed": seed, "eval": "finetune", "condition": "permissive", "label_fraction": 0.02,
-                     "top1": best[1], "top5": best[2], "top1_last": last[1], "top5_last": last[2],
-                     "source": f.name})
+        hours = rid.fraction * total_hours
+        row = {"model": spec.name, "params": epochs[0][3] - head, "img_size": rid.img_size,
+               "patch_size": spec.patch_size, "data_fraction": rid.fraction, "data_hours": hours,
+               "data_frames": round(hours * frames_per_hour), "seed": rid.seed, "eval": "finetune",
+               "condition": "permissive", "label_fraction": 0.02, "eval_epochs": len(epochs),
+               "top1": max(e[1] for e in epochs), "top5": max(e[2] for e in epochs),
+               "top1_last": last[1], "top5_last": last[2], "source": f.name}
+        if f.name in pre:
+            steps, phases = read_pretrain_log(pre[f.name])
+            row["pretrain_steps"] = steps
+            if len(phases) > 1:
+                row["note"] = "pretraining lr " + ", then ".join(
+                    f"{lr:.2g} for {n:,} steps" if n else f"{lr:.2g} for less than one logging interval"
+                    for lr, n in phases)
+        rows.append(row)
     return rows
+
+
+def _finetune_epochs(f: Path) -> list[tuple[int, float, float, int]]:
+    """(epoch, top-1, top-5, parameters) of every line of a finetuning log."""
+    epochs = []
+    for n, line in enumerate(f.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            epochs.append((int(rec["epoch"]), float(rec["test_acc1"]) / 100, float(rec["test_acc5"]) / 100,
+                           int(rec["n_parameters"])))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            what = f"missing {e}" if isinstance(e, KeyError) else type(e).__name__
+            raise DataError(f"{f}:{n}: not a log line with test_acc1, test_acc5, epoch, n_parameters "
+                            f"({what})") from None
+    if not epochs:
+        raise DataError(f"{f}: empty log")
+    return epochs
+
+
+def read_pretrain_log(f: Path) -> tuple[int, list[tuple[float, int]]]:
+    """A paper pretraining log: its steps, and (learning rate, steps) in the order they ran.
+
+    The log holds one JSON line per logging interval ("it", "train_loss", "train_lr"), and the
+    paper's runs were 48-hour jobs resubmitted from their last checkpoint: each job's lines start
+    again at it 0. A run's steps are the sum over its jobs of each job's last logged "it" (a job's
+    steps after its last line, less than one logging interval, are not in the log)."""
+    jobs: list[list[dict]] = []
+    for n, line in enumerate(f.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            it, lr = int(rec["it"]), float(rec["train_lr"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise DataError(f"{f}:{n}: not a pretraining log line with it and train_lr") from None
+        if not jobs or it <= jobs[-1][-1]["it"]:
+            jobs.append([])
+        jobs[-1].append({"it": it, "lr": lr})
+    if not jobs:
+        raise DataError(f"{f}: empty log")
+    phases: list[tuple[float, int]] = []
+    for job in jobs:
+        lr, steps = float(f"{job[-1]['lr']:.3g}"), job[-1]["it"]
+        if phases and phases[-1][0] == lr:
+            phases[-1] = (lr, phases[-1][1] + steps)
+        else:
+            phases.append((lr, steps))
+    return sum(n for _, n in phases), phases
+
+
+def describe_import(rows: list[dict]) -> list[str]:
+    """What a reader of the imported table should know: runs evaluated over fewer epochs than the
+    others (their best is a best of fewer), and runs whose pretraining learning rate changed."""
+    lines = []
+    most = max(r["eval_epochs"] for r in rows)
+    short: dict[tuple, list[str]] = {}
+    for r in rows:
+        if r["eval_epochs"] < most:
+            short.setdefault((r["model"], r["img_size"], r["eval_epochs"]), []).append(r["source"])
+    for (model, size, n), files in sorted(short.items()):
+        lines.append(f"{model} @{size} px: {len(files)} finetuning log(s) stop after {n} epochs (the others run "
+                     f"{most}): their best is over fewer epochs")
+    lines += [f"{r['source']}: {r['note']}" for r in rows if r.get("note")]
+    missing = sum(r.get("pretrain_steps") is None for r in rows)
+    if missing:
+        lines.append(f"{missing} run(s) without a pretraining log: pretrain_steps left empty")
+    return lines
