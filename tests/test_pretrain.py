@@ -473,3 +473,17 @@ def test_training_crops_are_resized_with_the_interpolation_asked_for(side):
         for mode, other in (("bicubic", "bilinear"), ("bilinear", "bicubic")):
             got = augment(buf.getvalue(), 24, random.Random(seed), (0.2, 1.0), flip=False, interpolation=mode).float()
             assert (got - ref[mode]).abs().mean() < (got - ref[other]).abs().mean(), (side, seed, mode)
+
+
+def test_crops_larger_than_the_frames_are_said_before_training(frames, tmp_path):
+    # the clip's frames are 64 px on their short side (ingested at the default --short-side 256,
+    # which never upscales): 96-px crops are upsampled, and the run says so; 32-px ones are not
+    from egoscale.data.subset import frame_short_side
+
+    assert frame_short_side(frames) == 64
+    said = []
+    for size in (96, 32):
+        pretrain(PretrainConfig(data=str(frames), out=str(tmp_path / f"r{size}"), model="vit_pico4", img_size=size,
+                                batch_size=2, steps=1, workers=0, progress=False), log=said.append)
+    notes = [s for s in said if "upsampled" in s]
+    assert len(notes) == 1 and "64 px on their short side, so every 96-px crop" in notes[0]

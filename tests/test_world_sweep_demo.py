@@ -124,6 +124,32 @@ def test_an_evaluation_can_take_other_settings_for_one_model(tiny_study, tmp_pat
         load_grid(g)
 
 
+def test_cells_take_their_own_pretraining_settings_by_id_or_pattern(tiny_study, tmp_path):
+    # a published grid's runs differ in length cell by cell: patterns in file order, after the model's
+    from egoscale.sweep.grid import pretrain_config
+
+    g = _grid(tiny_study, models=["vit_pico4", "vit_nano4"], model_overrides={"vit_nano4": {"steps": 5}},
+              cell_overrides={"*_0.5_*": {"steps": 7}, "vit_pico4@32_0.5_s2": {"steps": 9, "mask_ratio": 0.75}})
+    grid = load_grid(g)
+    got = {c.id: (pretrain_config(grid, c, tmp_path).steps, pretrain_config(grid, c, tmp_path).mask_ratio)
+           for c in cells(grid)}
+    assert got == {"vit_pico4@32_1_s1": (3, 0.8), "vit_pico4@32_0.5_s1": (7, 0.8), "vit_pico4@32_0.5_s2": (9, 0.75),
+                   "vit_nano4@32_1_s1": (5, 0.8), "vit_nano4@32_0.5_s1": (7, 0.8), "vit_nano4@32_0.5_s2": (7, 0.8)}
+    # the sweep's cost estimate reads each cell's own length
+    steps = {r["cell"]: r["flops"] for r in estimate(grid)}
+    assert steps["vit_nano4@32_0.5_s1"] == pytest.approx(steps["vit_nano4@32_1_s1"] * 7 / 5, rel=1e-6)
+    for over, match in (({"vit_pico4@32_0.25_s1": {"steps": 2}}, "matches no cell .* named like vit_pico4@32_1_s1"),
+                        ({"*": {"model": "vit_nano4"}}, "may not set model"),
+                        ({"*_s1": {"stepz": 2}}, "cell_overrides for vit_pico4@32_1_s1")):
+        with pytest.raises(ConfigError, match=match):
+            load_grid({**g, "cell_overrides": over})
+    # a length per cell is enough; a cell left without one is named
+    unbounded = {**g, "pretrain": {k: v for k, v in g["pretrain"].items() if k != "steps"}, "model_overrides": {}}
+    load_grid({**unbounded, "cell_overrides": {"*": {"steps": 2}}})
+    with pytest.raises(ConfigError, match="cell vit_pico4@32_1_s1: say how long to train"):
+        load_grid({**unbounded, "cell_overrides": {"*_0.5_*": {"steps": 2}}})
+
+
 def test_random_baselines_are_evaluated_once_per_seed_and_marked_in_the_table(tiny_study, tmp_path):
     # `baselines: [random]`: every model@size evaluated untrained, once per seed (each its own
     # initialisation), by every evaluation, without pretraining; the table marks them (steps 0)
@@ -331,8 +357,10 @@ def test_a_changed_grid_is_refused_over_an_existing_sweep_folder(tiny_study, tmp
 def test_dry_run_prices_the_papers_grid_without_running_or_loading_torch(tmp_path):
     from egoscale.models.flops import mae_train_flops
     from egoscale.models.registry import get_spec
+    from egoscale.sweep.grid import eval_config, pretrain_config
 
-    # 4 models x (the full set once + 4 fractions x 3 seeds); each run 48 h on 8 GPUs
+    # 4 models x (the full set once + 4 fractions x 3 seeds), each run as long as its published log
+    # says, at mask 0.75 on 4 GPUs of the per-GPU batch (ViT-S 512, the others 256)
     code = ("import sys; from egoscale.cli import main; rc = main(sys.argv[1:]); "
             "print(rc, 'torch loaded' if 'torch' in sys.modules else 'no torch')")
     r = subprocess.run([sys.executable, "-c", code, "sweep", "configs/paper_grid.yaml", "--out", str(tmp_path / "runs"),
@@ -340,9 +368,21 @@ def test_dry_run_prices_the_papers_grid_without_running_or_loading_torch(tmp_pat
     lines = r.stdout.splitlines()
     assert lines[-1] == "0 no torch", r.stdout[-500:] + r.stderr[-2000:]
     rows = [ln.split() for ln in lines[1:-2]]
-    assert len(rows) == 52 and all(float(row[2]) == 384.0 for row in rows)
-    assert lines[-2].startswith("52 pretraining cells x 1 evaluations;") and "19968.0 GPU-hours" in lines[-2]
+    assert len(rows) == 52 and lines[-2].startswith("52 pretraining cells x 1 evaluations;")
+    paper = load_grid("configs/paper_grid.yaml")
+    steps = {c.id: pretrain_config(paper, c, tmp_path).steps for c in cells(paper)}
+    assert steps["vit_h14@224_1_s1"] == 580000 and steps["vit_s14@224_1_s1"] == 491000
+    assert min(steps.values()) == 60000 and len(set(steps.values())) > 10
+    want = sum(mae_train_flops(get_spec(c.model), 224, 0.75) * (512 if c.model == "vit_s14" else 256) * 4
+               * steps[c.id] for c in cells(paper)) / (989e12 * 0.4) / 3600
+    assert f"{want:.1f} GPU-hours" in lines[-2]
     assert not (tmp_path / "runs").exists()
+    for size, batch, epochs in ((448, 14, 10), (476, 11, 8)):  # the high-resolution files: their own recipe
+        hi = load_grid(f"configs/paper_grid_{size}.yaml")
+        c = cells(hi)[0]
+        assert pretrain_config(hi, c, tmp_path).mask_ratio == 0.8 and len(cells(hi)) == 13
+        ev = eval_config(hi, hi.evals[0], tmp_path / "ck.pt", tmp_path / "o", c)
+        assert (ev.batch_size, ev.epochs) == (batch, epochs)
     # a run given in steps is priced at the analytic FLOPs per image x images
     g = load_grid(_grid(tmp_path, models=["vit_b14"], img_sizes=[224], fractions=[1.0], seeds=[1],
                         pretrain={"steps": 1000, "batch_size": 64}))

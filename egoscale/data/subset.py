@@ -155,6 +155,19 @@ def load_subset(path: str | Path) -> dict:
     return sub
 
 
+def frame_short_side(data: str | Path) -> int | None:
+    """The short side, in pixels, of the smallest frame an ingest folder holds: its --short-side, or
+    where frames kept their videos' size (--short-side 0) the smallest video's; None for plain shards."""
+    if not (Path(data) / "manifest.json").is_file():
+        return None
+    man = json.loads((Path(data) / "manifest.json").read_text())
+    side = (man.get("config") or {}).get("short_side")
+    sizes = [min(v["size"]) for v in man.get("videos", []) if v.get("size")]
+    if side:
+        return min([side, *sizes]) if sizes else side  # a video smaller than --short-side is not upscaled
+    return min(sizes) if sizes else None
+
+
 def describe_data(data: str | Path, subset: str | Path | None = None) -> dict:
     """What a run trains on, to be recorded in its checkpoints: the data fraction, subset seed,
     frames, hours and frames per source (None where the input does not say: plain shards)."""

@@ -13,6 +13,9 @@
                                        # what pretraining buys
     pretrain: {batch_size: 512, budget_hours: 48}          # PretrainConfig fields
     model_overrides: {vit_h14: {lr: 1.0e-4}}                # per model
+    cell_overrides:                                         # per cell, by its id or a pattern of ids
+      "vit_h14@224_1_s1": {steps: 580000}                   #   (fnmatch: * and ?), after model_overrides;
+      "vit_h14@*_0.0001_*": {lr: 5.0e-5}                    #   each pattern must match a cell
     evals:
       - {name: permissive, kind: finetune, train: /data/imagenet/train, val: /data/imagenet/val,
          condition: permissive,
@@ -26,6 +29,7 @@ Relative paths are relative to the grid file. Unknown keys are errors, at every 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +44,7 @@ EVAL_KINDS = tuple(k for k in _CONFIGS if k != "pretrain")
 
 
 _PATH_KEYS = {"data", "subsets", "train", "val", "train_list"}
+_LENGTHS = {"steps", "epochs", "budget_hours"}
 
 
 @dataclass
@@ -61,6 +66,10 @@ class Grid:
     baselines: list[str] = field(default_factory=list)
     pretrain: dict = field(default_factory=dict)
     model_overrides: dict = field(default_factory=dict)
+    # Pretraining settings per cell, keyed by a cell id or an fnmatch pattern of ids, applied after
+    # model_overrides in the file's order: what makes one published run differ from its neighbours
+    # (its length, a mask ratio it was launched with).
+    cell_overrides: dict = field(default_factory=dict)
     evals: list[dict] = field(default_factory=list)
     compute: dict = field(default_factory=dict)
     slurm: dict = field(default_factory=dict)
@@ -133,11 +142,15 @@ def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
     reserved = {"data", "subset", "out", "model", "img_size", "progress"}
     for key in set(grid.pretrain) & reserved:
         raise ConfigError(f"{src}: pretrain.{key} is set by the grid itself; remove it")
-    build(PretrainConfig, grid.pretrain, source=f"{src}: pretrain")
+    # a length may come per model or per cell: each section is checked with one filled in, and
+    # every cell below with its own
+    length = {} if set(grid.pretrain) & _LENGTHS else {"steps": 1}
+    build(PretrainConfig, {**grid.pretrain, **length}, source=f"{src}: pretrain")
     for m, over in grid.model_overrides.items():
         if m not in grid.models:
             raise ConfigError(f"{src}: model_overrides names {m!r}, which is not in models")
-        build(PretrainConfig, {**grid.pretrain, **over}, source=f"{src}: model_overrides.{m}")
+        build(PretrainConfig, {**grid.pretrain, **length, **over}, source=f"{src}: model_overrides.{m}")
+    _check_cell_overrides(grid, src, reserved)
     grid.evals = [_checked_eval(i, ev, base, src, grid.models) for i, ev in enumerate(grid.evals)]
     dup = [n for n in {e["name"] for e in grid.evals} if sum(e["name"] == n for e in grid.evals) > 1]
     if dup:
@@ -165,6 +178,40 @@ def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
         raise ConfigError(f"{src}: baselines build each model with its registered patch size, but {patched[0]}."
                           "patch_size changes it; register a model with that patch size instead")
     return grid
+
+
+def _check_cell_overrides(grid: Grid, src: str, reserved: set[str]) -> None:
+    """Every pattern names at least one cell (a typo would silently change nothing), sets no key the
+    grid sets itself, and gives every cell it matches valid settings."""
+    ids = [c.id for c in cells(grid)]
+    for pattern, over in grid.cell_overrides.items():
+        if not isinstance(over, dict):
+            raise ConfigError(f"{src}: cell_overrides.{pattern} must be a mapping of pretraining settings")
+        hit = [i for i in ids if fnmatch.fnmatchcase(i, pattern)]
+        if not hit:
+            raise ConfigError(f"{src}: cell_overrides names {pattern!r}, which matches no cell (cells are named like "
+                              f"{ids[0]})")
+        for key in sorted(set(over) & (reserved | {"seed"})):
+            raise ConfigError(f"{src}: cell_overrides.{pattern} may not set {key}: the grid sets it")
+    for c in cells(grid):
+        overridden = any(fnmatch.fnmatchcase(c.id, p) for p in grid.cell_overrides)
+        values = _pretrain_values(grid, c)
+        if overridden or not set(values) & _LENGTHS:
+            where = f"{src}: {'cell_overrides for ' if overridden else 'cell '}{c.id}"
+            try:
+                build(PretrainConfig, values, source=where)
+            except ConfigError as e:
+                raise ConfigError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+
+
+def _pretrain_values(grid: Grid, cell: Cell) -> dict:
+    """The grid's pretraining settings for a cell: `pretrain`, then its model's overrides, then every
+    cell_overrides pattern that matches it, in order."""
+    values = {**grid.pretrain, **grid.model_overrides.get(cell.model, {})}
+    for pattern, over in grid.cell_overrides.items():
+        if fnmatch.fnmatchcase(cell.id, pattern):
+            values.update(over)
+    return values
 
 
 def cells(grid: Grid) -> list[Cell]:
@@ -206,7 +253,7 @@ def pretrain_config(grid: Grid, cell: Cell, run_dir: Path) -> PretrainConfig:
     sub_seed = grid.seeds[0] if cell.fraction == 1 else cell.seed
     sub = Path(grid.subsets) / f"{subset_name(cell.fraction, sub_seed)}.json"
     # the cell's seed seeds its run too (unless the grid fixes one), so repeats are independent draws
-    values = {"seed": cell.seed, **grid.pretrain, **grid.model_overrides.get(cell.model, {}), "data": grid.data,
+    values = {"seed": cell.seed, **_pretrain_values(grid, cell), "data": grid.data,
               "subset": str(sub), "model": cell.model, "img_size": cell.img_size, "out": str(run_dir)}
     return build(PretrainConfig, _grouped(grid, values), source=f"cell {cell.id}")
 

@@ -130,7 +130,8 @@ def estimate(grid: Grid) -> list[dict]:
         per_img = mae_train_flops(spec, spec.img_size, cfg.mask_ratio)
         batch = cfg.batch_size * cfg.accum_steps * comp["gpus_per_run"]
         flops = per_img * batch * cfg.steps if cfg.steps else None
-        hours = flops / (comp["gpu_tflops"] * 1e12 * comp["mfu"]) / 3600 * comp["gpus_per_run"] if flops else None
+        # GPU-hours: the run's FLOPs at one GPU's sustained rate, however many GPUs share them
+        hours = flops / (comp["gpu_tflops"] * 1e12 * comp["mfu"]) / 3600 if flops else None
         if cfg.budget_hours:
             budget = cfg.budget_hours * comp["gpus_per_run"]
             hours = min(hours, budget) if hours else budget

@@ -14,7 +14,7 @@ import torch
 
 from egoscale.config import to_dict
 from egoscale.data.loader import FrameStream, make_loader, normalize_batch, resolve_pieces
-from egoscale.data.subset import describe_data
+from egoscale.data.subset import describe_data, frame_short_side
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
 from egoscale.machine import usable_cores
@@ -100,6 +100,11 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
             f"{global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} devices, lr {lr:g} "
             f"({cfg.lr_schedule}), mask {cfg.mask_ratio}, {precision} ({attention} attention), {frames} frames, "
             + length)
+        short = frame_short_side(cfg.data)
+        if short is not None and short < spec.img_size:  # said, not refused: a small study may mean it
+            log(f"note: the frames in {cfg.data} are {short} px on their short side, so every {spec.img_size}-px "
+                f"crop is upsampled; for this size ingest with --short-side 0 (the videos' own) or at least "
+                f"{spec.img_size}")
     compile_ = resolve_compile(cfg.compile, d.device, precision, d.world_size, cfg.fsdp, max_steps,
                                cfg.grad_checkpointing, cfg.compile_mode)
     module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=compile_,
