@@ -14,12 +14,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from egoscale.errors import ConfigError
@@ -105,6 +106,21 @@ def check_identity(folder: str | os.PathLike, new: dict, identity: Iterable[str]
                           f"them. Start over in another folder (--out NEW, or --resume none there), or repeat "
                           f"the folder's settings (its {CONFIG})")
     return differences(old, new, [k for k in new if k not in set(identity)])
+
+
+# a stage's name, as its lock and its refusals call its folder
+_STAGE_RUNS = {"pretrain": "pretraining run", "finetune": "finetuning run", "probe": "probe"}
+
+
+@contextlib.contextmanager
+def stage_folder(folder: str | os.PathLike, stage: str, record: dict, identity: Iterable[str], *,
+                 has_state: bool, resume: str = "auto", lock: bool = True) -> Iterator[dict[str, tuple]]:
+    """A stage's hold on its folder for the `with` block, the same for pretraining, finetuning and
+    probing: the lock (taken by the process that writes the folder: `lock`), then the refusal of a
+    folder made with other identity settings. Yields the other settings that changed, for
+    `record_config` once the stage's state has loaded."""
+    with FolderLock(folder, stage) if lock else contextlib.nullcontext():
+        yield check_identity(folder, record, identity, _STAGE_RUNS[stage], resume, has_state)
 
 
 def record_config(folder: str | os.PathLike, config: dict, changed: dict[str, tuple]) -> None:

@@ -18,6 +18,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=group)
 
 
+def metrics(run, having: str | None = None) -> list[dict]:
+    """The lines of a run folder's metrics.jsonl (none if it has none yet; a line cut short by a kill
+    is left out), or only those with the field `having` (e.g. top1: a finetuning run's evaluations)."""
+    import json
+    from pathlib import Path
+
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.endswith("}")]
+    return [m for m in lines if having is None or having in m]
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

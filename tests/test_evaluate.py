@@ -1,6 +1,5 @@
 """Evaluation: label subsets, top-k, few-shot finetuning and linear probing end to end."""
 
-import json
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from egoscale.evaluate.finetune import FinetuneConfig, finetune
 from egoscale.evaluate.labelled import label_subset, read_list, scan, topk_correct
 from egoscale.evaluate.probe import ProbeConfig, probe
 from tests.cli import egoscale
+from tests.conftest import metrics
 from tests.images import labelled_folder
 
 quiet = lambda *a, **k: None  # noqa: E731
@@ -60,7 +60,7 @@ def test_finetune_end_to_end_writes_the_result_row(folder, tmp_path):
     assert r["eval"] == "finetune" and r["n_train"] == 80 and r["n_val"] == 40 and r["classes"] == 4
     assert r["params"] == 107_456 and r["img_size"] == 32
     assert 0 <= r["top1"] <= r["top5"] <= 1 and r["top5"] == 1.0  # 4 classes: top-5 covers them all
-    evals = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines() if "top1" in x]
+    evals = metrics(tmp_path / "ft", having="top1")
     assert [e["epoch"] for e in evals] == [1, 2, 3] and r["top1"] == max(e["top1"] for e in evals)
     again = read_list(tmp_path / "ft" / "train_files.txt", folder / "train", r and scan(folder / "train").classes)
     assert len(again) == 80
@@ -71,7 +71,7 @@ def test_finetune_scores_the_val_set_every_n_epochs_and_after_the_last(folder, t
                          out=str(tmp_path / "ft"), condition=None, label_fraction=0.5, epochs=3, batch_size=16,
                          workers=0, progress=False, lr=1e-3, eval_every=2)
     r = finetune(cfg, log=quiet)
-    evals = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines() if "top1" in x]
+    evals = metrics(tmp_path / "ft", having="top1")
     assert [e["epoch"] for e in evals] == [2, 3] and r["top1"] == max(e["top1"] for e in evals)
 
 
@@ -125,7 +125,7 @@ def test_finetune_resumes_after_a_kill(folder, tmp_path):
     r = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed at epoch" in r.stdout
-    evals = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines() if "top1" in x]
+    evals = metrics(tmp_path / "ft", having="top1")
     assert [e["epoch"] for e in evals] == [1, 2, 3, 4, 5, 6]
 
 

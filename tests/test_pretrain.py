@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from egoscale.train.distributed import Dist
 from egoscale.train.loop import LoopSettings, Trainer, TrainingDiverged
 from egoscale.train.pretrain import PretrainConfig, pretrain
 from tests.cli import egoscale
+from tests.conftest import metrics
 
 TINY = ["--model", "vit_pico4", "--batch-size", "16", "--workers", "0", "--no-progress", "--log-every", "5",
         "--shuffle-buffer", "100"]
@@ -25,8 +25,6 @@ def frames(clip_frames):
     return clip_frames
 
 
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
 
 
 def _cli(*args, torchrun=0, env=None):
@@ -41,7 +39,7 @@ def test_loss_falls_and_files_are_written(frames, tmp_path):
     cfg = PretrainConfig(data=str(frames), out=str(run), model="vit_pico4", batch_size=16, steps=60, workers=0,
                          log_every=10, progress=False, lr=1e-3)
     summary = pretrain(cfg, log=lambda *a: None)
-    m = _metrics(run)
+    m = metrics(run)
     assert [r["step"] for r in m] == [10, 20, 30, 40, 50, 60]
     assert m[-1]["loss"] < 0.7 * m[0]["loss"], (m[0]["loss"], m[-1]["loss"])
     assert summary["steps"] == 60 and summary["samples"] == 960 and summary["estimated_flops"] > 0
@@ -56,7 +54,7 @@ def test_bf16_autocast_on_cpu_trains_close_to_fp32(frames, tmp_path):
         cfg = PretrainConfig(data=str(frames), out=str(tmp_path / precision), model="vit_pico4", batch_size=16,
                              steps=30, workers=0, log_every=10, progress=False, lr=1e-3, precision=precision)
         pretrain(cfg, log=lambda *a: None)
-        losses[precision] = [r["loss"] for r in _metrics(tmp_path / precision)]
+        losses[precision] = [r["loss"] for r in metrics(tmp_path / precision)]
     assert losses["bf16"][-1] < 0.8 * losses["bf16"][0]
     # same seed and data: bf16 rounding moves the curve a little, not a lot, and not zero
     assert losses["bf16"] != losses["fp32"]
@@ -77,7 +75,7 @@ def test_two_processes_under_torchrun_match_one_process_with_the_same_global_bat
     r2 = _cli(*common, "--out", str(tmp_path / "two"), torchrun=2)
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert "global batch 16 = 8 x 1 accum x 2 devices" in r2.stdout
-    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [r["samples"] for r in one] == [r["samples"] for r in two] and len(one) == 40
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a["step"], a["loss"], b["loss"])
@@ -326,7 +324,7 @@ def test_bf16_params_pretraining_runs_resumes_and_draws_pictures(frames, tmp_pat
     assert "bf16-params" in r.stdout
     r = egoscale(*args[:args.index("--steps") + 1], "20", *args[args.index("--steps") + 2:])
     assert r.returncode == 0 and "resumed from step 10" in r.stdout, r.stderr[-2000:]
-    assert [m["step"] for m in _metrics(run)] == [5, 10, 15, 20]
+    assert [m["step"] for m in metrics(run)] == [5, 10, 15, 20]
     assert json.loads((run / "summary.json").read_text())["steps"] == 20
     mae = load_mae(run / "checkpoint.pt")  # a plain (unsharded, fp32) checkpoint
     assert mae.encoder.blocks[0].attn.qkv.weight.dtype == torch.float32

@@ -15,6 +15,7 @@ import torch
 
 from egoscale.data.cursor import Cursor
 from egoscale.data.loader import FrameStream, make_loader, resolve_pieces
+from tests.conftest import metrics
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +23,6 @@ def frames(clip_frames):
     return clip_frames
 
 
-def _metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.endswith("}")]
 
 
 def _kill_tree(pid: int) -> None:
@@ -65,7 +61,7 @@ def _run_with_kills(cmd, run: Path, kill_at: list[int], rng: random.Random) -> s
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         deadline = time.time() + 120
         while proc.poll() is None and time.time() < deadline:
-            m = _metrics(run)
+            m = metrics(run)
             if m and m[-1]["step"] >= target:
                 break
             time.sleep(0.005)
@@ -91,7 +87,7 @@ def test_a_run_killed_at_random_moments_logs_every_step_exactly_as_an_unkilled_r
     out = _run_with_kills(_command(frames, run, steps, workers, nproc), run,
                           sorted(rng.sample(range(2, steps - 2), 3)), rng)
     assert "resumed from step" in out
-    want, got = _metrics(tmp_path / "ref"), _metrics(run)
+    want, got = metrics(tmp_path / "ref"), metrics(run)
     assert [r["step"] for r in got] == list(range(1, steps + 1))  # every step exactly once, in order
     assert [r["loss"] for r in got] == [r["loss"] for r in want]  # bit for bit, not within a tolerance
     assert [r["samples"] for r in got] == [r["samples"] for r in want]
@@ -124,7 +120,7 @@ def test_a_resume_with_another_number_of_workers_says_the_data_order_changes(fra
     r = egoscale(*common, "--workers", "2", "--steps", "20")
     assert r.returncode == 0, r.stderr
     assert "the data order changes from here" in r.stdout and "workers 1" in r.stdout and "workers 2" in r.stdout
-    assert [m["step"] for m in _metrics(tmp_path / "run")] == [5, 10, 15, 20]
+    assert [m["step"] for m in metrics(tmp_path / "run")] == [5, 10, 15, 20]
     # the same layout again continues exactly: no such line
     r = egoscale(*common, "--workers", "2", "--steps", "30")
     assert r.returncode == 0 and "data order" not in r.stdout

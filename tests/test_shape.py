@@ -103,3 +103,20 @@ def test_every_egoscale_name_the_benchmarks_import_exists():
                     found += 1
                     assert hasattr(mod, name), f"{path.name}: {module} has no {name}"
     assert found > 20
+
+
+def test_importing_a_module_runs_nothing_but_its_declarations():
+    # a module's top level defines; it does not call (a global warnings filter, a version check that
+    # can fail before a command has parsed its arguments), except the model registry's entries
+    def calls(body):
+        for node in body:
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+                yield node
+            elif isinstance(node, (ast.Try, ast.If, ast.With)):
+                for block in (node.body, getattr(node, "orelse", []), *[h.body for h in getattr(node, "handlers", [])]):
+                    yield from calls(block)
+
+    found = [f"{name}:{node.lineno} {ast.unparse(node)[:60]}" for name, path in _modules().items()
+             for node in calls(ast.parse(path.read_text()).body)
+             if not (name == "egoscale.models.registry" and ast.unparse(node.value.func) == "register")]
+    assert found == []

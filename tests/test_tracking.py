@@ -8,6 +8,7 @@ import pytest
 
 from egoscale.cli import main
 from tests.images import labelled_folder, unlabelled_shards
+from tests.conftest import metrics
 
 TINY = ["--model", "vit_pico4", "--batch-size", "8", "--workers", "0", "--no-progress", "--shuffle-buffer", "16"]
 
@@ -25,8 +26,6 @@ def _events(folder: Path):
     return acc
 
 
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_pretraining_writes_tensorboard_scalars_and_reconstructions_and_resumes_cleanly(shards, tmp_path):
@@ -36,7 +35,7 @@ def test_pretraining_writes_tensorboard_scalars_and_reconstructions_and_resumes_
     assert main([*args, "--steps", "6"]) == 0
     acc = _events(run / "tensorboard")
     assert {"loss", "lr", "images_per_s", "tokens_per_s", "samples"} <= set(acc.Tags()["scalars"])
-    logged = _metrics(run)
+    logged = metrics(run)
     assert [(e.step, round(e.value, 5)) for e in acc.Scalars("loss")] == [(r["step"], round(r["loss"], 5))
                                                                          for r in logged]
     pics = acc.Images("reconstructions")
@@ -44,7 +43,7 @@ def test_pretraining_writes_tensorboard_scalars_and_reconstructions_and_resumes_
     # resumed to 10 steps: the event files show each step once, as metrics.jsonl does
     assert main([*args, "--steps", "10"]) == 0
     acc = _events(run / "tensorboard")
-    assert [e.step for e in acc.Scalars("loss")] == [r["step"] for r in _metrics(run)] == [2, 4, 6, 8, 10]
+    assert [e.step for e in acc.Scalars("loss")] == [r["step"] for r in metrics(run)] == [2, 4, 6, 8, 10]
 
 
 def test_finetuning_writes_its_evaluations_to_tensorboard(tmp_path):
@@ -55,7 +54,7 @@ def test_finetuning_writes_its_evaluations_to_tensorboard(tmp_path):
                  str(lab / "val"), "--condition", "full", "--epochs", "2", "--batch-size", "8", "--workers", "0",
                  "--no-progress", "--out", str(out)]) == 0
     acc = _events(out / "tensorboard")
-    evals = [r for r in _metrics(out) if "top1" in r]
+    evals = [r for r in metrics(out) if "top1" in r]
     assert [(e.step, round(e.value, 5)) for e in acc.Scalars("top1")] == [(r["step"], round(r["top1"], 5))
                                                                          for r in evals]
     assert {"top5", "val_loss", "epoch", "loss"} <= set(acc.Tags()["scalars"])
@@ -65,7 +64,7 @@ def test_no_tensorboard_flag_writes_no_event_files(shards, tmp_path):
     run = tmp_path / "run"
     assert main(["pretrain", "--data", str(shards), "--out", str(run), *TINY, "--steps", "2",
                  "--log-every", "1", "--no-tensorboard"]) == 0
-    assert not (run / "tensorboard").exists() and len(_metrics(run)) == 2
+    assert not (run / "tensorboard").exists() and len(metrics(run)) == 2
 
 
 def test_wandb_offline_logs_what_metrics_jsonl_holds(shards, tmp_path, monkeypatch):
@@ -81,7 +80,7 @@ def test_wandb_offline_logs_what_metrics_jsonl_holds(shards, tmp_path, monkeypat
     assert len(files) == 1
     rows = history(Path(files[0]))
     assert [(r["_step"], round(r["loss"], 5)) for r in rows if "loss" in r] == [
-        (m["step"], round(m["loss"], 5)) for m in _metrics(run)]
+        (m["step"], round(m["loss"], 5)) for m in metrics(run)]
     pic = next(r for r in rows if "reconstructions/path" in r)
     assert pic["_step"] == 4 and (Path(files[0]).parent / "files" / pic["reconstructions/path"]).is_file()
 
@@ -113,7 +112,7 @@ def test_probing_writes_its_classifier_curves_and_starts_them_over_when_rerun(tm
     for _ in range(2):  # the rerun retrains from the cached features: its curves replace the first's
         assert main(args) == 0
         acc = _events(out / "tensorboard")
-        logged = _metrics(out)
+        logged = metrics(out)
         assert [(e.step, round(e.value, 5)) for e in acc.Scalars("top1")] == [(r["epoch"], round(r["top1"], 5))
                                                                              for r in logged] != []
     result = json.loads((out / "result.json").read_text())

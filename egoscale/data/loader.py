@@ -42,8 +42,6 @@ try:
     # torchvision's decoder writes (3, H, W) uint8 straight from libjpeg-turbo, faster than PIL's
     # decode + numpy conversion (benchmarks/loader_vs_webdataset.py). torchvision deprecates it in
     # favour of TorchCodec (not a dependency here); PIL takes over when it is gone.
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                            category=DeprecationWarning)
     from torchvision.io import ImageReadMode, decode_image
 except ImportError:  # pragma: no cover - future torchvision
     decode_image = None
@@ -52,7 +50,10 @@ except ImportError:  # pragma: no cover - future torchvision
 def decode_rgb(data: bytes) -> torch.Tensor:
     """Image bytes -> uint8 (3, H, W)."""
     if decode_image is not None:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():  # its deprecation notice, at every call; silenced here only
+            warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of "
+                                    "TorchVision", category=DeprecationWarning)
+            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     return torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1)
 
 

@@ -9,7 +9,6 @@ exactly like pretraining.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
@@ -26,7 +25,8 @@ from egoscale.fileio import write_json_atomic
 from egoscale.models.checkpoint import vit_meta
 from egoscale.models.vit import choose_attention
 from egoscale.train.distributed import Dist, cleanup, init_distributed, is_main_process, parallelize
-from egoscale.runfolder import FolderLock, check_identity
+from egoscale.runfolder import stage_folder
+from egoscale.train.checkpointing import has_checkpoint
 from egoscale.train.loop import CHECKPOINT, LoopSettings, Trainer, adamw, lr_schedule, read_metrics, use_bf16
 
 
@@ -111,11 +111,10 @@ def _epoch_batches(dataset, cfg, d: Dist, steps_per_epoch: int, start_step: int)
 def finetune(cfg: FinetuneConfig, log=print) -> dict:
     out = Path(cfg.out)
     d = init_distributed(cfg.device)
+    record = eval_record(cfg)
     try:
-        with FolderLock(out, "finetune") if d.is_main else contextlib.nullcontext():
-            record = eval_record(cfg)
-            has_state = cfg.resume not in ("auto", "none") or (out / CHECKPOINT).is_file()
-            changed = check_identity(out, record, IDENTITY, "finetuning run", cfg.resume, has_state)
+        with stage_folder(out, "finetune", record, IDENTITY, has_state=has_checkpoint(out, cfg.resume),
+                          resume=cfg.resume, lock=d.is_main) as changed:
             return _finetune(cfg, d, out, record, changed, log)
     finally:
         cleanup()

@@ -24,7 +24,7 @@ from egoscale.evaluate.labelled import topk_correct
 from egoscale.fileio import append_jsonl, write_json_atomic
 from egoscale.models.checkpoint import save_checkpoint
 from egoscale.models.vit import make_head
-from egoscale.runfolder import FolderLock, check_identity
+from egoscale.runfolder import stage_folder
 from egoscale.train.distributed import resolve_device
 from egoscale.train.loop import read_metrics, use_bf16
 from egoscale.train.tracking import Trackers
@@ -88,12 +88,11 @@ def knn_accuracy(train_f, train_y, val_f, val_y, k: int, classes: int) -> dict:
 
 def probe(cfg: ProbeConfig, log=print) -> dict:
     out = Path(cfg.out)
-    with FolderLock(out, "probe"):
-        record = eval_record(cfg)
-        # cached features belong to one checkpoint, label subset and image size
-        has_state = any(out.glob("features*")) or (out / "result.json").is_file()
-        # (the two poolings cache apart, features/ and features-avg/, so --pool may differ)
-        changed = check_identity(out, record, [k for k in IDENTITY if k != "pool"], "probe", "auto", has_state)
+    record = eval_record(cfg)
+    # cached features belong to one checkpoint, label subset and image size; the two poolings cache
+    # apart (features/ and features-avg/), so --pool may differ
+    has_state = any(out.glob("features*")) or (out / "result.json").is_file()
+    with stage_folder(out, "probe", record, [k for k in IDENTITY if k != "pool"], has_state=has_state) as changed:
         return _probe(cfg, out, record, changed, log)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,11 @@ from egoscale.models.checkpoint import read_checkpoint, save_checkpoint
 from egoscale.train.distributed import Dist
 
 CHECKPOINT = "checkpoint.pt"
+
+
+def has_checkpoint(folder: str | os.PathLike, resume: str) -> bool:
+    """Whether a training stage will resume: from the folder's own checkpoint, or from a path."""
+    return resume not in ("auto", "none") or (Path(folder) / CHECKPOINT).is_file()
 
 
 def rng_state() -> dict:

@@ -21,7 +21,8 @@ from egoscale.errors import EgoscaleError
 from egoscale.models.block import Block
 
 # The oldest torch with what training uses (FSDP2's public `fully_shard`, `torch.OutOfMemoryError`);
-# checked here, where every training and evaluation stage passes, instead of failing mid-run.
+# checked where every training and evaluation stage passes (`resolve_device`), before any work,
+# instead of failing mid-run.
 TORCH_FLOOR = (2, 6)
 
 
@@ -31,8 +32,6 @@ def check_torch(version: str = torch.__version__) -> None:
         raise EgoscaleError(f"egoscale needs torch >= {'.'.join(map(str, TORCH_FLOOR))} (this is {version}): "
                             "pip install -U torch torchvision")
 
-
-check_torch()
 
 
 @dataclass
@@ -79,8 +78,10 @@ def keep_freed_memory() -> bool:
 def resolve_device(device: str | None = "auto", local_rank: int = 0) -> torch.device:
     """auto -> this process's GPU if there is one, else the CPU; makes it the current device.
 
-    On the CPU, malloc keeps freed memory for reuse (`keep_freed_memory`).
+    On the CPU, malloc keeps freed memory for reuse (`keep_freed_memory`). A torch older than
+    training needs is a one-line error here (`check_torch`).
     """
+    check_torch()
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():

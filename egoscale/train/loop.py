@@ -22,6 +22,7 @@ from egoscale.train.checkpointing import CHECKPOINT, Checkpointer
 from egoscale.train.config import PRECISIONS, PRETRAIN_PRECISIONS, check_precision
 from egoscale.train.distributed import Dist, keep_grad_buffers
 from egoscale.train.metrics import MetricsWindow, read_metrics, truncate_metrics
+from egoscale.train.seeds import relayout_seed
 from egoscale.train.tracking import Trackers
 
 __all__ = ["CHECKPOINT", "LoopSettings", "Trainer", "TrainingDiverged", "adamw", "lr_schedule", "read_metrics",
@@ -159,7 +160,7 @@ class Trainer:
             r = self.checkpoints.load(path)
             self.step, self.samples, self.elapsed_before = r.step, r.samples, r.elapsed
             if r.rank_state is None:  # another number of processes: fresh but deterministic streams
-                torch.manual_seed(s.seed * 7919 + self.dist.rank * 104729 + self.step)
+                torch.manual_seed(relayout_seed(s.seed, self.dist.rank, self.step))
             else:
                 self.data_state = r.rank_state.get("data")
                 if r.rank_state.get("window"):

@@ -3,7 +3,6 @@ or all GPUs of many nodes under torchrun (examples in `PretrainConfig`)."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
@@ -15,6 +14,7 @@ import torch
 from egoscale.config import to_dict
 from egoscale.data.loader import FrameStream, make_loader, normalize_batch, resolve_pieces
 from egoscale.data.subset import describe_data, frame_short_side
+from egoscale.train.seeds import data_seed, rank_seed
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
 from egoscale.machine import usable_cores
@@ -22,12 +22,13 @@ from egoscale.models.checkpoint import mae_meta, mae_to_released, released_to_ma
 from egoscale.models.flops import mae_train_flops
 from egoscale.models.mae import MaskedAutoencoder
 from egoscale.models.vit import choose_attention
-from egoscale.runfolder import FolderLock, check_identity, record_config
+from egoscale.runfolder import record_config, stage_folder
+from egoscale.train.checkpointing import has_checkpoint
 from egoscale.train.config import (COMPILE_PAYS_STEPS, CUDA_GRAPH_MODES, IDENTITY, PRETRAIN_PRECISIONS, PretrainConfig,
                                    run_record)
 from egoscale.train.distributed import (cleanup, fully_sharded, init_distributed, is_main_process, parallelize,
                                         rank_nodes)
-from egoscale.train.loop import (CHECKPOINT, LoopSettings, Trainer, adamw, lr_schedule, read_metrics,
+from egoscale.train.loop import (LoopSettings, Trainer, adamw, lr_schedule, read_metrics,
                                  resolve_precision)
 from egoscale.train.visualize import reconstruction_grid
 
@@ -72,9 +73,11 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     record = run_record(cfg, data)
     d = init_distributed(cfg.device)
     try:
-        with FolderLock(out, "pretrain") if d.is_main else contextlib.nullcontext():
-            has_state = cfg.resume not in ("auto", "none") or (out / CHECKPOINT).is_file()
-            changed = check_identity(out, record, IDENTITY, "pretraining run", cfg.resume, has_state)
+        if cfg.compile_mode in CUDA_GRAPH_MODES and (d.device.type != "cuda" or d.enabled):
+            raise ConfigError(f"--compile-mode {cfg.compile_mode} records CUDA graphs: it needs one CUDA process "
+                              f"(here: {d.device.type} x{d.world_size}); use --compile-mode default")
+        with stage_folder(out, "pretrain", record, IDENTITY, has_state=has_checkpoint(out, cfg.resume),
+                          resume=cfg.resume, lock=d.is_main) as changed:
             return _pretrain(cfg, spec, pieces, frames, data, d, out, record, changed, log)
     finally:
         cleanup()
@@ -82,14 +85,11 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
 
 def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Path, record: dict,
               changed: dict, log) -> dict:
-    if cfg.compile_mode in CUDA_GRAPH_MODES and (d.device.type != "cuda" or d.enabled):
-        raise ConfigError(f"--compile-mode {cfg.compile_mode} records CUDA graphs: it needs one CUDA process "
-                          f"(here: {d.device.type} x{d.world_size}); use --compile-mode default")
     global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
     max_steps = _max_steps(cfg, frames, global_batch)
     torch.manual_seed(cfg.seed)
     mae = MaskedAutoencoder(spec, mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss).to(d.device)
-    torch.manual_seed(cfg.seed * 7919 + d.rank)
+    torch.manual_seed(rank_seed(cfg.seed, d.rank))
     generators, lr, nodes = mask_generators(cfg, d), cfg.default_lr(), rank_nodes(d)  # nodes: for summary.json
     precision = resolve_precision(cfg.precision, d.device, PRETRAIN_PRECISIONS)
     sharded = fully_sharded(d, cfg.fsdp, precision == "bf16-params")
@@ -100,11 +100,7 @@ def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Pat
             f"{global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} devices, lr {lr:g} "
             f"({cfg.lr_schedule}), mask {cfg.mask_ratio}, {precision} ({attention} attention), {frames} frames, "
             + length)
-        short = frame_short_side(cfg.data)
-        if short is not None and short < spec.img_size:  # said, not refused: a small study may mean it
-            log(f"note: the frames in {cfg.data} are {short} px on their short side, so every {spec.img_size}-px "
-                f"crop is upsampled; for this size ingest with --short-side 0 (the videos' own) or at least "
-                f"{spec.img_size}")
+        _say_if_upsampled(cfg.data, spec.img_size, log)
     compile_ = resolve_compile(cfg.compile, d.device, precision, d.world_size, cfg.fsdp, max_steps,
                                cfg.grad_checkpointing, cfg.compile_mode)
     module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=compile_,
@@ -185,11 +181,19 @@ def _finished(trainer: Trainer, out: Path, d, **about) -> dict:
     return summary
 
 
+def _say_if_upsampled(data: str, img_size: int, log) -> None:
+    """Said, not refused (a small study may mean it): crops larger than the ingested frames."""
+    short = frame_short_side(data)
+    if short is not None and short < img_size:
+        log(f"note: the frames in {data} are {short} px on their short side, so every {img_size}-px crop is "
+            f"upsampled; for this size ingest with --short-side 0 (the videos' own) or at least {img_size}")
+
+
 def _stream(cfg: PretrainConfig, pieces, img_size: int, d, trainer: Trainer, workers: int, log) -> FrameStream:
     """The frame stream, continued exactly from the checkpoint's data position when the run keeps
     its layout (processes, accumulation, loader workers, shuffle buffer, batch); otherwise fresh,
     seeded by the step."""
-    seed = cfg.seed * 1_000_003
+    seed = data_seed(cfg.seed)
     kw = dict(rank=d.rank, world_size=d.world_size, shuffle_buffer=cfg.shuffle_buffer, batch_size=cfg.batch_size,
               accum_steps=cfg.accum_steps, interpolation=cfg.interpolation)
     stream = FrameStream(pieces, img_size, seed=seed, **kw)
@@ -211,7 +215,7 @@ def mask_generators(cfg: PretrainConfig, d) -> list[torch.Generator]:
     """One RNG for the masks of each of this process's virtual ranks (its micro-steps, `FrameStream`),
     so that the masks, like the data, depend on the global batch's make-up, not on how many
     processes share it."""
-    return [torch.Generator(device=d.device).manual_seed(cfg.seed * 7919 + d.rank * cfg.accum_steps + k)
+    return [torch.Generator(device=d.device).manual_seed(rank_seed(cfg.seed, d.rank * cfg.accum_steps + k))
             for k in range(cfg.accum_steps)]
 
 
