@@ -53,6 +53,8 @@ STAGES: dict[str, Stage] = {
                  "scaling-law forms with robust fits, held-out validation and bootstrap intervals"),
     "extrapolate": Stage("egoscale.scaling.extrapolate", "ExtrapolateConfig",
                          "predictions far from the data; the scale that reaches a target (e.g. human)"),
+    "plan": Stage("egoscale.scaling.plan", "PlanConfig",
+                  "which runs to pay for next: the most narrowing of one far answer per GPU-hour"),
     "report": Stage("egoscale.scaling.report", "ReportConfig", "report.html / report.md with plots from a fit"),
     "sweep": Stage("egoscale.sweep.sweep", "SweepConfig",
                    "run a grid (models x sizes x data x evaluations) locally or on SLURM; `sweep status`"),

@@ -561,3 +561,38 @@ def test_finetuning_is_shown_beside_the_probe_of_the_same_weights(tmp_path):
     assert "in 2, within 2 points below it in 1 and further below in 1 of 4 model@size" in html
     # a table of one evaluation has nothing to set beside it
     assert side_by_side([r for r in rows if r["eval"] == "linear_probe"], "top1") == []
+
+
+def test_the_plan_buys_the_runs_that_pin_down_the_axis_the_question_extrapolates(tmp_path):
+    from egoscale.scaling.plan import PlanConfig, make_plan
+
+    # a logit-linear world fitted without its largest model; three candidates of equal cost: that
+    # model, more data for a smaller one, another resolution for the smallest
+    rows = [r for r in grid("logit_linear", TRUE["logit_linear"], all_resolutions=True) if r["params"] < 600e6]
+    write_table(rows, tmp_path / "r.csv")
+    run_fit(FitConfig(table=str(tmp_path / "r.csv"), out=str(tmp_path / "fit.json"), form="logit_linear",
+                      bootstrap=40), log=quiet)
+    (tmp_path / "c.csv").write_text("model,params,img_size,data_hours,seed,gpu_hours\n"
+                                    "m6e+08,632e6,224,50,1,10\nm3e+08,304e6,224,5000,2,10\nm2e+07,22e6,448,5,4,10\n"
+                                    "m2e+07,22e6,224,0.5,1,10\n")
+    ask = dict(fit=str(tmp_path / "fit.json"), candidates=str(tmp_path / "c.csv"), out=str(tmp_path / "plan.json"))
+    # far along N only: the largest model first; far along D only: the most data first
+    by_n = make_plan(PlanConfig(**ask, at="params=5e9,hours=50,resolution=224", budget_gpu_hours=15))
+    assert [c["cell"] for c in by_n["chosen"]] == ["m6e+08@224_50h_s1"] and by_n["spent_gpu_hours"] == 10
+    assert "model slope b" in by_n["chosen"][0]["why"]
+    by_d = make_plan(PlanConfig(**ask, at="params=3e8,hours=5e5,resolution=224", budget_gpu_hours=15))
+    assert [c["cell"] for c in by_d["chosen"]] == ["m3e+08@224_5000h_s2"]
+    # every run the budget allows, each narrowing the interval, and the run already made left out
+    allin = make_plan(PlanConfig(**ask, at="params=5e9,hours=50,resolution=224", budget_gpu_hours=100))
+    sds = [allin["now"]["sd"]] + [c["interval_after"]["sd"] for c in allin["chosen"]]
+    assert sds == sorted(sds, reverse=True) and allin["after"]["sd"] == sds[-1] < sds[0]
+    assert {"cell": "m2e+07@224_0.5h_s1", "why": "already in the fit"} in allin["not_considered"]
+    assert json.loads((tmp_path / "plan.json").read_text())["chosen"][0]["cell"] == allin["chosen"][0]["cell"]
+    r = egoscale("report", tmp_path / "fit.json", "--out", tmp_path / "rep", "--plan", tmp_path / "plan.json")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert r.returncode == 0 and "## The runs to make next" in md and allin["chosen"][-1]["cell"] in md
+    # a candidate without a price and nothing to price it with: one line
+    (tmp_path / "u.csv").write_text("model,params,img_size,data_hours,seed\nm6e+08,632e6,224,50,1\n")
+    r = egoscale("plan", tmp_path / "fit.json", "--candidates", tmp_path / "u.csv", "--at",
+                 "params=5e9,hours=50,resolution=224", "--budget-gpu-hours", "10")
+    assert r.returncode == 2 and "without gpu_hours" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -150,6 +150,17 @@ def test_cells_take_their_own_pretraining_settings_by_id_or_pattern(tiny_study, 
         load_grid({**unbounded, "cell_overrides": {"*_0.5_*": {"steps": 2}}})
 
 
+def test_a_grid_can_run_only_some_of_its_cells(tiny_study):
+    # what `egoscale plan --grid-out` writes: the grid's settings, only the chosen cells (and the
+    # random baselines of their model@sizes)
+    g = _grid(tiny_study, models=["vit_pico4", "vit_nano4"], baselines=["random"], only=["vit_nano4@32_0.5_s2"])
+    grid = load_grid(g)
+    assert [c.id for c in cells(grid)] == ["vit_nano4@32_0.5_s2"]
+    assert {c.model for c in baseline_cells(grid)} == {"vit_nano4"}
+    with pytest.raises(ConfigError, match="only names 'vit_nano4@32_0.25_s2', which is not a cell of the grid"):
+        load_grid({**g, "only": ["vit_nano4@32_0.25_s2"]})
+
+
 def test_random_baselines_are_evaluated_once_per_seed_and_marked_in_the_table(tiny_study, tmp_path):
     # `baselines: [random]`: every model@size evaluated untrained, once per seed (each its own
     # initialisation), by every evaluation, without pretraining; the table marks them (steps 0)

@@ -37,11 +37,35 @@ with fitted curves, held-out predictions, and the extrapolation with interval ba
     target: str | None = opt(None, "target accuracy or 'human' (default: human for top5 fits)")
     runs: str | None = opt(None, "the sweep folder of the runs, for pictures of the data and the runs (default: "
                            "the results table's folder when it is a sweep's)")
+    plan: str | None = opt(None, "a plan.json from `egoscale plan`: shown as the runs to make next")
 
 
 def main(cfg: ReportConfig) -> int:
-    print(f"wrote {report(cfg.fit, cfg.out, cfg.target, runs=cfg.runs)}")
+    notes = [plan_section(cfg.plan)] if cfg.plan else None
+    print(f"wrote {report(cfg.fit, cfg.out, cfg.target, notes=notes, runs=cfg.runs)}")
     return 0
+
+
+def plan_section(path: str) -> tuple[str, list[str]]:
+    """The runs `egoscale plan` chose, as a report section."""
+    import json
+
+    from egoscale.errors import DataError
+
+    try:
+        plan = json.loads(Path(path).read_text())
+        lab = f"{plan['level']:.0%}"
+        now, after = plan["now"], plan["after"]
+    except (OSError, ValueError, KeyError):
+        raise DataError(f"{path}: not a plan.json (from `egoscale plan`)") from None
+    rows = [[str(i), c["cell"], f"{c['gpu_hours']:.1f}", f"{c['interval_after']['sd']:.3f}", c["why"]]
+            for i, c in enumerate(plan["chosen"], 1)]
+    return ("The runs to make next", [
+        f"The question: {plan['question']}. Now {now['mean']:.3f}, {lab} interval [{now['interval'][0]:.3f}, "
+        f"{now['interval'][1]:.3f}]; after the {len(rows)} run(s) below ({plan['spent_gpu_hours']:.1f} of "
+        f"{plan['budget_gpu_hours']:g} GPU-hours), expected [{after['interval'][0]:.3f}, {after['interval'][1]:.3f}] "
+        f"(`{path}`).",
+        _md_table(["#", "cell", "GPU-hours", "sd after", "why"], rows)])
 
 
 def _pct(x):

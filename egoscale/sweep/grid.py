@@ -20,6 +20,7 @@
       - {name: permissive, kind: finetune, train: /data/imagenet/train, val: /data/imagenet/val,
          condition: permissive,
          model_overrides: {vit_h14: {lr: 5.0e-5}}}          # per model, as for pretraining
+    only: [vit_s14@224_0.1_s1, vit_b14@224_1_s1]            # just these cells (what `egoscale plan` chose)
     compute: {gpu_tflops: 989, mfu: 0.4, gpus_per_run: 8}   # for --dry-run estimates
     slurm: {partition: gpu, gpus_per_node: 8, timeout_min: 2880, cpus_per_task: 64}
 
@@ -71,6 +72,8 @@ class Grid:
     # (its length, a mask ratio it was launched with).
     cell_overrides: dict = field(default_factory=dict)
     evals: list[dict] = field(default_factory=list)
+    # Only these cells of the cross product (by id), when given: the runs `egoscale plan` chose.
+    only: list[str] | None = None
     compute: dict = field(default_factory=dict)
     slurm: dict = field(default_factory=dict)
     name: str = "sweep"
@@ -150,6 +153,13 @@ def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
         if m not in grid.models:
             raise ConfigError(f"{src}: model_overrides names {m!r}, which is not in models")
         build(PretrainConfig, {**grid.pretrain, **length, **over}, source=f"{src}: model_overrides.{m}")
+    if grid.only is not None:
+        every = {Cell(m, s, f, seed).id for m in grid.models for s in grid.img_sizes for f in grid.fractions
+                 for seed in (full_seeds(grid) if f == 1 else grid.seeds)}
+        unknown = [i for i in grid.only if i not in every]
+        if unknown or not grid.only:
+            raise ConfigError(f"{src}: only names {unknown[0]!r}, which is not a cell of the grid" if unknown
+                              else f"{src}: only is empty")
     _check_cell_overrides(grid, src, reserved)
     grid.evals = [_checked_eval(i, ev, base, src, grid.models) for i, ev in enumerate(grid.evals)]
     dup = [n for n in {e["name"] for e in grid.evals} if sum(e["name"] == n for e in grid.evals) > 1]
@@ -183,7 +193,7 @@ def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
 def _check_cell_overrides(grid: Grid, src: str, reserved: set[str]) -> None:
     """Every pattern names at least one cell (a typo would silently change nothing), sets no key the
     grid sets itself, and gives every cell it matches valid settings."""
-    ids = [c.id for c in cells(grid)]
+    ids = [c.id for c in cells(dataclasses.replace(grid, only=None))]  # any cell of the cross product
     for pattern, over in grid.cell_overrides.items():
         if not isinstance(over, dict):
             raise ConfigError(f"{src}: cell_overrides.{pattern} must be a mapping of pretraining settings")
@@ -221,7 +231,7 @@ def cells(grid: Grid) -> list[Cell]:
             for f in grid.fractions:
                 for seed in (full_seeds(grid) if f == 1 else grid.seeds):
                     out.append(Cell(m, s, f, seed))
-    return out
+    return out if grid.only is None else [c for c in out if c.id in set(grid.only)]
 
 
 def full_seeds(grid: Grid) -> list[int]:
@@ -232,8 +242,9 @@ def baseline_cells(grid: Grid) -> list[Cell]:
     """The grid's evaluations without pretraining: every model@size, once per seed that pretrains
     (`seeds` and `full_seeds`), each its own initialisation."""
     seeds = sorted({*grid.seeds, *full_seeds(grid)})
+    pretrained = {(c.model, c.img_size) for c in cells(grid)}  # with `only`: the model@sizes it runs
     return [Cell(m, s, 0.0, seed, baseline=b) for b in grid.baselines for m in grid.models for s in grid.img_sizes
-            for seed in seeds]
+            for seed in seeds if (m, s) in pretrained]
 
 
 def all_cells(grid: Grid) -> list[Cell]:

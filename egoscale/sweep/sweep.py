@@ -121,23 +121,26 @@ def compute_assumptions(grid: Grid) -> dict:
 
 def estimate(grid: Grid) -> list[dict]:
     """Per pretraining cell: training FLOPs (when the length is in steps) and GPU-hours at the assumed MFU."""
+    return [estimate_cell(grid, c) for c in cells(grid)]
+
+
+def estimate_cell(grid: Grid, c) -> dict:
+    """One pretraining cell's training FLOPs and GPU-hours, from its own settings as its run would have
+    them (model shape, mask, batch, length) and the grid's compute assumptions. A cell need not be
+    one of the grid's: `egoscale plan` prices candidate runs with a grid's settings."""
     comp = compute_assumptions(grid)
-    rows = []
-    for c in cells(grid):
-        # the cell's own settings, as its run would have them: model shape (patch, decoder), mask, batch
-        cfg = pretrain_config(grid, c, Path("."))
-        spec = cfg.spec()
-        per_img = mae_train_flops(spec, spec.img_size, cfg.mask_ratio)
-        batch = cfg.batch_size * cfg.accum_steps * comp["gpus_per_run"]
-        flops = per_img * batch * cfg.steps if cfg.steps else None
-        # GPU-hours: the run's FLOPs at one GPU's sustained rate, however many GPUs share them
-        hours = flops / (comp["gpu_tflops"] * 1e12 * comp["mfu"]) / 3600 if flops else None
-        if cfg.budget_hours:
-            budget = cfg.budget_hours * comp["gpus_per_run"]
-            hours = min(hours, budget) if hours else budget
-            flops = hours * 3600 * comp["gpu_tflops"] * 1e12 * comp["mfu"]  # what the budget buys
-        rows.append({"cell": c.id, "flops": flops, "gpu_hours": hours})
-    return rows
+    cfg = pretrain_config(grid, c, Path("."))
+    spec = cfg.spec()
+    per_img = mae_train_flops(spec, spec.img_size, cfg.mask_ratio)
+    batch = cfg.batch_size * cfg.accum_steps * comp["gpus_per_run"]
+    flops = per_img * batch * cfg.steps if cfg.steps else None
+    # GPU-hours: the run's FLOPs at one GPU's sustained rate, however many GPUs share them
+    hours = flops / (comp["gpu_tflops"] * 1e12 * comp["mfu"]) / 3600 if flops else None
+    if cfg.budget_hours:
+        budget = cfg.budget_hours * comp["gpus_per_run"]
+        hours = min(hours, budget) if hours else budget
+        flops = hours * 3600 * comp["gpu_tflops"] * 1e12 * comp["mfu"]  # what the budget buys
+    return {"cell": c.id, "flops": flops, "gpu_hours": hours}
 
 
 def check_grid(grid: Grid, out: Path) -> None:
