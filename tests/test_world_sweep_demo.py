@@ -19,7 +19,7 @@ from egoscale.errors import ConfigError
 from egoscale.scaling.records import load_fit
 from egoscale.sweep.grid import all_cells, baseline_cells, cells, load_grid
 from egoscale.sweep.slurm import slurm_jobs
-from egoscale.sweep.sweep import estimate, run_local, status
+from egoscale.sweep.sweep import Counts, estimate, run_local, status
 from egoscale.world.world import WorldConfig, make_world
 from tests.study import grid_dict as _grid
 
@@ -59,7 +59,7 @@ def test_sweep_skips_finished_cells_records_failures_and_resumes(tiny_study, tmp
         counts = run_local(grid, tmp_path / "runs", log=quiet)
     finally:
         shutil.move(tmp_path / "x.json", hidden)
-    assert counts == {"done": 4, "skipped": 0, "failed": 1, "blocked": 1}
+    assert counts == Counts(done=4, skipped=0, failed=1, blocked=1)
     st = status(tmp_path / "runs")
     assert st["failed"] == ["pretrain/vit_pico4@32_0.5_s2"] and len(st["done"]) == 4
     # `egoscale sweep status` answers from the cells' files at once, without loading torch
@@ -73,7 +73,7 @@ def test_sweep_skips_finished_cells_records_failures_and_resumes(tiny_study, tmp
     rows = (tmp_path / "runs" / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 2
     counts = run_local(grid, tmp_path / "runs", log=quiet)  # again: only the failed cell and its eval run
-    assert counts == {"done": 2, "skipped": 4, "failed": 0, "blocked": 0}
+    assert counts == Counts(done=2, skipped=4, failed=0, blocked=0)
     assert len((tmp_path / "runs" / "results.csv").read_text().splitlines()) == 1 + 3
     assert status(tmp_path / "runs")["failed"] == []
 
@@ -83,7 +83,7 @@ def test_full_data_repeats_are_independent_runs_on_the_whole_data(tiny_study, tm
     # the results table tells the repeats apart, so the fit sees them as seeds of one cell
     grid = load_grid(_grid(tiny_study, fractions=[1.0], full_seeds=[1, 2]))
     assert [c.id for c in cells(grid)] == ["vit_pico4@32_1_s1", "vit_pico4@32_1_s2"]
-    assert run_local(grid, tmp_path / "runs", log=quiet)["failed"] == 0
+    assert run_local(grid, tmp_path / "runs", log=quiet).failed == 0
     runs = [tmp_path / "runs" / "pretrain" / f"vit_pico4@32_1_s{s}" for s in (1, 2)]
     cfgs = [json.loads((r / "config.json").read_text()) for r in runs]
     assert [c["seed"] for c in cfgs] == [1, 2] and cfgs[0]["subset"] == cfgs[1]["subset"]
@@ -171,7 +171,7 @@ def test_random_baselines_are_evaluated_once_per_seed_and_marked_in_the_table(ti
     repeats = load_grid(_grid(tiny_study, fractions=[1.0, 0.5], seeds=[1], full_seeds=[1, 3], baselines=["random"]))
     assert [c.id for c in baseline_cells(repeats)] == ["vit_pico4@32_random_s1", "vit_pico4@32_random_s3"]
     out = tmp_path / "runs"
-    assert run_local(grid, out, log=quiet) == {"done": 4, "skipped": 0, "failed": 0, "blocked": 0}
+    assert run_local(grid, out, log=quiet) == Counts(done=4, skipped=0, failed=0, blocked=0)
     assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["vit_pico4@32_1_s1"]  # no pretraining for them
     rows = list(csv.DictReader(open(out / "results.csv")))
     base = sorted((r for r in rows if r["baseline"] == "random"), key=lambda r: r["seed"])
@@ -184,7 +184,7 @@ def test_random_baselines_are_evaluated_once_per_seed_and_marked_in_the_table(ti
     assert not torch.equal(*feats)
     assert sorted(status(out, grid)["done"]) == ["eval/vit_pico4@32_1_s1_probe", "eval/vit_pico4@32_random_s1_probe",
                                                 "eval/vit_pico4@32_random_s2_probe", "pretrain/vit_pico4@32_1_s1"]
-    assert run_local(grid, out, log=quiet) == {"done": 0, "skipped": 4, "failed": 0, "blocked": 0}
+    assert run_local(grid, out, log=quiet) == Counts(done=0, skipped=4, failed=0, blocked=0)
     # on SLURM a baseline is an evaluation job that waits for nothing
     jobs = {j["name"]: j for j in slurm_jobs(grid, out)}
     assert jobs["probe_vit_pico4@32_random_s1"]["depends_on"] is None
@@ -203,7 +203,7 @@ def test_sweep_runs_cells_in_parallel_worker_processes(tiny_study, tmp_path, mon
     grid = load_grid(_grid(tiny_study))
     lines = []
     counts = run_local(grid, tmp_path / "runs", log=lines.append, parallel=2)
-    assert counts == {"done": 6, "skipped": 0, "failed": 0, "blocked": 0}
+    assert counts == Counts(done=6, skipped=0, failed=0, blocked=0)
     assert len(status(tmp_path / "runs")["done"]) == 6
     assert len((tmp_path / "runs" / "results.csv").read_text().splitlines()) == 1 + 3
     assert sum("pretrain vit_pico4@32_0.5_s2: done" in m for m in lines) == 1  # workers' lines reach the log
@@ -211,7 +211,7 @@ def test_sweep_runs_cells_in_parallel_worker_processes(tiny_study, tmp_path, mon
     # since is written again
     (tmp_path / "runs" / "results.csv").unlink()
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", None)
-    assert run_local(grid, tmp_path / "runs", log=quiet, parallel=2)["skipped"] == 6
+    assert run_local(grid, tmp_path / "runs", log=quiet, parallel=2).skipped == 6
     assert len((tmp_path / "runs" / "results.csv").read_text().splitlines()) == 1 + 3
 
 
@@ -224,8 +224,8 @@ def test_a_worker_killed_mid_cell_does_not_stop_the_sweep(tiny_study, tmp_path):
 
     grid = load_grid(_grid(tiny_study, pretrain={"steps": 300, "batch_size": 8, "workers": 0, "log_every": 50}))
     lines, result = [], {}
-    t = threading.Thread(target=lambda: result.update(run_local(grid, tmp_path / "runs", log=lines.append,
-                                                                parallel=2)))
+    t = threading.Thread(target=lambda: result.update(counts=run_local(grid, tmp_path / "runs", log=lines.append,
+                                                                       parallel=2)))
     t.start()
     victim, deadline = None, time.time() + 120
     while victim is None and time.time() < deadline:
@@ -243,7 +243,7 @@ def test_a_worker_killed_mid_cell_does_not_stop_the_sweep(tiny_study, tmp_path):
     t.join(timeout=600)
     assert not t.is_alive()
     assert any("worker process died" in m for m in lines)
-    assert result["failed"] == 0 and len(status(tmp_path / "runs")["done"]) == 6
+    assert result["counts"].failed == 0 and len(status(tmp_path / "runs")["done"]) == 6
     assert len((tmp_path / "runs" / "results.csv").read_text().splitlines()) == 1 + 3
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from enum import Enum
 from pathlib import Path
 
 from egoscale.errors import ConfigError
@@ -27,9 +28,28 @@ def eval_dir(out: Path, cell: Cell, ev: dict) -> Path:
     return out / "eval" / f"{cell.id}_{ev['name']}"
 
 
+class CellState(str, Enum):
+    """Where one stage of one cell stands (its folder's cell.json says; `queued`: SLURM only)."""
+
+    DONE = "done"
+    RUNNING = "running"
+    QUEUED = "queued"
+    FAILED = "failed"
+    PENDING = "pending"
+
+
+def groups(*states: CellState) -> dict[str, list[str]]:
+    """Empty lists of stage folders by state, in the order a status printout lists them."""
+    return {s.value: [] for s in states}
+
+
 def cell_state(folder: Path) -> dict:
     f = folder / "cell.json"
-    return json.loads(f.read_text()) if f.is_file() else {"state": "pending"}
+    return json.loads(f.read_text()) if f.is_file() else {"state": CellState.PENDING.value}
+
+
+def is_done(folder: Path) -> bool:
+    return cell_state(folder)["state"] == CellState.DONE
 
 
 def set_cell_state(folder: Path, **kw) -> None:

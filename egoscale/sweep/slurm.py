@@ -25,7 +25,7 @@ from pathlib import Path
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
 from egoscale.sweep.grid import Grid, all_cells, stages
-from egoscale.sweep.folders import cell_state, stage_dir, update_results
+from egoscale.sweep.folders import CellState, cell_state, groups, is_done, stage_dir, update_results
 
 SLURM_DEFAULTS = {"partition": None, "gpus_per_node": 8, "nodes": 1, "timeout_min": 2880, "cpus_per_task": 32,
                   "eval_timeout_min": 720, "mem_gb": 0, "account": None, "constraint": None, "python": None}
@@ -117,7 +117,7 @@ def submit_slurm(grid: Grid, jobs: list[dict], out: str | Path, log=print) -> di
     ids: dict[str, str] = {}  # jobs of this sweep that are queued or running after this call
     submitted, skipped_done, skipped_live = {}, 0, 0
     for job in jobs:
-        if cell_state(Path(job["folder"]))["state"] == "done":
+        if is_done(Path(job["folder"])):
             skipped_done += 1
             continue
         old = records.get(job["name"])
@@ -160,12 +160,12 @@ def slurm_status(grid: Grid, out: str | Path) -> dict[str, list[str]]:
     # a stage that says "running" while SLURM has no active job for it is asked about once more,
     # all together after a second: a requeue passes through such a moment
     jobs = slurm_jobs(grid, out)
-    doubtful = [records[j["name"]] for j in jobs if records.get(j["name"])
-                and live.get(records[j["name"]]) not in ACTIVE and cell_state(Path(j["folder"]))["state"] == "running"]
+    doubtful = [jid for j in jobs if (jid := records.get(j["name"])) and live.get(jid) not in ACTIVE
+                and cell_state(Path(j["folder"]))["state"] == CellState.RUNNING]
     if doubtful:
         time.sleep(1)
         live.update(job_states(doubtful))
-    groups: dict[str, list[str]] = {"done": [], "running": [], "queued": [], "failed": [], "pending": []}
+    by_state = groups(*CellState)
     for job in jobs:
         jid = records.get(job["name"])
         st = cell_state(Path(job["folder"]))
@@ -173,19 +173,20 @@ def slurm_status(grid: Grid, out: str | Path) -> dict[str, list[str]]:
         label = f"{job['stage']} {job['cell']}" + (f" (job {jid}{', ' + span if span else ''})" if jid
                                                      else f" ({span})" if span else "")
         slurm = live.get(jid) if jid else None
-        if st["state"] == "done":
-            groups["done"].append(label)
+        if st["state"] == CellState.DONE:
+            by_state[CellState.DONE].append(label)
         elif slurm in ACTIVE:
-            groups["running" if slurm in ("RUNNING", "COMPLETING", "CONFIGURING") else "queued"].append(label)
-        elif st["state"] == "failed" or (jid and st["state"] == "running"):
+            by_state[CellState.RUNNING if slurm in ("RUNNING", "COMPLETING", "CONFIGURING") else CellState.QUEUED
+                     ].append(label)
+        elif st["state"] == CellState.FAILED or (jid and st["state"] == CellState.RUNNING):
             logs = sorted((out / "slurm" / job["name"]).glob(f"{jid}_*_log.err")) if jid else []
             where = st.get("log") or (str(logs[-1]) if logs else str(out / "slurm" / job["name"]))
             why = st.get("error") or "the job ended without finishing its stage"
-            groups["failed"].append(f"{label}: {why}; log: {where}")
+            by_state[CellState.FAILED].append(f"{label}: {why}; log: {where}")
         else:
-            groups["pending"].append(label)
+            by_state[CellState.PENDING].append(label)
     update_results(out, grid)  # results.csv as of now, whichever jobs wrote theirs last
-    return groups
+    return by_state
 
 
 __all__ = ["slurm_jobs", "submit_slurm", "slurm_status", "job_states", "slurm_settings"]

@@ -26,8 +26,8 @@ from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
 from egoscale.machine import usable_cores
 from egoscale.models.flops import mae_train_flops
-from egoscale.sweep.folders import (cell_state, eval_dir, pid_alive, pretrain_dir, set_cell_state, stage_dir,
-                                     update_results)
+from egoscale.sweep.folders import (CellState, cell_state, eval_dir, groups, is_done, pid_alive, pretrain_dir,
+                                     set_cell_state, stage_dir, update_results)
 from egoscale.sweep.grid import Cell, Grid, all_cells, cells, eval_config, load_grid, pretrain_config, stages
 
 
@@ -63,14 +63,14 @@ def main(cfg: SweepConfig) -> int:
         if (folder / "slurm" / "jobs.json").is_file() and (folder / "grid.json").is_file():
             from egoscale.sweep.slurm import slurm_status
 
-            groups = slurm_status(load_grid(json.loads((folder / "grid.json").read_text())), folder)
+            by_state = slurm_status(load_grid(json.loads((folder / "grid.json").read_text())), folder)
         else:
-            groups = status(folder)
-        for k in ("done", "running", "queued", "failed", "pending"):
-            if k in groups:
-                print(f"{k:<8} {len(groups[k])}")
-            if k in ("failed", "running", "queued"):
-                for c in groups.get(k, []):
+            by_state = status(folder)
+        for k in CellState:
+            if k in by_state:
+                print(f"{k.value:<8} {len(by_state[k])}")
+            if k in (CellState.FAILED, CellState.RUNNING, CellState.QUEUED):
+                for c in by_state.get(k, []):
                     print(f"         {c}")
         return 0
     grid = load_grid(cfg.grid)
@@ -91,7 +91,7 @@ def main(cfg: SweepConfig) -> int:
             submit_slurm(grid, jobs, cfg.out)
         return 0
     counts = run_local(grid, cfg.out, parallel=cfg.parallel, gpus=cfg.gpus)
-    return 1 if counts["failed"] else 0
+    return 1 if counts.failed else 0
 
 
 # New worker pools after a worker dies, before the unfinished cells are recorded as failed.
@@ -101,17 +101,17 @@ WORKER_RESTARTS = 2
 def status(out: str | Path, grid: Grid | None = None) -> dict[str, list[str]]:
     """Cells by state: done / running / failed / pending (running = a live process holds it)."""
     out = Path(out)
-    groups: dict[str, list[str]] = {"done": [], "running": [], "failed": [], "pending": []}
+    by_state = groups(CellState.DONE, CellState.RUNNING, CellState.FAILED, CellState.PENDING)
     folders = sorted([*out.glob("pretrain/*"), *out.glob("eval/*")])
     if grid is not None:
         folders = [stage_dir(grid, out, c, st) for c in all_cells(grid) for st in stages(grid, c)]
     for f in folders:
         st = cell_state(f)
-        s = st["state"]
-        if s == "running" and not pid_alive(st.get("pid")):
-            s = "failed" if st.get("error") else "pending"  # a killed run: resumable, so pending
-        groups.setdefault(s, []).append(str(f.relative_to(out)))
-    return groups
+        s = CellState(st["state"])
+        if s == CellState.RUNNING and not pid_alive(st.get("pid")):
+            s = CellState.FAILED if st.get("error") else CellState.PENDING  # a killed run: resumable, so pending
+        by_state.setdefault(s.value, []).append(str(f.relative_to(out)))
+    return by_state
 
 
 def compute_assumptions(grid: Grid) -> dict:
@@ -176,7 +176,7 @@ def check_grid(grid: Grid, out: Path) -> None:
 
 
 def run_local(grid: Grid, out: str | Path, log=print, progress: bool = False, parallel: int = 1,
-              gpus: int = 0) -> dict:
+              gpus: int = 0) -> Counts:
     """Every cell (its pretraining, then its evaluations); finished cells are skipped, failures recorded.
 
     parallel > 1 runs that many cells at once in worker processes on the CPU, each with an equal
@@ -192,25 +192,40 @@ def run_local(grid: Grid, out: str | Path, log=print, progress: bool = False, pa
         return _run_local(grid, out, log, progress, parallel, gpus)
 
 
-def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: int) -> dict:
+@dataclass
+class Counts:
+    """What a sweep did with its stages: ran them (done), found them done (skipped), saw them fail,
+    or could not run them (evaluations blocked by a failed pretraining)."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    blocked: int = 0
+
+    def __iadd__(self, other: Counts) -> Counts:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    def describe(self) -> str:
+        return (f"sweep: {self.done} cells run, {self.skipped} already done, {self.failed} failed"
+                + (f" ({self.blocked} evaluations blocked by failed pretraining)" if self.blocked else ""))
+
+
+def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: int) -> Counts:
     todo = all_cells(grid)
-    counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
-
-    def add(c: dict) -> None:
-        for k in counts:
-            counts[k] += c[k]
-
+    counts = Counts()
     # finished cells are counted here, so that re-running a finished sweep starts no worker processes
     numbered = []
     for i, cell in enumerate(todo, 1):
-        if all(cell_state(stage_dir(grid, out, cell, st))["state"] == "done" for st in stages(grid, cell)):
-            counts["skipped"] += len(stages(grid, cell))
+        if all(is_done(stage_dir(grid, out, cell, st)) for st in stages(grid, cell)):
+            counts.skipped += len(stages(grid, cell))
         else:
             numbered.append((i, cell))
     slots = gpus or parallel
     if slots <= 1 or len(numbered) <= 1:
         for i, cell in numbered:
-            add(_run_whole_cell(grid, out, cell, f"[{i}/{len(todo)}]", progress, log))
+            counts += run_cell_stages(grid, out, cell, f"[{i}/{len(todo)}]", progress, log)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -227,7 +242,7 @@ def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: 
                 devices.put(str(k) if gpus else None)
             with ProcessPoolExecutor(slots, mp_context=ctx, initializer=_init_worker,
                                      initargs=(devices, None if gpus else threads, slots)) as pool:
-                futures = {pool.submit(_run_cell_in_worker, grid, out, cell, f"[{i}/{len(todo)}]"): cell.id
+                futures = {pool.submit(_run_cell_stages_in_worker, grid, out, cell, f"[{i}/{len(todo)}]"): cell.id
                            for i, cell in left.values()}
                 for f in as_completed(futures):
                     try:
@@ -236,7 +251,7 @@ def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: 
                         continue              # unfinished cells land here; they are run again below
                     for line in lines:
                         log(line)
-                    add(c)
+                    counts += c
                     del left[futures[f]]
                     update_results(out, grid)
             if not left:
@@ -247,23 +262,22 @@ def _run_local(grid: Grid, out: Path, log, progress: bool, parallel: int, gpus: 
         for _, cell in left.values():  # gave up on these: recorded like any failure
             _mark_failed(grid, out, cell, "its worker process died (killed by the OS? out of memory?) "
                          f"{1 + WORKER_RESTARTS} times")
-            counts["failed"] += 1
+            counts.failed += 1
     update_results(out, grid)  # also when every cell was done already (a results.csv removed since is rebuilt)
-    log(f"sweep: {counts['done']} cells run, {counts['skipped']} already done, {counts['failed']} failed"
-        + (f" ({counts['blocked']} evaluations blocked by failed pretraining)" if counts["blocked"] else ""))
+    log(counts.describe())
     return counts
 
 
 def _mark_failed(grid: Grid, out: Path, cell: Cell, error: str) -> None:
     """Record a cell that never reported back: its pretraining, or else its unfinished evaluations."""
     pdir = pretrain_dir(out, cell)
-    if not cell.baseline and cell_state(pdir)["state"] != "done":
-        set_cell_state(pdir, state="failed", error=error, pid=None)
+    if not cell.baseline and not is_done(pdir):
+        set_cell_state(pdir, state=CellState.FAILED.value, error=error, pid=None)
         return
     for ev in grid.evals:
         edir = eval_dir(out, cell, ev)
-        if cell_state(edir)["state"] != "done":
-            set_cell_state(edir, state="failed", error=error, pid=None)
+        if not is_done(edir):
+            set_cell_state(edir, state=CellState.FAILED.value, error=error, pid=None)
 
 
 def _init_worker(devices, threads: int | None, slots: int = 1) -> None:
@@ -279,24 +293,28 @@ def _init_worker(devices, threads: int | None, slots: int = 1) -> None:
         torch.set_num_threads(threads)
 
 
-def _run_cell_in_worker(grid: Grid, out: Path, cell: Cell, label: str) -> tuple[dict, list[str]]:
+def _run_cell_stages_in_worker(grid: Grid, out: Path, cell: Cell, label: str) -> tuple[Counts, list[str]]:
     lines: list[str] = []
-    return _run_whole_cell(grid, out, cell, label, False, lines.append, update=False), lines
+    return run_cell_stages(grid, out, cell, label, False, lines.append, update=False), lines
 
 
-def _run_whole_cell(grid: Grid, out: Path, cell: Cell, label: str, progress: bool, log,
-                    update: bool = True) -> dict:
-    """One cell's pretraining (unless done) and each of its evaluations (unless done)."""
-    counts = {"done": 0, "skipped": 0, "failed": 0, "blocked": 0}
+def run_cell_stages(grid: Grid, out: Path, cell: Cell, label: str, progress: bool, log,
+                    update: bool = True) -> Counts:
+    """Every stage of one cell in order: its pretraining (unless done), then each of its evaluations
+    (unless done, or blocked by a pretraining that failed)."""
+    counts = Counts()
     for stage in stages(grid, cell):
-        if stage != "pretrain" and not cell.baseline and cell_state(pretrain_dir(out, cell))["state"] != "done":
-            counts["blocked"] += 1  # its pretraining failed
+        if stage != "pretrain" and not cell.baseline and not is_done(pretrain_dir(out, cell)):
+            counts.blocked += 1
             continue
-        if cell_state(stage_dir(grid, out, cell, stage))["state"] == "done":
-            counts["skipped"] += 1
+        if is_done(stage_dir(grid, out, cell, stage)):
+            counts.skipped += 1
             continue
         ok = run_stage(grid, out, cell, stage, f"{label} {stage} {cell.id}", progress, log, update=update)
-        counts["done" if ok else "failed"] += 1
+        if ok:
+            counts.done += 1
+        else:
+            counts.failed += 1
     return counts
 
 
@@ -323,24 +341,27 @@ def run_stage(grid: Grid, out: Path, cell: Cell, stage: str, label: str, progres
     if not is_main_process():
         run()
         return True
-    ok = _run_cell(folder, run, label, log)
+    ok = _run_recorded(folder, run, label, log)
     if ok and update and stage != "pretrain":  # (worker processes leave it to the sweep's own process)
         update_results(out, grid)
     return ok
 
 
-def _run_cell(folder: Path, fn, label: str, log) -> bool:
+def _run_recorded(folder: Path, fn, label: str, log) -> bool:
+    """Run one stage's function with its state (running, then done or failed with the error and its
+    log) kept in the stage folder's cell.json."""
     t0 = time.time()
-    set_cell_state(folder, state="running", pid=os.getpid(), host=socket.gethostname(), started=t0, error=None,
-               slurm_job=os.environ.get("SLURM_JOB_ID"))
+    set_cell_state(folder, state=CellState.RUNNING.value, pid=os.getpid(), host=socket.gethostname(), started=t0,
+                   error=None, slurm_job=os.environ.get("SLURM_JOB_ID"))
     try:
         res = fn()
     except Exception as e:  # noqa: BLE001 - a failed cell is recorded and the sweep goes on
         (folder / "error.log").write_text(traceback.format_exc())
-        set_cell_state(folder, state="failed", error=f"{type(e).__name__}: {e}", log=str(folder / "error.log"))
+        set_cell_state(folder, state=CellState.FAILED.value, error=f"{type(e).__name__}: {e}",
+                       log=str(folder / "error.log"))
         log(f"{label}: FAILED ({type(e).__name__}: {str(e)[:200]}); see {folder / 'error.log'}")
         return False
-    set_cell_state(folder, state="done", seconds=round(time.time() - t0, 2), pid=None)
+    set_cell_state(folder, state=CellState.DONE.value, seconds=round(time.time() - t0, 2), pid=None)
     extra = f" top-1 {res['top1']:.3f}" if isinstance(res, dict) and "top1" in res else ""
     log(f"{label}: done in {time.time() - t0:.0f} s{extra}")
     return True
