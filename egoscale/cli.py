@@ -60,7 +60,7 @@ STAGES: dict[str, Stage] = {
                    "run a grid (models x sizes x data x evaluations) locally or on SLURM; `sweep status`"),
     "models": Stage("egoscale.models.listing", "ModelsConfig", "list the ViT family: shapes, parameters, GFLOPs"),
     "convert": Stage("egoscale.models.convert", "ConvertConfig", "checkpoint <-> safetensors"),
-    "inspect": Stage("egoscale.models.inspect", "InspectConfig",
+    "inspect": Stage("egoscale.models.inspection", "InspectConfig",
                      "what a checkpoint holds (kind, model, size, training state, provenance)"),
 }
 

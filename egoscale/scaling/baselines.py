@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-from egoscale.scaling.trends import _model, cell_means, noise_by_hours
+from egoscale.scaling.trends import model_name, cell_means, noise_by_hours
 
 
 def is_baseline(row: dict) -> bool:
@@ -23,7 +23,7 @@ def is_baseline(row: dict) -> bool:
 
 def baseline_key(row: dict) -> tuple:
     """Rows are compared with the baseline of the same model, image size and evaluation."""
-    return (_model(row), float(row["img_size"]), row.get("eval"), row.get("condition"))
+    return (model_name(row), float(row["img_size"]), row.get("eval"), row.get("condition"))
 
 
 def baseline_stats(baselines: list[dict], metric: str) -> tuple[dict[tuple, dict], float]:
@@ -49,7 +49,7 @@ def subtract_baselines(rows: list[dict], baselines: list[dict], metric: str) -> 
     for r in rows:
         b = stats.get(baseline_key(r))
         if b is None:
-            missing.append({**r, "dropped_because": f"no random baseline of {_model(r)} at "
+            missing.append({**r, "dropped_because": f"no random baseline of {model_name(r)} at "
                                                     f"{float(r['img_size']):g} px for eval {r.get('eval')!r}"})
             continue
         out.append({**r, metric: float(r[metric]) - b["mean"], f"{metric}_pretrained": r[metric],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from egoscale.scaling.baselines import is_baseline
-from egoscale.scaling.trends import _model
+from egoscale.scaling.trends import model_name
 
 # "within 2 points": how far below the probe finetuning may end and still count as keeping what
 # the probe reads (about the seed noise of one demo cell)
@@ -39,7 +39,7 @@ def side_by_side(rows: list[dict], metric: str, first: str = "finetune", second:
     def means(group: list[dict]) -> dict[tuple, dict[str, list[float]]]:
         out: dict[tuple, dict[str, list[float]]] = {}
         for r in group:
-            key = (_model(r), float(r["img_size"]), r.get("condition"))
+            key = (model_name(r), float(r["img_size"]), r.get("condition"))
             out.setdefault(key, {}).setdefault(r["eval"], []).append(float(r[metric]))
         return out
 

@@ -304,7 +304,9 @@ def turning_point(form, theta, rows: list[dict], points: int = 600, tol: float =
             "accuracy": float(pred[i]), "lowest_after": float(pred[j]), "note": note}
 
 
-def _k_for(form, theta, base, target) -> float | None:
+def k_for_target(form, theta, base, target) -> float | None:
+    """The scale-together factor k from `base` (N, D, R of the largest run) at which the form at
+    theta reaches `target`: 1 when already there, None when not within K_MAX."""
     N0, D0, R0 = base
     g = lambda lk: float(form.predict(theta, N0 * math.exp(lk), D0 * math.exp(lk), R0 * math.exp(lk / 2))) - target  # noqa: E731
     if g(0.0) >= 0:
@@ -322,8 +324,8 @@ def scale_together(fit: FitResult, target: float) -> ScaleTogether:
     for name, e in fit.forms.items():
         form = FORMS[name]
         asym = form.asymptote(e.theta)
-        k = _k_for(form, e.theta, base, target)
-        ks = [_k_for(form, t, base, target) for t in e.bootstrap]
+        k = k_for_target(form, e.theta, base, target)
+        ks = [k_for_target(form, t, base, target) for t in e.bootstrap]
         reached = [x for x in ks if x is not None]
         frac = len(reached) / len(ks) if ks else 0.0
         rec = KToTarget(asymptote=asym, reachable_fraction=frac)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from egoscale.scaling.plotting import pyplot
+from egoscale.scaling.plotting import pyplot, save
 
 
 def _size_of(model: str) -> float:
@@ -70,10 +70,7 @@ def sample_frames(sweep: Path, out: Path, per_source: int = 8) -> Path:
             if c < len(imgs):
                 ax.imshow(imgs[c], interpolation="nearest")
         axes[r][0].set_title(f"{source} ({len(by_source[source])} frames)", fontsize=8, loc="left")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def labelled_examples(sweep: Path, out: Path, per_class: int = 4) -> Path:
@@ -104,10 +101,7 @@ def labelled_examples(sweep: Path, out: Path, per_class: int = 4) -> Path:
         ax.axis("off")
     for k in range(n, rows * cols):
         axes[k // cols][k % cols].axis("off")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def loss_curves(sweep: Path, out: Path) -> Path:
@@ -144,10 +138,7 @@ def loss_curves(sweep: Path, out: Path) -> Path:
         axes[k // cols][k % cols].axis("off")
     handles = [plt.Line2D([], [], color=colors[f], label=f"data fraction {f}") for f in fractions]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save(fig, out, rect=(0, 0.06, 1, 1))
 
 
 def reconstructions(sweep: Path, out: Path, n: int = 4) -> Path:
@@ -187,10 +178,7 @@ def reconstructions(sweep: Path, out: Path, n: int = 4) -> Path:
         ax.imshow(reconstruction_grid(mae, x.float() / 255), interpolation="nearest")
         ax.set_title(f"{model} @{size} px, data {fraction:g}\noriginal | masked | reconstruction", fontsize=8)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 FIGURES = [("Sample frames per data source", sample_frames, "sample_frames.png"),

@@ -33,7 +33,7 @@ from scipy.stats import norm
 from egoscale.config import opt
 from egoscale.errors import ConfigError, DataError
 from egoscale.fileio import write_json_atomic
-from egoscale.scaling.extrapolate import K_MAX, _k_for, base_run, parse_at, resolve_target
+from egoscale.scaling.extrapolate import K_MAX, k_for_target, base_run, parse_at, resolve_target
 from egoscale.scaling.forms import FORMS, features
 from egoscale.scaling.records import FitResult, load_fit
 
@@ -172,7 +172,7 @@ def answer(form: str, theta: np.ndarray, question: dict) -> float:
     """One form's answer to the question at parameters theta."""
     if question["kind"] == "at":
         return float(FORMS[form].predict(theta, *question["scale"]))
-    k = _k_for(FORMS[form], theta, question["base"], question["target"])
+    k = k_for_target(FORMS[form], theta, question["base"], question["target"])
     return math.log10(K_MAX) if k is None else math.log10(k)  # unreachable: as far as the search looks
 
 

@@ -14,9 +14,10 @@ def pyplot():
     return plt
 
 
-def save(fig, out: Path) -> Path:
-    """Every plot's last step: laid out, written at one resolution, closed (pyplot keeps figures otherwise)."""
-    fig.tight_layout()
+def save(fig, out: Path, rect=None) -> Path:
+    """Every plot's last step: laid out (within `rect`, leaving room for a figure legend), written at
+    one resolution, closed (pyplot keeps figures otherwise)."""
+    fig.tight_layout(rect=rect)
     fig.savefig(out, dpi=110)
     pyplot().close(fig)
     return out

@@ -22,7 +22,7 @@ AXES = {"data": "data_hours", "model": "model", "resolution": "img_size"}
 _KEYS = ("model", "data_hours", "img_size")
 
 
-def _model(r: dict) -> str:
+def model_name(r: dict) -> str:
     # a model is one architecture; its parameter count shifts a little with the image size
     # (position table), so models are told apart by name where the table has one
     return r.get("model") or f"{float(r['params']):.4g}"
@@ -32,7 +32,7 @@ def cell_means(rows: list[dict], metric: str) -> dict[tuple, list[float]]:
     """(model, data_hours, img_size) -> the metric of each seed."""
     out: dict[tuple, list[float]] = {}
     for r in rows:
-        out.setdefault((_model(r), float(r["data_hours"]), float(r["img_size"])), []).append(float(r[metric]))
+        out.setdefault((model_name(r), float(r["data_hours"]), float(r["img_size"])), []).append(float(r[metric]))
     return out
 
 
@@ -43,7 +43,7 @@ def _order(rows: list[dict], col: str) -> dict:
         return {v: i for i, v in enumerate(vals)}
     size: dict[str, float] = {}
     for r in rows:
-        size[_model(r)] = min(size.get(_model(r), np.inf), float(r["params"]))
+        size[model_name(r)] = min(size.get(model_name(r), np.inf), float(r["params"]))
     return {m: i for i, m in enumerate(sorted(size, key=size.get))}
 
 

@@ -70,7 +70,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     # 1 GiB: above any one activation of the CPU-sized models; mallopt(3) documents 32 MiB as
-    # the ceiling, which this glibc (2.36) does not enforce, so fall back to it where refused
+    # the ceiling, which not every glibc enforces: 32 MiB where 1 GiB is refused
     return bool((mallopt(_M_MMAP_THRESHOLD, 1 << 30) or mallopt(_M_MMAP_THRESHOLD, 32 << 20))
                 and mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
