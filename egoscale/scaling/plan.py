@@ -216,7 +216,9 @@ def read_candidates(path: str, fit: FitResult, grid_path: str | None) -> tuple[l
         raise DataError(f"{p}: no such candidates file")
     rows = _grid_rows(p) if p.suffix in (".yaml", ".yml") else _csv_rows(p, grid_path)
     per = hours_per_fraction(fit)
-    done = {(r.get("model"), float(r["img_size"]), round(float(r["data_hours"]), 9), r.get("seed")) for r in fit.data}
+    # a run is its model, size, data and pretraining seed (whole-data repeats share the subset's seed)
+    done = {(r.get("model"), float(r["img_size"]), round(float(r["data_hours"]), 9),
+             r.get("pretrain_seed") if r.get("pretrain_seed") is not None else r.get("seed")) for r in fit.data}
     cands, skipped = [], []
     for r in rows:
         if r.get("data_hours") is None:
@@ -403,11 +405,11 @@ def describe_plan(plan: dict) -> list[str]:
              f"(sd {now['sd']:.3f}: parameters {now['parameters_sd']:.3f}, forms {now['forms_sd']:.3f})"]
     for name, f in plan["forms"].items():
         lines.append(f"  {name:<18} answers {f['answer']:.3f} (sd {f['sd']:.3f}), weight {f['weight']:.2f}")
-    lines.append(f"plan: {len(plan['chosen'])} run(s), {plan['spent_gpu_hours']:.1f} of {plan['budget_gpu_hours']:g} "
+    lines.append(f"plan: {len(plan['chosen'])} run(s), {plan['spent_gpu_hours']:.3g} of {plan['budget_gpu_hours']:g} "
                  "GPU-hours")
     for i, c in enumerate(plan["chosen"], 1):
         iv = c["interval_after"]
-        lines.append(f"  {i:>2}. {c['cell']:<26} {c['gpu_hours']:9.1f} GPU-h  -> sd {iv['sd']:.3f}  {c['why']}")
+        lines.append(f"  {i:>2}. {c['cell']:<26} {c['gpu_hours']:9.3g} GPU-h  -> sd {iv['sd']:.3f}  {c['why']}")
     narrower = (1 - after["sd"] / now["sd"]) * 100 if now["sd"] else 0.0
     lines.append(f"after: {lab} interval [{after['interval'][0]:.3f}, {after['interval'][1]:.3f}] "
                  f"(sd {after['sd']:.3f}, {narrower:.0f} % narrower), expected")
