@@ -503,6 +503,13 @@ def test_the_frontier_plot_says_so_when_no_form_reaches_the_target(tmp_path, mon
         target=t, budget=None, epochs=1.0, fps=1.0, forms={k: Cheapest(unreachable="never") for k in f.forms}))
     out = rep.plot_frontier(fit, tmp_path / "frontier.png", 0.9)
     assert out.stat().st_size > 5_000
+    # a fit whose own cheapest compute lies outside its bootstrap interval (it can: the interval is of
+    # the resampled fits) is drawn too
+    outside = Cheapest(params=1e9, hours=1e4, resolution=448, flops=1e22, flops_interval=[2e22, 5e22],
+                       frontier=[{"params": 1e9, "flops": 1e22}])
+    monkeypatch.setattr(rep, "cheapest", lambda f, t: CheapestPlan(target=t, budget=None, epochs=1.0, fps=1.0,
+                                                                    forms={k: outside for k in f.forms}))
+    assert rep.plot_frontier(fit, tmp_path / "outside.png", 0.9).is_file()
 
 
 def test_choose_prefers_validated_physical_forms_and_says_why():

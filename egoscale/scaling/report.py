@@ -169,7 +169,9 @@ def plot_frontier(fit: FitResult, out: Path, target: float) -> Path:
         iv = r.flops_interval or [None, None]
         lo = iv[0] if iv[0] is not None else r.flops
         hi = iv[1] if iv[1] is not None else r.flops * 1e3  # unbounded above: drawn as a long bar
-        ax.errorbar([r.params], [r.flops], yerr=[[r.flops - lo], [hi - r.flops]], fmt="o", color=col, capsize=3)
+        # the fit's own answer may lie outside its bootstrap interval: the bar then starts at the dot
+        ax.errorbar([r.params], [r.flops], yerr=[[max(0.0, r.flops - lo)], [max(0.0, hi - r.flops)]], fmt="o",
+                    color=col, capsize=3)
     if reachable:
         ax.set_xscale("log")
         ax.set_yscale("log")
