@@ -227,7 +227,7 @@ def _planned_grids(cfg: DemoConfig, s: DemoSize, out: Path, parallel: int, elaps
 
     grid, beyond = load_grid(demo_grid(out, s)), load_grid(beyond_grid(out, s))
     budget = cfg.minutes if cfg.minutes is not None else s.minutes
-    p = plan(out, s, [(c.model, c.img_size) for c in cells(grid)], parallel,
+    p = plan(out, s, grid, [(c.model, c.img_size) for c in cells(grid)], parallel,
              max(1, usable_cores() // parallel), budget, elapsed, log,
              baselines=[(c.model, c.img_size) for c in baseline_cells(grid)], mae_settings=DEMO_MAE,
              after=[(c.model, c.img_size) for c in cells(beyond)])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from egoscale.demo_sizes import DemoSize
@@ -110,22 +110,50 @@ def time_machine(pairs: list[tuple[str, int]], batch: int, threads: int, mae_set
         torch.set_num_threads(before)
 
 
-def predict_sweep_seconds(cells: list[tuple[str, int]], steps: int, timing: dict[str, dict], s: DemoSize,
-                          parallel: int, baselines: list[tuple[str, int]] = (),
+@dataclass(frozen=True)
+class EvalWork:
+    """What one cell's evaluations cost on one model: finetuning steps and images passed through the
+    encoder without training (the head's warm-up, each scoring of the val set, the probe's features)."""
+
+    finetune_steps: int
+    extracted_images: int
+
+
+def evaluation_work(grid, n_train: int, n_val: int) -> dict[str, EvalWork]:
+    """Per model, the work of the evaluations the grid sets (its per-model overrides included), on a
+    labelled set of `n_train` training and `n_val` val images: read from the grid the sweep will
+    run, so that a change to its settings changes the prediction too."""
+    from egoscale.evaluate.config import resolve_fraction
+    from egoscale.sweep.grid import Cell, eval_config
+
+    work = {}
+    for m in grid.models:
+        cell = Cell(m, grid.img_sizes[0], 1.0, grid.seeds[0])
+        steps = images = 0
+        for ev in grid.evals:
+            cfg = eval_config(grid, ev, Path("checkpoint.pt"), Path("eval"), cell)
+            train = max(2, round(n_train * resolve_fraction(cfg.condition, cfg.label_fraction)[1]))
+            if ev["kind"] == "finetune":
+                steps += cfg.epochs * math.ceil(train / cfg.batch_size)
+                scored = cfg.epochs // cfg.eval_every + (cfg.epochs % cfg.eval_every > 0)  # and after the last
+                images += (train if cfg.head_warmup else 0) + scored * n_val
+            else:  # the probe: features of both sets, once
+                images += train + n_val
+        work[m] = EvalWork(steps, images)
+    return work
+
+
+def predict_sweep_seconds(cells: list[tuple[str, int]], steps: int, timing: dict[str, dict],
+                          work: dict[str, EvalWork], parallel: int, baselines: list[tuple[str, int]] = (),
                           after: list[tuple[str, int]] = ()) -> float:
-    """The sweep's wall time: each cell's pretraining, finetuning and probe, and each baseline's
-    finetuning and probe (no pretraining), `parallel` at a time (longest first, so the last round is
-    the shortest cells), slowed by sharing the machine; then the `after` cells one at a time (the
-    run beyond the grid)."""
-    n_train = s.categories * s.train_per_class
-    n_val = s.categories * s.val_per_class
+    """The sweep's wall time: each cell's pretraining and evaluations (`work`), and each baseline's
+    evaluations (no pretraining), `parallel` at a time (longest first, so the last round is the
+    shortest cells), slowed by sharing the machine; then the `after` cells one at a time (the run
+    beyond the grid)."""
 
     def evaluations(m: str, t: dict) -> float:
-        ft_steps = s.epochs_for(m) * math.ceil(n_train / s.batch)
-        # finetuning extracts the training set once for its head's warm-up and scores the val set after
-        # its last epoch (the demo's eval_every); the probe extracts train and val once
-        extract = (2 * n_train + 2 * n_val) * t["extract_image"]
-        return ft_steps * t["finetune_step"] + extract + CELL_OVERHEAD_S
+        w = work[m]
+        return w.finetune_steps * t["finetune_step"] + w.extracted_images * t["extract_image"] + CELL_OVERHEAD_S
 
     def cell(m: str, z: int) -> float:
         t = timing[f"{m}@{z}"]
@@ -138,13 +166,15 @@ def predict_sweep_seconds(cells: list[tuple[str, int]], steps: int, timing: dict
     return max(workers) * (PARALLEL_SLOWDOWN if parallel > 1 else 1.0) + sum(cell(m, z) for m, z in after)
 
 
-def plan(out: Path, s: DemoSize, cells: list[tuple[str, int]], parallel: int, threads: int, budget_min: float | None,
-         elapsed_s: float, log, timing: dict | None = None, baselines: list[tuple[str, int]] = (),
-         mae_settings: dict | None = None, after: list[tuple[str, int]] = ()) -> dict:
+def plan(out: Path, s: DemoSize, grid, cells: list[tuple[str, int]], parallel: int, threads: int,
+         budget_min: float | None, elapsed_s: float, log, timing: dict | None = None,
+         baselines: list[tuple[str, int]] = (), mae_settings: dict | None = None,
+         after: list[tuple[str, int]] = ()) -> dict:
     """The demo's pretraining steps for this machine and budget (reused from OUT/plan.json).
 
-    `timing` (from `time_machine`, with the runs' `mae_settings`: mask ratio, targets) is measured
-    here unless given; `baselines` are the model@size evaluated without pretraining."""
+    `grid` is the sweep's (its evaluations' settings price them); `timing` (from `time_machine`,
+    with the runs' `mae_settings`: mask ratio, targets) is measured here unless given; `baselines`
+    are the model@size evaluated without pretraining."""
     path = Path(out) / PLAN
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -165,8 +195,10 @@ def plan(out: Path, s: DemoSize, cells: list[tuple[str, int]], parallel: int, th
     design = s.steps
     floor = min(s.floor_steps or design, design)
 
+    work = evaluation_work(grid, s.categories * s.train_per_class, s.categories * s.val_per_class)
+
     def predict(n: int) -> float:
-        return predict_sweep_seconds(cells, n, timing, s, parallel, baselines, after)
+        return predict_sweep_seconds(cells, n, timing, work, parallel, baselines, after)
 
     fits = [n for n in range(design, floor - 1, -10) if predict(n) <= left]
     steps = fits[0] if fits else floor
