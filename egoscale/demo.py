@@ -191,13 +191,27 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     bought = _closing_lines(fit, p, check, checked, headline, time.time() - t0, log)
     log(f"report: {html.resolve()}")
     # what this run of the demo was, beside fit.json's findings: its length, its time, the machine's cores
+    # a demo re-run in its folder (after an interruption) finishes what was left: its time adds to the
+    # earlier invocations', each kept
+    runs = _earlier_runs(out) + [{"sweep_seconds": round(t_sweep, 1), "seconds": round(time.time() - t0, 1),
+                                  "cores": usable_cores(), "parallel": parallel}]
     record = {"size": cfg.size, "world_seed": cfg.seed, "steps": p["steps"], "floor_steps": p.get("floor_steps"),
               "budget_minutes": p.get("budget_minutes"), "parallel": parallel, "cores": usable_cores(),
-              "sweep_seconds": round(t_sweep, 1), "seconds": round(time.time() - t0, 1), "headline": headline,
+              "sweep_seconds": round(sum(r.get("sweep_seconds", 0.0) for r in runs), 1),
+              "seconds": round(sum(r.get("seconds", 0.0) for r in runs), 1), "invocations": runs, "headline": headline,
               "bought": bought}
     write_json_atomic(out / "demo.json", record)
     return {**record, "beyond": check, "report": str(html), "fit": fit.chosen, "trends": fit.trends,
             "gains": fit.gains}
+
+
+def _earlier_runs(out: Path) -> list[dict]:
+    """The invocations an earlier demo.json in this folder records (none, for a fresh folder)."""
+    try:
+        old = json.loads((out / "demo.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return old.get("invocations") or [{k: old[k] for k in ("sweep_seconds", "seconds") if k in old}]
 
 
 def _make_data(cfg: DemoConfig, s: DemoSize, out: Path, stage, log) -> None:

@@ -168,8 +168,8 @@ def test_cli_errors_are_one_line(folder, tmp_path):
 @pytest.mark.slow
 def test_pretrained_tiny_model_beats_random_init_on_an_easy_task(tmp_path):
     """An MAE pretrained on unlabelled gratings gives better features for orientation than a
-    random initialisation (measured here: 0.95 vs 0.48 probe top-1 after 1000 steps; at 600
-    steps both were 0.50, so the margin appears late)."""
+    random initialisation: at least 10 points of probe top-1 on 120 val images (over twice the
+    standard error of the difference), after 1000 steps (the margin appears late in this run)."""
     from egoscale.train.pretrain import PretrainConfig, pretrain
     from tests.images import unlabelled_shards
 
@@ -183,7 +183,7 @@ def test_pretrained_tiny_model_beats_random_init_on_an_easy_task(tmp_path):
         acc[name] = probe(ProbeConfig(checkpoint=ck, model="vit_pico4", train=str(lab / "train"),
                                       val=str(lab / "val"), out=str(tmp_path / name), condition="full", workers=0,
                                       progress=False), log=quiet)["top1"]
-    assert acc["pretrained"] >= acc["random"] + 0.15, acc
+    assert acc["pretrained"] >= acc["random"] + 0.10, acc
 
 
 def test_a_released_file_passed_by_path_keeps_its_provenance(tmp_path):

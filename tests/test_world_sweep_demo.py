@@ -339,6 +339,9 @@ def test_quick_demo_end_to_end(tmp_path):
     # the run's record, and the benchmark that reads demo folders against the targets
     record = json.loads((out / "demo.json").read_text())
     assert record["steps"] == 20 and record["size"] == "quick" and record["floor_steps"] is None
+    # run twice in one folder: both invocations kept, the demo's time their sum
+    assert len(record["invocations"]) == 2
+    assert record["seconds"] == pytest.approx(sum(r["seconds"] for r in record["invocations"]), abs=0.11)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import demo_targets
 
