@@ -133,7 +133,7 @@ def evaluation_work(grid, n_train: int, n_val: int) -> dict[str, EvalWork]:
         for ev in grid.evals:
             cfg = eval_config(grid, ev, Path("checkpoint.pt"), Path("eval"), cell)
             train = max(2, round(n_train * resolve_fraction(cfg.condition, cfg.label_fraction)[1]))
-            if ev["kind"] == "finetune":
+            if ev.kind == "finetune":
                 steps += cfg.epochs * math.ceil(train / cfg.batch_size)
                 scored = cfg.epochs // cfg.eval_every + (cfg.epochs % cfg.eval_every > 0)  # and after the last
                 images += (train if cfg.head_warmup else 0) + scored * n_val

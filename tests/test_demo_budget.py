@@ -82,8 +82,8 @@ def test_the_evaluations_are_priced_from_the_grid_the_sweep_runs(tmp_path):
     grid = _grid(tmp_path, size)
     work = evaluation_work(grid, n_train=40, n_val=20)
     assert work == {"vit_pico4": EvalWork(3 * 3, 40 + 20 + 40 + 20), "vit_nano4": EvalWork(2 * 3, 40 + 20 + 40 + 20)}
-    grid.evals[0]["eval_every"] = 1  # the val set scored after every epoch
-    grid.evals[0].pop("model_overrides")
+    grid.evals[0].settings["eval_every"] = 1  # the val set scored after every epoch
+    grid.evals[0].model_overrides = {}
     assert evaluation_work(grid, 40, 20)["vit_pico4"] == EvalWork(2 * 3, 40 + 2 * 20 + 40 + 20)
 
 

@@ -274,13 +274,12 @@ def test_slurm_job_specifications(tiny_study, tmp_path, monkeypatch):
         slurm_jobs(load_grid(_grid(tiny_study, slurm={"gpu": 1})), out)
 
     # a multi-GPU pretraining job starts torchrun over the job's nodes, rendezvous on its first node
-    import dataclasses
     import subprocess as sp
 
     from egoscale.sweep import job
 
     out.mkdir()
-    (out / "grid.json").write_text(json.dumps(dataclasses.asdict(load_grid(g))))
+    (out / "grid.json").write_text(json.dumps(load_grid(g).to_dict()))
     seen = []
     monkeypatch.setattr(job, "_first_node_address", lambda: "node07")
     monkeypatch.setattr(sp, "run", lambda cmd, **kw: seen.append(cmd) or sp.CompletedProcess(cmd, 0))

@@ -147,7 +147,10 @@ def plot_heldout(fit: FitResult, out: Path) -> Path:
     ax.set_xlabel(f"true {fit.metric}")
     ax.set_ylabel("predicted (fit without these runs)")
     ax.set_title(f"held-out predictions, {fit.label} prediction intervals")
-    ax.legend(fontsize=6)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6)
+    else:  # a fit with no held-out split: an empty picture that says why
+        ax.text(0.5, 0.5, "no runs were held out", transform=ax.transAxes, ha="center", va="center")
     return save(fig, out)
 
 

@@ -17,15 +17,15 @@ from pathlib import Path
 
 from egoscale.errors import ConfigError
 from egoscale.fileio import write_json_atomic
-from egoscale.sweep.grid import Cell, Grid, all_cells
+from egoscale.sweep.grid import Cell, Evaluation, Grid, all_cells
 
 
 def pretrain_dir(out: Path, cell: Cell) -> Path:
     return out / "pretrain" / cell.id
 
 
-def eval_dir(out: Path, cell: Cell, ev: dict) -> Path:
-    return out / "eval" / f"{cell.id}_{ev['name']}"
+def eval_dir(out: Path, cell: Cell, ev: Evaluation) -> Path:
+    return out / "eval" / f"{cell.id}_{ev.name}"
 
 
 class CellState(str, Enum):
@@ -71,9 +71,9 @@ def stage_dir(grid: Grid, out: Path, cell: Cell, stage: str) -> Path:
     """A cell's folder for `stage`: "pretrain" or the name of one of the grid's evaluations."""
     if stage == "pretrain":
         return pretrain_dir(out, cell)
-    ev = next((e for e in grid.evals if e["name"] == stage), None)
+    ev = next((e for e in grid.evals if e.name == stage), None)
     if ev is None:
-        raise ConfigError(f"no stage {stage!r} in the grid (pretrain, {', '.join(e['name'] for e in grid.evals)})")
+        raise ConfigError(f"no stage {stage!r} in the grid (pretrain, {', '.join(e.name for e in grid.evals)})")
     return eval_dir(out, cell, ev)
 
 

@@ -49,6 +49,23 @@ _LENGTHS = {"steps", "epochs", "budget_hours"}
 
 
 @dataclass
+class Evaluation:
+    """One entry of a grid's `evals`: its name (the stage's, in folder names and the results table),
+    its kind (finetune or probe), its settings (that stage's config fields, paths resolved) and the
+    settings it takes for particular models."""
+
+    name: str
+    kind: str
+    settings: dict = field(default_factory=dict)
+    model_overrides: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The entry as a grid file writes it."""
+        return {"name": self.name, "kind": self.kind, **self.settings,
+                **({"model_overrides": self.model_overrides} if self.model_overrides else {})}
+
+
+@dataclass
 class Grid:
     data: str
     subsets: str
@@ -71,12 +88,18 @@ class Grid:
     # model_overrides in the file's order: what makes one published run differ from its neighbours
     # (its length, a mask ratio it was launched with).
     cell_overrides: dict = field(default_factory=dict)
-    evals: list[dict] = field(default_factory=list)
+    evals: list[Evaluation] = field(default_factory=list)  # read as the file's mappings, checked into these
     # Only these cells of the cross product (by id), when given: the runs `egoscale plan` chose.
     only: list[str] | None = None
     compute: dict = field(default_factory=dict)
     slurm: dict = field(default_factory=dict)
     name: str = "sweep"
+
+    def to_dict(self) -> dict:
+        """The grid in the grid-file format (what a sweep folder's grid.json holds and `load_grid` reads)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["evals"] = [e.to_dict() for e in self.evals]
+        return d
 
 
 BASELINES = ("random",)
@@ -101,7 +124,7 @@ def _resolve(value, base: Path):
     return str((base / value).resolve()) if isinstance(value, str) and not Path(value).is_absolute() else value
 
 
-def _checked_eval(i: int, ev: dict, base: Path, src: str, models: list[str]) -> dict:
+def _checked_eval(i: int, ev: dict, base: Path, src: str, models: list[str]) -> Evaluation:
     """One entry of `evals`, its paths resolved and its settings checked as its stage would, with
     each model's overrides."""
     ev = dict(ev)
@@ -125,7 +148,7 @@ def _checked_eval(i: int, ev: dict, base: Path, src: str, models: list[str]) -> 
             raise ConfigError(f"{src}: evals[{i}].model_overrides.{m} may not set {key}: the sweep sets it")
         build(_CONFIGS[kind], {**ev, **over, "checkpoint": "pretrain/CELL/checkpoint.pt"},
               source=f"{src}: evals[{i}].model_overrides.{m}")
-    return {"kind": kind, "name": name, **ev, **({"model_overrides": overrides} if overrides else {})}
+    return Evaluation(name=name, kind=kind, settings=ev, model_overrides=overrides)
 
 
 def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
@@ -162,7 +185,7 @@ def load_grid(path: str | Path | dict, base: Path | None = None) -> Grid:
                               else f"{src}: only is empty")
     _check_cell_overrides(grid, src, reserved)
     grid.evals = [_checked_eval(i, ev, base, src, grid.models) for i, ev in enumerate(grid.evals)]
-    dup = [n for n in {e["name"] for e in grid.evals} if sum(e["name"] == n for e in grid.evals) > 1]
+    dup = [n for n in {e.name for e in grid.evals} if sum(e.name == n for e in grid.evals) > 1]
     if dup:
         raise ConfigError(f"{src}: evals need unique names ({dup[0]!r} is given twice)")
     if grid.full_seeds is not None and (not grid.full_seeds or len(set(grid.full_seeds)) != len(grid.full_seeds)):
@@ -254,7 +277,7 @@ def all_cells(grid: Grid) -> list[Cell]:
 
 def stages(grid: Grid, cell: Cell) -> list[str]:
     """What a cell runs, in order: its pretraining (none for a baseline), then each evaluation by name."""
-    return ["pretrain"] * (cell.baseline is None) + [ev["name"] for ev in grid.evals]
+    return ["pretrain"] * (cell.baseline is None) + [ev.name for ev in grid.evals]
 
 
 def pretrain_config(grid: Grid, cell: Cell, run_dir: Path) -> PretrainConfig:
@@ -274,15 +297,15 @@ def _grouped(grid: Grid, values: dict) -> dict:
     return {"wandb_group": grid.name, **values} if values.get("wandb") else values
 
 
-def eval_config(grid: Grid, ev: dict, checkpoint: Path, out: Path, cell: Cell | None = None):
+def eval_config(grid: Grid, ev: Evaluation, checkpoint: Path, out: Path, cell: Cell | None = None):
     """An evaluation's settings: of `checkpoint`, or for a baseline cell of its randomly initialised model
     (seeded by the cell's seed; the label subset stays the grid's; `checkpoint` is not read)."""
-    values = {k: v for k, v in ev.items() if k not in ("kind", "name", "model_overrides")}
+    values = dict(ev.settings)
     if cell is not None:
-        values.update(ev.get("model_overrides", {}).get(cell.model, {}))
+        values.update(ev.model_overrides.get(cell.model, {}))
     if cell is not None and cell.baseline:
         values = {**values, "checkpoint": "none", "model": cell.model, "img_size": cell.img_size,
                   "init_seed": cell.seed, "out": str(out)}
     else:
         values = {**values, "checkpoint": str(checkpoint), "out": str(out)}
-    return build(_CONFIGS[ev["kind"]], _grouped(grid, values), source=f"eval {ev['name']}")
+    return build(_CONFIGS[ev.kind], _grouped(grid, values), source=f"eval {ev.name}")

@@ -14,7 +14,6 @@ them (queued, running) and the cells' own state (done, failed with the log to re
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import subprocess
@@ -111,7 +110,7 @@ def submit_slurm(grid: Grid, jobs: list[dict], out: str | Path, log=print) -> di
         raise ConfigError("the slurm backend needs submitit: pip install 'egoscale[slurm]'") from None
     out = Path(out).resolve()
     (out / "slurm").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "grid.json", dataclasses.asdict(grid))  # what the jobs run
+    write_json_atomic(out / "grid.json", grid.to_dict())  # what the jobs run
     records = _records(out)
     live = job_states(list(records.values()))
     ids: dict[str, str] = {}  # jobs of this sweep that are queued or running after this call

@@ -188,7 +188,7 @@ def run_local(grid: Grid, out: str | Path, log=print, progress: bool = False, pa
     out = Path(out)
     with FolderLock(out, "sweep"):
         check_grid(grid, out)
-        write_json_atomic(out / "grid.json", dataclasses.asdict(grid))
+        write_json_atomic(out / "grid.json", grid.to_dict())
         return _run_local(grid, out, log, progress, parallel, gpus)
 
 
@@ -333,9 +333,9 @@ def run_stage(grid: Grid, out: Path, cell: Cell, stage: str, label: str, progres
         cfg = pretrain_config(grid, cell, folder)
         fn = pretrain
     else:
-        ev = next(e for e in grid.evals if e["name"] == stage)
+        ev = next(e for e in grid.evals if e.name == stage)
         cfg = eval_config(grid, ev, pretrain_dir(out, cell) / "checkpoint.pt", folder, cell)
-        fn = finetune if ev["kind"] == "finetune" else probe
+        fn = finetune if ev.kind == "finetune" else probe
     cfg.progress = progress
     run = lambda: fn(cfg, log=stage_log or (lambda *a: None))  # noqa: E731
     if not is_main_process():
