@@ -5,7 +5,7 @@ import random
 import numpy as np
 import torch
 
-from egoscale.train.checkpointing import Checkpointer
+from egoscale.train.training_state import Checkpointer
 from egoscale.train.distributed import Dist
 from egoscale.train.metrics import MetricsWindow, read_metrics, truncate_metrics
 

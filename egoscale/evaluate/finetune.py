@@ -26,7 +26,7 @@ from egoscale.models.checkpoint import vit_meta
 from egoscale.models.vit import choose_attention
 from egoscale.train.distributed import Dist, cleanup, init_distributed, is_main_process, parallelize
 from egoscale.runfolder import stage_folder
-from egoscale.train.checkpointing import has_checkpoint
+from egoscale.train.training_state import has_checkpoint
 from egoscale.train.loop import CHECKPOINT, LoopSettings, Trainer, adamw, lr_schedule, read_metrics, use_bf16
 
 

@@ -18,7 +18,7 @@ import torch
 
 from egoscale.errors import EgoscaleError
 from egoscale.fileio import append_jsonl, remove_stale_temps
-from egoscale.train.checkpointing import CHECKPOINT, Checkpointer
+from egoscale.train.training_state import CHECKPOINT, Checkpointer
 from egoscale.train.config import PRECISIONS, PRETRAIN_PRECISIONS, check_precision
 from egoscale.train.distributed import Dist, keep_grad_buffers
 from egoscale.train.metrics import MetricsWindow, read_metrics, truncate_metrics

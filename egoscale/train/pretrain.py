@@ -23,7 +23,7 @@ from egoscale.models.flops import mae_train_flops
 from egoscale.models.mae import MaskedAutoencoder
 from egoscale.models.vit import choose_attention
 from egoscale.runfolder import record_config, stage_folder
-from egoscale.train.checkpointing import has_checkpoint
+from egoscale.train.training_state import has_checkpoint
 from egoscale.train.config import (COMPILE_PAYS_STEPS, CUDA_GRAPH_MODES, IDENTITY, PRETRAIN_PRECISIONS, PretrainConfig,
                                    run_record)
 from egoscale.train.distributed import (cleanup, fully_sharded, init_distributed, is_main_process, parallelize,
