@@ -78,12 +78,13 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
                               f"(here: {d.device.type} x{d.world_size}); use --compile-mode default")
         with stage_folder(out, "pretrain", record, IDENTITY, has_state=has_checkpoint(out, cfg.resume),
                           resume=cfg.resume, lock=d.is_main) as changed:
-            return _pretrain(cfg, spec, pieces, frames, data, d, out, record, changed, log)
+            return _pretrain(cfg, spec=spec, pieces=pieces, frames=frames, data=data, d=d, out=out, record=record,
+                             changed=changed, log=log)
     finally:
         cleanup()
 
 
-def _pretrain(cfg: PretrainConfig, spec, pieces, frames, data: dict, d, out: Path, record: dict,
+def _pretrain(cfg: PretrainConfig, *, spec, pieces, frames: int, data: dict, d, out: Path, record: dict,
               changed: dict, log) -> dict:
     global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
     max_steps = _max_steps(cfg, frames, global_batch)
