@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
+import torch.distributed as tdist
 import torch.nn as nn
 
 from egoscale.errors import EgoscaleError
@@ -110,19 +110,19 @@ def init_distributed(device: str | None = None) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    d = Dist(rank, world, local, resolve_device(device, local))
+    dist = Dist(rank, world, local, resolve_device(device, local))
     if world > 1:
-        _start_group(d)
-    return d
+        _start_group(dist)
+    return dist
 
 
-def _start_group(d: Dist) -> None:
-    if dist.is_initialized():
+def _start_group(dist: Dist) -> None:
+    if tdist.is_initialized():
         return
     # a group of one needs no rendezvous: an in-process store instead of torchrun's
-    one = dict(store=dist.HashStore(), rank=0, world_size=1) if d.world_size == 1 else {}
-    dist.init_process_group("nccl" if d.device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30),
-                            device_id=d.device if d.device.type == "cuda" else None, **one)
+    one = dict(store=tdist.HashStore(), rank=0, world_size=1) if dist.world_size == 1 else {}
+    tdist.init_process_group("nccl" if dist.device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30),
+                            device_id=dist.device if dist.device.type == "cuda" else None, **one)
 
 
 def node_name() -> str:
@@ -130,28 +130,28 @@ def node_name() -> str:
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
-def rank_nodes(d: Dist) -> list[str]:
+def rank_nodes(dist: Dist) -> list[str]:
     """Every rank's node, in rank order (a collective: every rank calls it)."""
-    if not d.enabled:
+    if not dist.enabled:
         return [node_name()]
-    names: list = [None] * d.world_size
-    dist.all_gather_object(names, node_name())
+    names: list = [None] * dist.world_size
+    tdist.all_gather_object(names, node_name())
     return names
 
 
 def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
-def fully_sharded(d: Dist, fsdp: bool, bf16_params: bool) -> bool:
+def fully_sharded(dist: Dist, fsdp: bool, bf16_params: bool) -> bool:
     """Whether `parallelize` wraps the model with FSDP2's `fully_shard` (its parameters become
     DTensors: the optimizer and checkpoints treat them so): for --fsdp, and for bf16-params over
     several processes."""
-    return fsdp or (bf16_params and d.enabled)
+    return fsdp or (bf16_params and dist.enabled)
 
 
-def parallelize(model: nn.Module, d: Dist, fsdp: bool = False, grad_checkpointing: bool = False,
+def parallelize(model: nn.Module, dist: Dist, fsdp: bool = False, grad_checkpointing: bool = False,
                 compile: bool = False, bf16_params: bool = False, compile_mode: str = "default") -> nn.Module:
     """Apply activation checkpointing, torch.compile (per block, in `compile_mode`), and FSDP or DDP
     to a built model.
@@ -169,7 +169,7 @@ def parallelize(model: nn.Module, d: Dist, fsdp: bool = False, grad_checkpointin
     for m in model.modules():
         if hasattr(m, "set_grad_checkpointing") and grad_checkpointing:
             m.set_grad_checkpointing(True)
-    if bf16_params and not fully_sharded(d, fsdp, bf16_params):
+    if bf16_params and not fully_sharded(dist, fsdp, bf16_params):
         from egoscale.train.mixed_precision import Bf16Model
 
         wrapped = Bf16Model(model)
@@ -178,22 +178,22 @@ def parallelize(model: nn.Module, d: Dist, fsdp: bool = False, grad_checkpointin
         return wrapped
     if compile:
         compile_blocks(model, mode=compile_mode)
-    if fully_sharded(d, fsdp, bf16_params):
-        wrapped = shard(model, d, reshard_after_forward=fsdp, bf16_params=bf16_params)
-    elif d.enabled:
+    if fully_sharded(dist, fsdp, bf16_params):
+        wrapped = shard(model, dist, reshard_after_forward=fsdp, bf16_params=bf16_params)
+    elif dist.enabled:
         wrapped = nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+            model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
     else:
         wrapped = model
     return wrapped
 
 
-def shard(model: nn.Module, d: Dist, reshard_after_forward: bool, bf16_params: bool) -> nn.Module:
+def shard(model: nn.Module, dist: Dist, reshard_after_forward: bool, bf16_params: bool) -> nn.Module:
     """FSDP2's `fully_shard` on each transformer block and on the root (in place; returns `model`),
     with its bf16 mixed-precision policy for `bf16_params`. A plain process gets a group of one."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    _start_group(d)  # a plain process too: `fully_shard` needs a process group
+    _start_group(dist)  # a plain process too: `fully_shard` needs a process group
     # FSDP2 warns that an output is a view (an in-place op on it would skip its hooks); the
     # MAE's outputs are only read
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view")
@@ -235,10 +235,10 @@ def keep_grad_buffers(params) -> None:
             p.grad = torch.zeros_like(p)
 
 
-def all_reduce_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.enabled:
+def all_reduce_mean(x: torch.Tensor, dist: Dist) -> torch.Tensor:
+    if dist.enabled:
         x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.AVG if x.device.type == "cuda" else dist.ReduceOp.SUM)
+        tdist.all_reduce(x, op=tdist.ReduceOp.AVG if x.device.type == "cuda" else tdist.ReduceOp.SUM)
         if x.device.type != "cuda":  # gloo has no AVG
-            x /= d.world_size
+            x /= dist.world_size
     return x

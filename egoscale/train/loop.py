@@ -117,24 +117,24 @@ class Trainer:
     does): it is saved with every checkpoint, and `data_state` holds it after `resume`.
     """
 
-    def __init__(self, settings: LoopSettings, d: Dist, model, module, optimizer, lr_fn, loss_fn,
+    def __init__(self, settings: LoopSettings, dist: Dist, model, module, optimizer, lr_fn, loss_fn,
                  to_file: Callable[[dict], dict], from_file: Callable[[dict], dict], config: dict,
                  evaluate: Callable[[int], dict | None] | None = None, eval_every: int = 0, fsdp: bool = False,
                  tracking=None, images: Callable[[], dict] | None = None,
                  generators: list[torch.Generator] = ()):
-        self.settings, self.dist, self.model, self.module, self.opt = settings, d, model, module, optimizer
+        self.settings, self.dist, self.model, self.module, self.opt = settings, dist, model, module, optimizer
         self.lr_fn, self.loss_fn, self.config = lr_fn, loss_fn, config
         self.evaluate, self.eval_every = evaluate, eval_every
-        self.checkpoints = Checkpointer(settings.out, d, model, optimizer, to_file, from_file, config, fsdp,
+        self.checkpoints = Checkpointer(settings.out, dist, model, optimizer, to_file, from_file, config, fsdp,
                                         generators)
-        self.window = MetricsWindow(d, settings.flops_per_sample, settings.tokens_per_sample)
+        self.window = MetricsWindow(dist, settings.flops_per_sample, settings.tokens_per_sample)
         self.step, self.samples, self.elapsed_before = 0, 0, 0.0
         self.data_state: dict | None = None
         self.metrics_path = settings.out / "metrics.jsonl"
         # live views of metrics.jsonl (TensorBoard, W&B: `tracking.TrackingConfig`), opened by `fit`
         self.tracking, self.images, self.trackers = tracking, images, None
         # bf16-params runs a bf16 module (`distributed.parallelize`) and needs no autocast
-        self.autocast = resolve_precision(settings.precision, d.device, PRETRAIN_PRECISIONS) == "bf16"
+        self.autocast = resolve_precision(settings.precision, dist.device, PRETRAIN_PRECISIONS) == "bf16"
         self._batches = None
         self._t0 = time.time()
 
@@ -194,11 +194,11 @@ class Trainer:
         return n
 
     def fit(self, batches: Iterator) -> dict:
-        s, d = self.settings, self.dist
+        s, dist = self.settings, self.dist
         self._t0, self._batches = time.time(), batches
         self.trackers = Trackers(s.out, f"{s.desc} {s.out.name}", self.config, self.tracking, step=self.step,
-                                 enabled=d.is_main)
-        bar = Progress(s, d, self.step)
+                                 enabled=dist.is_main)
+        bar = Progress(s, dist, self.step)
         first_step, last, last_eval, stop_reason = None, {}, None, "steps"
         if s.cuda_graphs:
             keep_grad_buffers(self.model.parameters())
@@ -208,7 +208,7 @@ class Trainer:
                     stop_reason = "budget"
                     break
                 lr = self.lr_fn(self.step)
-                n = self.train_step(batches, lr) * d.world_size
+                n = self.train_step(batches, lr) * dist.world_size
                 self.samples += n
                 self.window.step_done(n)
                 if first_step is None:  # includes torch.compile's compilation and the loader's start
@@ -225,11 +225,11 @@ class Trainer:
             if self.evaluate:
                 last_eval = self._evaluate()
             self.save()
-            if s.image_every and d.is_main:
+            if s.image_every and dist.is_main:
                 self._pictures()
         except torch.OutOfMemoryError:
             raise EgoscaleError(
-                f"out of memory on {d.device}: the batch does not fit; lower --batch-size (use "
+                f"out of memory on {dist.device}: the batch does not fit; lower --batch-size (use "
                 "--accum-steps to keep the global batch), or add --grad-checkpointing / --fsdp") from None
         finally:
             bar.close()
@@ -299,9 +299,9 @@ class Trainer:
 class Progress:
     """The step bar on rank 0 (nothing elsewhere, or with --no-progress)."""
 
-    def __init__(self, s: LoopSettings, d: Dist, step: int):
+    def __init__(self, s: LoopSettings, dist: Dist, step: int):
         self.bar = None
-        if s.progress and d.is_main:
+        if s.progress and dist.is_main:
             from tqdm import tqdm
             self.bar = tqdm(total=s.max_steps, initial=step, desc=s.desc, unit="step", dynamic_ncols=True)
 

@@ -36,11 +36,11 @@ class MetricsWindow:
         tokens_per_sample: for tokens/s.
     """
 
-    def __init__(self, d: Dist, flops_per_sample: float | None = None, tokens_per_sample: int | None = None):
-        self.dist, self.flops, self.tokens = d, flops_per_sample, tokens_per_sample
-        self.peak = device_peak_tflops(d.device)
-        self.loss = torch.zeros((), device=d.device)
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=d.device)  # sticky: any bad loss since start
+    def __init__(self, dist: Dist, flops_per_sample: float | None = None, tokens_per_sample: int | None = None):
+        self.dist, self.flops, self.tokens = dist, flops_per_sample, tokens_per_sample
+        self.peak = device_peak_tflops(dist.device)
+        self.loss = torch.zeros((), device=dist.device)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=dist.device)  # sticky: any bad loss since start
         self.steps, self.samples, self.t0 = 0, 0, time.time()
 
     def add(self, loss: torch.Tensor, micro_steps: int = 1) -> None:
@@ -58,18 +58,18 @@ class MetricsWindow:
 
     def record(self, step: int) -> dict:
         """The window as a metrics record (a collective: every rank calls it); then a new window."""
-        d = self.dist
+        dist = self.dist
         dt = max(time.time() - self.t0, 1e-9)
-        rec = {"step": step, "loss": float(all_reduce_mean(self.loss, d)) / max(self.steps, 1),
+        rec = {"step": step, "loss": float(all_reduce_mean(self.loss, dist)) / max(self.steps, 1),
                "images_per_s": self.samples / dt}
         if self.tokens:
             rec["tokens_per_s"] = self.samples * self.tokens / dt
-        if self.flops and d.device.type == "cuda":
-            tflops = self.samples * self.flops / dt / 1e12 / d.world_size
+        if self.flops and dist.device.type == "cuda":
+            tflops = self.samples * self.flops / dt / 1e12 / dist.world_size
             rec["tflops_per_device"] = tflops
             if self.peak:
                 rec["mfu"] = tflops / self.peak
-            rec["peak_memory_gb"] = torch.cuda.max_memory_allocated(d.device) / 2**30
+            rec["peak_memory_gb"] = torch.cuda.max_memory_allocated(dist.device) / 2**30
         self.loss.zero_()
         self.steps, self.samples, self.t0 = 0, 0, time.time()
         return rec

@@ -71,75 +71,75 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
     data = describe_data(cfg.data, cfg.subset)
     out = Path(cfg.out)
     record = run_record(cfg, data)
-    d = init_distributed(cfg.device)
+    dist = init_distributed(cfg.device)
     try:
-        if cfg.compile_mode in CUDA_GRAPH_MODES and (d.device.type != "cuda" or d.enabled):
+        if cfg.compile_mode in CUDA_GRAPH_MODES and (dist.device.type != "cuda" or dist.enabled):
             raise ConfigError(f"--compile-mode {cfg.compile_mode} records CUDA graphs: it needs one CUDA process "
-                              f"(here: {d.device.type} x{d.world_size}); use --compile-mode default")
+                              f"(here: {dist.device.type} x{dist.world_size}); use --compile-mode default")
         with stage_folder(out, "pretrain", record, IDENTITY, has_state=has_checkpoint(out, cfg.resume),
-                          resume=cfg.resume, lock=d.is_main) as changed:
-            return _pretrain(cfg, spec=spec, pieces=pieces, frames=frames, data=data, d=d, out=out, record=record,
-                             changed=changed, log=log)
+                          resume=cfg.resume, lock=dist.is_main) as changed:
+            return _pretrain(cfg, spec=spec, pieces=pieces, frames=frames, data=data, dist=dist, out=out,
+                             record=record, changed=changed, log=log)
     finally:
         cleanup()
 
 
-def _pretrain(cfg: PretrainConfig, *, spec, pieces, frames: int, data: dict, d, out: Path, record: dict,
+def _pretrain(cfg: PretrainConfig, *, spec, pieces, frames: int, data: dict, dist, out: Path, record: dict,
               changed: dict, log) -> dict:
-    global_batch = cfg.batch_size * cfg.accum_steps * d.world_size
+    global_batch = cfg.batch_size * cfg.accum_steps * dist.world_size
     max_steps = _max_steps(cfg, frames, global_batch)
     torch.manual_seed(cfg.seed)
-    mae = MaskedAutoencoder(spec, mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss).to(d.device)
-    torch.manual_seed(rank_seed(cfg.seed, d.rank))
-    generators, lr, nodes = mask_generators(cfg, d), cfg.default_lr(), rank_nodes(d)  # nodes: for summary.json
-    precision = resolve_precision(cfg.precision, d.device, PRETRAIN_PRECISIONS)
-    sharded = fully_sharded(d, cfg.fsdp, precision == "bf16-params")
-    attention = choose_attention(mae, d.device, precision != "fp32")
-    if d.is_main:
+    mae = MaskedAutoencoder(spec, mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss).to(dist.device)
+    torch.manual_seed(rank_seed(cfg.seed, dist.rank))
+    generators, lr, nodes = mask_generators(cfg, dist), cfg.default_lr(), rank_nodes(dist)  # nodes: for summary.json
+    precision = resolve_precision(cfg.precision, dist.device, PRETRAIN_PRECISIONS)
+    sharded = fully_sharded(dist, cfg.fsdp, precision == "bf16-params")
+    attention = choose_attention(mae, dist.device, precision != "fp32")
+    if dist.is_main:
         length = f"budget {cfg.budget_hours} h" if cfg.budget_hours else f"{max_steps} steps"
-        log(f"pretrain {spec.name} at {spec.img_size}px on {d.device} x{d.world_size}{_over(nodes)}: global batch "
-            f"{global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} devices, lr {lr:g} "
+        log(f"pretrain {spec.name} at {spec.img_size}px on {dist.device} x{dist.world_size}{_over(nodes)}: global "
+            f"batch {global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {dist.world_size} devices, lr {lr:g} "
             f"({cfg.lr_schedule}), mask {cfg.mask_ratio}, {precision} ({attention} attention), {frames} frames, "
             + length)
         _say_if_upsampled(cfg.data, spec.img_size, log)
-    compile_ = resolve_compile(cfg.compile, d.device, precision, d.world_size, cfg.fsdp, max_steps,
+    compile_ = resolve_compile(cfg.compile, dist.device, precision, dist.world_size, cfg.fsdp, max_steps,
                                cfg.grad_checkpointing, cfg.compile_mode)
-    module = parallelize(mae, d, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=compile_,
+    module = parallelize(mae, dist, fsdp=cfg.fsdp, grad_checkpointing=cfg.grad_checkpointing, compile=compile_,
                          bf16_params=precision == "bf16-params", compile_mode=cfg.compile_mode)
-    optimizer = adamw([p for p in mae.parameters() if p.requires_grad], lr, d.device, sharded=sharded,
+    optimizer = adamw([p for p in mae.parameters() if p.requires_grad], lr, dist.device, sharded=sharded,
                       betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    settings = _loop_settings(cfg, spec, out, max_steps, precision, pictures=not (sharded and d.enabled))
+    settings = _loop_settings(cfg, spec, out, max_steps, precision, pictures=not (sharded and dist.enabled))
     schedule = lr_schedule(cfg.lr_schedule, lr, cfg.warmup_steps, max_steps)
     sample: list = []  # (4, 3, H, W) frames in [0, 1], taken from the first batch
-    trainer = Trainer(settings, d, mae, module, optimizer, schedule, _loss_fn(d.device, generators),
+    trainer = Trainer(settings, dist, mae, module, optimizer, schedule, _loss_fn(dist.device, generators),
                       to_file=lambda st: {"model": mae_to_released(st),
                                           "egoscale": {**mae_meta(mae), "data": data, "seed": cfg.seed}},
                       from_file=lambda obj: released_to_mae(obj["model"]), config=to_dict(cfg), fsdp=sharded,
                       tracking=cfg, images=lambda: {"reconstructions": reconstruction_grid(mae, sample[0])},
                       generators=generators)
-    if trainer.resume() and d.is_main:
+    if trainer.resume() and dist.is_main:
         log(f"resumed from step {trainer.step} ({trainer.samples} images seen)")
-    if d.is_main:  # written once the folder's checkpoint (if any) has loaded
+    if dist.is_main:  # written once the folder's checkpoint (if any) has loaded
         record_config(out, record, changed)
-    if compile_ and d.is_main:
+    if compile_ and dist.is_main:
         asked = cfg.compile or cfg.compile_mode != "default"
         log(f"{'--compile' if asked else 'compiled (a long single-GPU run; --no-compile to stay eager)'}"
             f"{'' if cfg.compile_mode == 'default' else ' (' + cfg.compile_mode + ')'}: the first step compiles every "
             "distinct block (a minute or more for the big models); its time is reported as first_step_seconds")
     if trainer.step >= max_steps:
-        if d.is_main:
+        if dist.is_main:
             log(f"{out}: already trained for {trainer.step} steps; nothing to do")
-        return _finished(trainer, out, d, model=spec.name, img_size=spec.img_size, frames=frames,
+        return _finished(trainer, out, dist, model=spec.name, img_size=spec.img_size, frames=frames,
                          global_batch=global_batch)
-    workers = resolve_workers(cfg.workers, d.device)
-    batches = make_loader(_stream(cfg, pieces, spec.img_size, d, trainer, max(1, workers), log), cfg.batch_size,
-                          workers, pin_memory=d.device.type == "cuda")
+    workers = resolve_workers(cfg.workers, dist.device)
+    batches = make_loader(_stream(cfg, pieces, spec.img_size, dist, trainer, max(1, workers), log), cfg.batch_size,
+                          workers, pin_memory=dist.device.type == "cuda")
     first = batches.peek()
-    sample.append(first[:4].to(d.device).float() / 255)  # the same frames in every reconstruction picture
+    sample.append(first[:4].to(dist.device).float() / 255)  # the same frames in every reconstruction picture
     summary = trainer.fit(batches)
     summary.update(model=spec.name, img_size=spec.img_size, frames=frames, global_batch=global_batch,
                    nodes=nodes)
-    if d.is_main:
+    if dist.is_main:
         write_json_atomic(out / "summary.json", summary)
     return summary
 
@@ -168,7 +168,7 @@ def _max_steps(cfg: PretrainConfig, frames: int, global_batch: int) -> int:
     return min(steps) if steps else 2**62
 
 
-def _finished(trainer: Trainer, out: Path, d, **about) -> dict:
+def _finished(trainer: Trainer, out: Path, dist, **about) -> dict:
     """The summary of a run that is already done; one killed after its last checkpoint but before
     its summary gets it now, from what the checkpoint and metrics.jsonl hold."""
     done = out / "summary.json"
@@ -177,7 +177,7 @@ def _finished(trainer: Trainer, out: Path, d, **about) -> dict:
     losses = [r["loss"] for r in read_metrics(trainer.metrics_path) if "loss" in r]
     summary = {"steps": trainer.step, "samples": trainer.samples, "seconds": round(trainer.elapsed_before, 3),
                "stopped_by": "steps", "final_loss": losses[-1] if losses else float("nan"), **about}
-    if d.is_main:
+    if dist.is_main:
         write_json_atomic(done, summary)
     return summary
 
@@ -190,12 +190,12 @@ def _say_if_upsampled(data: str, img_size: int, log) -> None:
             f"upsampled; for this size ingest with --short-side 0 (the videos' own) or at least {img_size}")
 
 
-def _stream(cfg: PretrainConfig, pieces, img_size: int, d, trainer: Trainer, workers: int, log) -> FrameStream:
+def _stream(cfg: PretrainConfig, pieces, img_size: int, dist, trainer: Trainer, workers: int, log) -> FrameStream:
     """The frame stream, continued exactly from the checkpoint's data position when the run keeps
     its layout (processes, accumulation, loader workers, shuffle buffer, batch); otherwise fresh,
     seeded by the step."""
     seed = data_seed(cfg.seed)
-    kw = dict(rank=d.rank, world_size=d.world_size, shuffle_buffer=cfg.shuffle_buffer, batch_size=cfg.batch_size,
+    kw = dict(rank=dist.rank, world_size=dist.world_size, shuffle_buffer=cfg.shuffle_buffer, batch_size=cfg.batch_size,
               accum_steps=cfg.accum_steps, interpolation=cfg.interpolation)
     stream = FrameStream(pieces, img_size, seed=seed, **kw)
     saved = trainer.data_state
@@ -203,7 +203,7 @@ def _stream(cfg: PretrainConfig, pieces, img_size: int, d, trainer: Trainer, wor
         return FrameStream(pieces, img_size, seed=saved["seed"], resume=saved, **kw)
     if trainer.step:
         stream.seed = seed + trainer.step
-        if d.is_main:
+        if dist.is_main:
             now = stream.layout(workers)
             was = ("another number of processes, or no record of it" if saved is None else
                    ", ".join(f"{k} {saved.get(k)}" for k in now))
@@ -212,11 +212,11 @@ def _stream(cfg: PretrainConfig, pieces, img_size: int, d, trainer: Trainer, wor
     return stream
 
 
-def mask_generators(cfg: PretrainConfig, d) -> list[torch.Generator]:
+def mask_generators(cfg: PretrainConfig, dist) -> list[torch.Generator]:
     """One RNG for the masks of each of this process's virtual ranks (its micro-steps, `FrameStream`),
     so that the masks, like the data, depend on the global batch's make-up, not on how many
     processes share it."""
-    return [torch.Generator(device=d.device).manual_seed(rank_seed(cfg.seed, d.rank * cfg.accum_steps + k))
+    return [torch.Generator(device=dist.device).manual_seed(rank_seed(cfg.seed, dist.rank * cfg.accum_steps + k))
             for k in range(cfg.accum_steps)]
 
 

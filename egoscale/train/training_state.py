@@ -74,10 +74,10 @@ class Checkpointer:
         config: the run's settings, stored beside the weights.
     """
 
-    def __init__(self, out: Path, d: Dist, model, optimizer, to_file: Callable[[dict], dict],
+    def __init__(self, out: Path, dist: Dist, model, optimizer, to_file: Callable[[dict], dict],
                  from_file: Callable[[dict], dict], config: dict, fsdp: bool = False,
                  generators: list[torch.Generator] = ()):
-        self.path, self.dist, self.model, self.opt = Path(out) / CHECKPOINT, d, model, optimizer
+        self.path, self.dist, self.model, self.opt = Path(out) / CHECKPOINT, dist, model, optimizer
         self.to_file, self.from_file, self.config, self.fsdp = to_file, from_file, config, fsdp
         self.generators = list(generators)  # the stage's own RNGs (e.g. the masks'), saved with the global ones
 
