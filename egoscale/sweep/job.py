@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from egoscale.sweep.slurm import slurm_settings
 
     sl = slurm_settings(grid)
-    procs, nodes = max(1, sl["gpus_per_node"]), sl["nodes"]
+    procs, nodes = max(1, sl.gpus_per_node), sl.nodes
     if stage == "pretrain" and (procs > 1 or nodes > 1) and "LOCAL_RANK" not in os.environ:
         job = os.environ.get("SLURM_JOB_ID", "egoscale")
         endpoint = f"{_first_node_address()}:{rendezvous_port(job)}"

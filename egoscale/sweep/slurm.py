@@ -14,11 +14,13 @@ them (queued, running) and the cells' own state (done, failed with the log to re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from egoscale.errors import ConfigError
@@ -26,27 +28,43 @@ from egoscale.fileio import write_json_atomic
 from egoscale.sweep.grid import Grid, all_cells, stages
 from egoscale.sweep.folders import CellState, cell_state, groups, is_done, stage_dir, update_results
 
-SLURM_DEFAULTS = {"partition": None, "gpus_per_node": 8, "nodes": 1, "timeout_min": 2880, "cpus_per_task": 32,
-                  "eval_timeout_min": 720, "mem_gb": 0, "account": None, "constraint": None, "python": None}
+@dataclass(frozen=True)
+class SlurmSettings:
+    """A grid's `slurm:` section: where and how big its jobs are. A pretraining job takes `nodes`
+    nodes of `gpus_per_node` GPUs for `timeout_min`; an evaluation one GPU (and its share of the
+    CPUs) for `eval_timeout_min`."""
+
+    partition: str | None = None
+    gpus_per_node: int = 8
+    nodes: int = 1
+    timeout_min: int = 2880
+    cpus_per_task: int = 32
+    eval_timeout_min: int = 720
+    mem_gb: int = 0
+    account: str | None = None
+    constraint: str | None = None
+    python: str | None = None  # the interpreter on the nodes (default: this one)
+
+
+SLURM_KEYS = tuple(f.name for f in dataclasses.fields(SlurmSettings))
 # squeue states of a job that will still run (or is running): never submit its stage again
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
           "SUSPENDED", "STAGE_OUT", "SIGNALING"}
 
 
-def slurm_settings(grid: Grid) -> dict:
-    sl = {**SLURM_DEFAULTS, **grid.slurm}
-    unknown = set(sl) - set(SLURM_DEFAULTS)
+def slurm_settings(grid: Grid) -> SlurmSettings:
+    unknown = set(grid.slurm) - set(SLURM_KEYS)
     if unknown:
-        raise ConfigError(f"slurm: unknown keys {sorted(unknown)} (known: {', '.join(SLURM_DEFAULTS)})")
-    return sl
+        raise ConfigError(f"slurm: unknown keys {sorted(unknown)} (known: {', '.join(SLURM_KEYS)})")
+    return SlurmSettings(**grid.slurm)
 
 
 def slurm_jobs(grid: Grid, out: str | Path) -> list[dict]:
     """The job specifications of a sweep, pretraining jobs before the evaluations that wait for them."""
     out = Path(out).resolve()
     sl = slurm_settings(grid)
-    python = sl["python"] or sys.executable
-    g, n = sl["gpus_per_node"], sl["nodes"]
+    python = sl.python or sys.executable
+    g, n = sl.gpus_per_node, sl.nodes
     jobs = []
     for cell in all_cells(grid):
         for stage in stages(grid, cell):
@@ -55,10 +73,10 @@ def slurm_jobs(grid: Grid, out: str | Path) -> list[dict]:
             jobs.append({"name": f"{'pt' if pre else stage}_{cell.id}", "stage": stage, "cell": cell.id,
                          "folder": str(stage_dir(grid, out, cell, stage)), "command": cmd,
                          "nodes": n if pre else 1, "gpus_per_node": g if pre else min(g, 1), "tasks_per_node": 1,
-                         "cpus_per_task": sl["cpus_per_task"] if pre else max(1, sl["cpus_per_task"] // max(1, g)),
-                         "timeout_min": sl["timeout_min"] if pre else sl["eval_timeout_min"],
-                         "partition": sl["partition"], "account": sl["account"], "constraint": sl["constraint"],
-                         "mem_gb": sl["mem_gb"], "requeue": True,
+                         "cpus_per_task": sl.cpus_per_task if pre else max(1, sl.cpus_per_task // max(1, g)),
+                         "timeout_min": sl.timeout_min if pre else sl.eval_timeout_min,
+                         "partition": sl.partition, "account": sl.account, "constraint": sl.constraint,
+                         "mem_gb": sl.mem_gb, "requeue": True,
                          "depends_on": None if pre or cell.baseline else f"pt_{cell.id}"})
     return jobs
 
