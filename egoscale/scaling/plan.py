@@ -57,7 +57,8 @@ examples:
       --budget-gpu-hours 500"""
 
     fit: str = opt("fit.json", "the fit (from `egoscale fit`)", positional=True, metavar="FIT")
-    candidates: str = opt("candidates.csv", "runs that could be made: a CSV or a grid YAML", required=True)
+    candidates: str = opt("candidates.csv", "runs that could be made: a CSV, or a grid (YAML, or a sweep's grid.json)",
+                          required=True)
     budget_gpu_hours: float = opt(100.0, "GPU-hours to spend", required=True)
     at: str | None = opt(None, "the question: the prediction at params=N,hours=D,resolution=R", metavar="SCALE")
     target: str | None = opt(None, "the question: the scale that reaches this accuracy (with --scale-together)")
@@ -214,7 +215,7 @@ def read_candidates(path: str, fit: FitResult, grid_path: str | None) -> tuple[l
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such candidates file")
-    rows = _grid_rows(p) if p.suffix in (".yaml", ".yml") else _csv_rows(p, grid_path)
+    rows = _grid_rows(p) if p.suffix in (".yaml", ".yml", ".json") else _csv_rows(p, grid_path)
     per = hours_per_fraction(fit)
     # a run is its model, size, data and pretraining seed (whole-data repeats share the subset's seed)
     done = {(r.get("model"), float(r["img_size"]), round(float(r["data_hours"]), 9),
@@ -422,26 +423,18 @@ def write_grid(cfg: PlanConfig, chosen: list[Candidate]) -> None:
     """The chosen cells as a grid file: the candidates' grid (or --grid) with `only` set to them."""
     import yaml
 
-    base = cfg.candidates if Path(cfg.candidates).suffix in (".yaml", ".yml") else cfg.grid
+    base = cfg.candidates if Path(cfg.candidates).suffix in (".yaml", ".yml", ".json") else cfg.grid
     if not base:
         raise ConfigError("--grid-out needs a grid to start from: candidates as a grid YAML, or --grid GRID.yaml")
-    from egoscale.config import load_yaml
     from egoscale.sweep.grid import load_grid
 
-    raw = load_yaml(base)
-    for k in ("data", "subsets"):  # the new file may live elsewhere: paths as the base grid meant them
-        if k in raw and not Path(raw[k]).is_absolute():
-            raw[k] = str((Path(base).parent / raw[k]).resolve())
-    for ev in raw.get("evals", []):
-        for k in ("train", "val", "train_list"):
-            if k in ev and not Path(ev[k]).is_absolute():
-                ev[k] = str((Path(base).parent / ev[k]).resolve())
+    raw = load_grid(base).to_dict()  # its paths resolved: the new file may live elsewhere
     ids = [c.id for c in chosen]
     raw["models"] = [m for m in raw["models"] if any(c.model == m for c in chosen)]
     raw["img_sizes"] = [s for s in raw["img_sizes"] if any(c.img_size == s for c in chosen)]
     raw["only"] = ids
-    raw["cell_overrides"] = {k: v for k, v in (raw.get("cell_overrides") or {}).items()
-                             if any(fnmatch.fnmatchcase(i, k) for i in ids)}
+    raw["cell_overrides"] = {k: v for k, v in raw["cell_overrides"].items() if any(fnmatch.fnmatchcase(i, k)
+                                                                                  for i in ids)}
     text = (f"# the {len(ids)} run(s) `egoscale plan` chose from {cfg.candidates} ({cfg.out}), in the grid of {base}\n"
             + yaml.safe_dump(raw, sort_keys=False))
     Path(cfg.grid_out).write_text(text)
