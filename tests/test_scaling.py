@@ -623,6 +623,11 @@ def test_the_plan_buys_the_runs_that_pin_down_the_axis_the_question_extrapolates
     r = egoscale("report", tmp_path / "fit.json", "--out", tmp_path / "rep", "--plan", tmp_path / "plan.json")
     md = (tmp_path / "rep" / "report.md").read_text()
     assert r.returncode == 0 and "## The runs to make next" in md and allin["chosen"][-1]["cell"] in md
+    # a results table instead of a fit: fitted with the defaults, beside the plan
+    r = egoscale("plan", tmp_path / "r.csv", "--candidates", tmp_path / "c.csv", "--at",
+                 "params=5e9,hours=50,resolution=224", "--budget-gpu-hours", "15",
+                 "--out", tmp_path / "p" / "plan.json")
+    assert r.returncode == 0 and (tmp_path / "p" / "plan_fit.json").is_file() and "plan: 1 run(s)" in r.stdout
     # a candidate without a price and nothing to price it with: one line
     (tmp_path / "u.csv").write_text("model,params,img_size,data_hours,seed\nm6e+08,632e6,224,50,1\n")
     r = egoscale("plan", tmp_path / "fit.json", "--candidates", tmp_path / "u.csv", "--at",

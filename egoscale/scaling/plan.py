@@ -56,7 +56,9 @@ examples:
   egoscale plan fit.json --candidates cells.csv --grid configs/paper_grid.yaml --target 0.9 --scale-together \\
       --budget-gpu-hours 500"""
 
-    fit: str = opt("fit.json", "the fit (from `egoscale fit`)", positional=True, metavar="FIT")
+    fit: str = opt("fit.json", "the fit (from `egoscale fit`), or a results table, fitted here with `egoscale fit`'s "
+                   "defaults (into OUT's folder as plan_fit.json)", positional=True, metavar="FIT_OR_RESULTS")
+    metric: str = opt("top1", "with a results table: the accuracy column to fit", choices=["top1", "top5"])
     candidates: str = opt("candidates.csv", "runs that could be made: a CSV, or a grid (YAML, or a sweep's grid.json)",
                           required=True)
     budget_gpu_hours: float = opt(100.0, "GPU-hours to spend", required=True)
@@ -120,7 +122,7 @@ def main(cfg: PlanConfig) -> int:
 
 
 def make_plan(cfg: PlanConfig) -> dict:
-    fit = load_fit(cfg.fit)
+    fit = _fit_of(cfg)
     question = _question(fit, cfg)
     cands, skipped = read_candidates(cfg.candidates, fit, cfg.grid)
     states = form_states(fit, question)
@@ -144,6 +146,16 @@ def make_plan(cfg: PlanConfig) -> dict:
         plan["grid_out"] = cfg.grid_out
         write_json_atomic(cfg.out, plan)
     return plan
+
+
+def _fit_of(cfg: PlanConfig) -> FitResult:
+    """The fit the plan reads: fit.json as given, or a results table fitted with the defaults."""
+    if Path(cfg.fit).suffix != ".csv":
+        return load_fit(cfg.fit)
+    from egoscale.scaling.fit import FitConfig, run_fit
+
+    out = Path(cfg.out).with_name("plan_fit.json")
+    return run_fit(FitConfig(table=cfg.fit, out=str(out), metric=cfg.metric), log=lambda *a: None)
 
 
 def _interval(state: dict, z: float) -> dict:
