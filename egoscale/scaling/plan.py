@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -107,11 +107,16 @@ class FormState:
     grad: np.ndarray
     cov: np.ndarray
     noise: float
+    _jac: dict = field(default_factory=dict, repr=False)
 
     def jac(self, c: Candidate) -> tuple[float, np.ndarray]:
-        n, d, r = features(np.array([c.params]), np.array([c.data_hours]), np.array([float(c.img_size)]))
-        pred, jac = FORMS[self.name].jacobian(self.theta, n, d, r)
-        return float(pred[0]), jac[0]
+        """The form's prediction and gradient at a candidate, once per candidate (the greedy choice
+        asks again at every step)."""
+        if c.id not in self._jac:
+            n, d, r = features(np.array([c.params]), np.array([c.data_hours]), np.array([float(c.img_size)]))
+            pred, jac = FORMS[self.name].jacobian(self.theta, n, d, r)
+            self._jac[c.id] = (float(pred[0]), jac[0])
+        return self._jac[c.id]
 
 
 def main(cfg: PlanConfig) -> int:
@@ -383,7 +388,7 @@ class Planner:
             text.append(f"tells apart {a} and {b}: they predict {preds[a]:.3f} and {preds[b]:.3f} here, "
                         f"{abs(preds[a] - preds[b]) / noise:.1f} x the noise of a run apart")
         if param_gain > 0 or not text:
-            s = max(self.states, key=lambda s: s.weight * _share_gain(s, c))
+            s = max(self.states, key=lambda s: s.weight * float(_param_shares(s, c).sum()))
             i = int(np.argmax(_param_shares(s, c)))
             name = FORMS[s.name].params[i]
             text.append(f"pins down {s.name}'s {_MEANING.get(name, name)}")
@@ -403,10 +408,6 @@ def _param_shares(s: FormState, c: Candidate) -> np.ndarray:
     _, J = s.jac(c)
     new = np.linalg.inv(np.linalg.inv(s.cov) + np.outer(J, J) / s.noise ** 2)
     return s.grad ** 2 * (np.diag(s.cov) - np.diag(new))
-
-
-def _share_gain(s: FormState, c: Candidate) -> float:
-    return float(_param_shares(s, c).sum())
 
 
 # --- output -------------------------------------------------------------------------------------
