@@ -11,8 +11,10 @@ beyond/check.json and demo.json, and checks what the demo exists to show:
 - the whole demo within its budget (where demo.json recorded the time).
 
 Prints one table per run (each cell's random, pretrained, gain and finetune - probe, with the misses
-marked by how much), then one line per run and the count of runs meeting each target. Markdown, to
-paste into benchmarks/README.md.
+marked by how much), then one line per run, the count of runs meeting each target, and, where several
+runs are given, each model@size across them: in how many runs it reaches +GAIN, its gains' range, and
+how its gain goes with its random weights' top-1 and with its pretrained top-1 (correlation over the
+runs: which of the two decides a miss). Markdown, to paste into benchmarks/README.md.
 
     python benchmarks/demo_targets.py DIR [DIR ...] [--gain 10 --best 15 --tol 2]
 """
@@ -119,6 +121,31 @@ def main() -> None:
           f"{sum(len(r['trends_ok']) == 3 for r in runs)}; "
           f"finetuning: {sum(r['ft_ok'] == len(r['cells']) for r in runs)}; "
           f"beyond inside: {sum(bool(r['beyond_inside']) for r in runs)}")
+    if n > 1:
+        print("\n".join(["", *across_runs(runs, args.gain)]))
+
+
+def across_runs(runs: list[dict], gain_min: float) -> list[str]:
+    """Each model@size over the runs: how often it reaches the gain, and what its misses follow."""
+    import numpy as np
+
+    lines = [f"| model @ px | runs at >= +{gain_min:g} | gain, min .. mean .. max | random top-1, mean | "
+             "corr(gain, random) | corr(gain, pretrained) |", "|---|---|---|---|---|---|"]
+    cells = [c["cell"] for c in runs[0]["cells"]]
+    for name in cells:
+        rows = [c for r in runs for c in r["cells"] if c["cell"] == name]
+        g = np.array([c["gain"] for c in rows]) * 100
+        rnd = np.array([c["random"] for c in rows]) * 100
+        pre = np.array([c["pretrained"] for c in rows]) * 100
+        corr = (lambda a, b: f"{np.corrcoef(a, b)[0, 1]:+.2f}" if len(a) > 2 and a.std() and b.std() else "-")
+        lines.append(f"| {name} | {int((g >= gain_min).sum())}/{len(g)} | {g.min():+.1f} .. {g.mean():+.1f} .. "
+                     f"{g.max():+.1f} | {rnd.mean():.1f} | {corr(g, rnd)} | {corr(g, pre)} |")
+    axes = sorted({a for r in runs for a in r["trends"]})
+    lines += ["", "trends beyond seed noise: " + ", ".join(
+        f"{a} {sum(a in r['trends_ok'] for r in runs)}/{len(runs)} (effect "
+        f"{min(r['trends'][a][0] for r in runs if a in r['trends']):+.1f} .. "
+        f"{max(r['trends'][a][0] for r in runs if a in r['trends']):+.1f})" for a in axes)]
+    return lines
 
 
 if __name__ == "__main__":
