@@ -349,6 +349,11 @@ def test_quick_demo_end_to_end(tmp_path):
     top = max(g["data_hours"] for g in fit.gains)
     assert run["gain_ok"] == sum(g["gain"] >= 0.1 for g in fit.gains if g["data_hours"] == top)
     assert run["beyond_inside"] == check["forms"][check["chosen"]]["inside"]
+    # across runs: one row per model@size, a count out of the runs given, and the trends' tally
+    across = demo_targets.across_runs([run, run], 10)
+    rows = [line for line in across if line.startswith("| vit_")]
+    assert len(rows) == 6 and all(f"| {2 * (c['gain'] >= 0.1)}/2 |" in row for c, row in zip(run["cells"], rows))
+    assert across[-1].startswith("trends beyond seed noise: data ")
 
 
 def test_a_changed_grid_is_refused_over_an_existing_sweep_folder(tiny_study, tmp_path):
