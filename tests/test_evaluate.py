@@ -45,6 +45,35 @@ def test_val_classes_must_match_the_train_classes(folder, tmp_path):
         scan(tmp_path / "val", classes=scan(folder / "train").classes)
 
 
+def test_labelled_images_are_decoded_once_and_read_again_when_their_file_changes(tmp_path):
+    import os
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from egoscale.evaluate.common import DecodedImages, ImageList, train_transform
+
+    root = labelled_folder(tmp_path / "lab", n_train=3, n_val=1, n_classes=2)
+    data = scan(root / "train")
+    kept, fresh = DecodedImages(), DecodedImages(limit=0)
+    outs = []
+    for decoded in (kept, fresh, kept):  # the last pass reads what the first kept
+        random.seed(0), torch.manual_seed(0)
+        ds = ImageList(data, train_transform(24, (0.5, 1.0)), decoded)
+        outs.append([ds[i][0] for i in range(len(ds))])
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(*outs))  # augmentation unchanged
+    assert len(kept.images) == 6 and kept.used == 6 * 48 * 48 * 3 and not fresh.images
+    # a file written again is decoded again, not served from what was kept
+    path = data.root / data.files[0]
+    Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(path, quality=95)
+    os.utime(path, ns=(1, 1))  # a new modification time even where the clock is coarse
+    assert np.asarray(kept.rgb(path)).max() == 0
+    # a limit below one image keeps none; images are still read
+    small = DecodedImages(limit=48 * 48 * 3 - 1)
+    assert small.rgb(data.root / data.files[1]).size == (48, 48) and not small.images
+
+
 def test_topk_on_hand_made_logits():
     logits = torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.0, 0.0],   # target 0: top-1 hit
                            [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],   # target 1: 5th highest -> top-5 hit only

@@ -473,6 +473,31 @@ def test_training_crops_are_resized_with_the_interpolation_asked_for(side):
             assert (got - ref[mode]).abs().mean() < (got - ref[other]).abs().mean(), (side, seed, mode)
 
 
+def test_the_loader_reads_a_frames_size_from_its_jpeg_header_as_pil_does():
+    import io
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from egoscale.data.loader import augment, jpeg_size
+
+    rng = np.random.default_rng(0)
+    for (w, h), mode, kw in [((64, 48), "RGB", {}), ((33, 70), "RGB", {"progressive": True}),
+                             ((40, 40), "L", {}), ((300, 200), "RGB", {"quality": 50, "subsampling": 2})]:
+        buf = io.BytesIO()
+        pixels = rng.integers(0, 255, (h, w, 3) if mode == "RGB" else (h, w), dtype=np.uint8)
+        Image.fromarray(pixels, mode).save(buf, format="JPEG", **kw)
+        data = buf.getvalue()
+        assert jpeg_size(data) == Image.open(io.BytesIO(data)).size == (w, h)
+        assert augment(data, 24, random.Random(1)).shape == (3, 24, 24)
+        assert jpeg_size(data[:20]) is None  # a header cut before its frame segment
+    png = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(png, format="PNG")
+    assert jpeg_size(png.getvalue()) is None
+    assert augment(png.getvalue(), 24, random.Random(1)).shape == (3, 24, 24)  # PIL reads what is not a JPEG
+
+
 def test_crops_larger_than_the_frames_are_said_before_training(frames, tmp_path):
     # the clip's frames are 64 px on their short side (ingested at the default --short-side 256,
     # which never upscales): 96-px crops are upsampled, and the run says so; 32-px ones are not

@@ -7,8 +7,9 @@ inside a large shard costs only its own bytes (WebDataset reads shards front to 
 0.01% subset cannot afford). Where each reader is in its stream is a `cursor.Cursor`, which a
 checkpoint saves, so that a resumed run continues the stream exactly.
 
-Speed: JPEGs are decoded with libjpeg's DCT scaling (PIL `draft`) when the crop is much smaller
-than the frame, otherwise by torchvision with its fast uint8 resize; samples stay uint8 until
+Speed: a frame's size is read from its JPEG header (`jpeg_size`) to place the crop; JPEGs are
+decoded with libjpeg's DCT scaling (PIL `draft`) when the crop is much smaller than the frame,
+otherwise by torchvision with its fast uint8 resize; samples stay uint8 until
 the batch reaches the training device, where `normalize_batch` makes floats (4x less data
 through the loader).
 """
@@ -133,6 +134,34 @@ def random_resized_crop_box(w: int, h: int, rng: random.Random, scale=(0.2, 1.0)
     return (w - cw) // 2, (h - ch) // 2, cw, ch
 
 
+# JPEG's start-of-frame markers (baseline, progressive, lossless, ...): C0-CF but C4 (Huffman tables),
+# C8 (reserved) and CC (arithmetic-coding conditioning)
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame segment, or None where `data` is not a JPEG whose
+    header says so. PIL's `Image.open` reads the same two numbers but parses every header segment
+    in Python on the way, about a third of a small frame's whole augmentation (benchmarks/README.md,
+    "The demo"); the decode route needs nothing else from PIL."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 9 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        elif marker in _SOF:
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
 def augment(data: bytes, size: int, rng: random.Random, scale=(0.2, 1.0), flip: bool = True,
             interpolation: str = INTERPOLATION) -> torch.Tensor:
     """Image bytes -> RandomResizedCrop(size, scale) + horizontal flip, uint8 (3, H, W).
@@ -143,10 +172,14 @@ def augment(data: bytes, size: int, rng: random.Random, scale=(0.2, 1.0), flip: 
     the crop resized with torchvision's antialiased kernel. `interpolation`: bicubic (the paper's)
     or bilinear.
     """
-    img = Image.open(io.BytesIO(data))  # reads the header only
-    w, h = img.size
+    img, wh = None, jpeg_size(data)
+    if wh is None:
+        img = Image.open(io.BytesIO(data))  # reads the header only
+        wh = img.size
+    w, h = wh
     x, y, cw, ch = random_resized_crop_box(w, h, rng, scale)
-    if img.format == "JPEG" and min(cw, ch) >= 2 * size:
+    if (img is None or img.format == "JPEG") and min(cw, ch) >= 2 * size:
+        img = img or Image.open(io.BytesIO(data))
         factor = min(cw, ch) / size
         img.draft("RGB", (max(1, int(w / factor)), max(1, int(h / factor))))
         sx, sy = img.size[0] / w, img.size[1] / h

@@ -184,13 +184,41 @@ def val_transform(size: int, interpolation: str = INTERPOLATION):
                       T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
+class DecodedImages:
+    """Labelled images decoded once per process, up to `limit` bytes of pixels.
+
+    An evaluation reads its labelled set every epoch, and a sweep worker evaluates cell after
+    cell on the same set; decoding a small image costs about as much as a tiny model's step on it
+    (benchmarks/README.md, "The demo"). An image is kept while its file's size and modification
+    time are unchanged; past the limit, images are decoded from disk every time, as without it.
+    The transforms that follow make new images, so a kept one is never changed.
+    """
+
+    def __init__(self, limit: int = 256 << 20):
+        self.limit, self.used, self.images = limit, 0, {}
+
+    def rgb(self, path: Path) -> Image.Image:
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        img = self.images.get(key)
+        if img is None:
+            with Image.open(path) as f:
+                img = f.convert("RGB")
+            size = img.width * img.height * 3
+            if self.used + size <= self.limit:
+                self.images[key], self.used = img, self.used + size
+        return img
+
+
+DECODED = DecodedImages()
+
+
 class ImageList(torch.utils.data.Dataset):
-    def __init__(self, data: Labelled, transform):
-        self.data, self.transform = data, transform
+    def __init__(self, data: Labelled, transform, decoded: DecodedImages = DECODED):
+        self.data, self.transform, self.decoded = data, transform, decoded
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int):
-        with Image.open(self.data.root / self.data.files[i]) as img:
-            return self.transform(img.convert("RGB")), self.data.labels[i]
+        return self.transform(self.decoded.rgb(self.data.root / self.data.files[i])), self.data.labels[i]
