@@ -5,7 +5,7 @@
   decodes the crops of the reduced-DCT route). Outputs checked identical, frame by frame.
 - Labelled images of finetuning and the probe (`egoscale.evaluate.common.ImageList`): decoded once
   per process (`DecodedImages`), against decoding the file at every read (a limit of 0). Outputs
-  checked identical under the same random state.
+  checked identical under the same random state. Then the train transform's parts, timed one by one.
 - Then one whole finetuning and one probe of a pretrained checkpoint with and without kept images,
   each in a fresh process, taking turns: the top-1 must be the same and the time is what changes.
 
@@ -93,6 +93,26 @@ def labelled_ab(demo: Path, rounds: int) -> None:
               f"every read: {t_fresh / t_kept:.2f}x (identical tensors)")
 
 
+def transform_parts(demo: Path, rounds: int) -> None:
+    """The train transform's parts one after another on kept images: what is left after decoding."""
+    from torchvision import transforms as T
+
+    from egoscale.constants import IMAGENET_MEAN, IMAGENET_STD
+    from egoscale.evaluate.common import DecodedImages, train_transform
+    from egoscale.evaluate.labelled import scan
+
+    data, decoded = scan(demo / "world" / "labelled" / "train"), DecodedImages()
+    x = [decoded.rgb(data.root / f) for f in data.files]
+    parts = train_transform(24, (0.8, 1.0)).transforms
+    assert [type(t) for t in parts] == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize]
+    assert (list(parts[3].mean), list(parts[3].std)) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    times = []
+    for t in parts:
+        times.append(f"{type(t).__name__} {best_per_item(t, x, rounds) * 1e6:.0f} us")
+        x = [t(i) for i in x]
+    print("train transform, per labelled image at 24 px: " + ", ".join(times))
+
+
 def child(demo: Path, keep: bool) -> None:
     import egoscale.evaluate.common as common
     from egoscale.evaluate.finetune import FinetuneConfig, finetune
@@ -144,6 +164,7 @@ def main() -> None:
         return child(args.demo, bool(int(args.child)))
     frames_ab(args.demo, args.rounds)
     labelled_ab(args.demo, args.rounds)
+    transform_parts(args.demo, args.rounds)
     whole_runs(args.demo, args.runs)
 
 
