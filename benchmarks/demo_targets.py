@@ -12,8 +12,8 @@ beyond/check.json and demo.json, and checks what the demo exists to show:
 
 Prints one table per run (each cell's random, pretrained, gain and finetune - probe, with the misses
 marked by how much), then one line per run, the count of runs meeting each target, and, where several
-runs are given, each model@size across them: in how many runs it reaches +GAIN, its gains' range, and
-how its gain goes with its random weights' top-1 and with its pretrained top-1 (correlation over the
+runs are given, every run's gains side by side (misses in bold) and each model@size across them: in
+how many runs it reaches +GAIN, its gains' range, and how its gain goes with its random weights' top-1 and with its pretrained top-1 (correlation over the
 runs: which of the two decides a miss). Markdown, to paste into benchmarks/README.md.
 
     python benchmarks/demo_targets.py DIR [DIR ...] [--gain 10 --best 15 --tol 2]
@@ -129,9 +129,16 @@ def across_runs(runs: list[dict], gain_min: float) -> list[str]:
     """Each model@size over the runs: how often it reaches the gain, and what its misses follow."""
     import numpy as np
 
-    lines = [f"| model @ px | runs at >= +{gain_min:g} | gain, min .. mean .. max | random top-1, mean | "
-             "corr(gain, random) | corr(gain, pretrained) |", "|---|---|---|---|---|---|"]
     cells = [c["cell"] for c in runs[0]["cells"]]
+    # every run's whole-data cells side by side: the gain over random weights, misses in bold
+    lines = ["| world seed | " + " | ".join(cells) + " |", "|---" * (len(cells) + 1) + "|"]
+    for r in runs:
+        gains = {c["cell"]: c["gain"] * 100 for c in r["cells"]}
+        lines.append(f"| {r['world_seed']} | " + " | ".join(
+            "-" if n not in gains else f"{gains[n]:+.1f}" if gains[n] >= gain_min else f"**{gains[n]:+.1f}**"
+            for n in cells) + " |")
+    lines += ["", f"| model @ px | runs at >= +{gain_min:g} | gain, min .. mean .. max | random top-1, mean | "
+              "corr(gain, random) | corr(gain, pretrained) |", "|---|---|---|---|---|---|"]
     for name in cells:
         rows = [c for r in runs for c in r["cells"] if c["cell"] == name]
         g = np.array([c["gain"] for c in rows]) * 100
