@@ -370,6 +370,13 @@ def test_a_changed_grid_is_refused_over_an_existing_sweep_folder(tiny_study, tmp
     longer = _grid(tiny_study, fractions=[1.0], seeds=[1], evals=[],
                    pretrain={"steps": 4, "batch_size": 8, "workers": 0, "log_every": 1})
     run_local(load_grid(longer), out, log=lambda *a: None)
+    # an evaluation whose identity changed is named with the cell
+    probed = _grid(tiny_study, fractions=[1.0], seeds=[1],
+                   pretrain={"steps": 4, "batch_size": 8, "workers": 0, "log_every": 1})
+    run_local(load_grid(probed), out, log=lambda *a: None)
+    probed["evals"][0]["pool"] = "avg"
+    with pytest.raises(ConfigError, match=r"1 cells would change: vit_pico4@32_1_s1 probe \(pool 'token' -> 'avg'\)"):
+        run_local(load_grid(probed), out, log=lambda *a: None)
 
 
 def test_dry_run_prices_the_papers_grid_without_running_or_loading_torch(tmp_path):

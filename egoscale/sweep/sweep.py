@@ -168,7 +168,7 @@ def check_grid(grid: Grid, out: Path) -> None:
                 rec = eval_record(eval_config(grid, ev, pdir / "checkpoint.pt", edir, c))
                 diff = differences(json.loads((edir / CONFIG).read_text()), rec, EVAL_IDENTITY)
                 if diff:
-                    changed.append(f"{c.id} {ev['name']} ({describe_differences(diff)})")
+                    changed.append(f"{c.id} {ev.name} ({describe_differences(diff)})")
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         raise ConfigError(f"{out}: made by another grid: {len(changed)} cells would change: {'; '.join(changed[:3])}"
