@@ -13,8 +13,9 @@ beyond/check.json and demo.json, and checks what the demo exists to show:
 Prints one table per run (each cell's random, pretrained, gain and finetune - probe, with the misses
 marked by how much), then one line per run, the count of runs meeting each target, and, where several
 runs are given, every run's gains side by side (misses in bold) and each model@size across them: in
-how many runs it reaches +GAIN, its gains' range, and how its gain goes with its random weights' top-1 and with its pretrained top-1 (correlation over the
-runs: which of the two decides a miss). Markdown, to paste into benchmarks/README.md.
+how many runs it reaches +GAIN, its gains' range, and how its gain goes with its random weights'
+top-1 and with its pretrained top-1 (correlation over the runs: which of the two decides a miss).
+Markdown, to paste into benchmarks/README.md.
 
     python benchmarks/demo_targets.py DIR [DIR ...] [--gain 10 --best 15 --tol 2]
 """

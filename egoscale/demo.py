@@ -154,7 +154,6 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     from egoscale.scaling.fit import FitConfig, run_fit
     from egoscale.scaling.report import report
     from egoscale.sweep.grid import baseline_cells, cells
-    from egoscale.sweep.sweep import run_local
 
     s = SIZES[cfg.size]
     out = Path(cfg.out)
@@ -170,9 +169,7 @@ def demo(cfg: DemoConfig, log=print) -> dict:
     stage(4, f"sweep: {len(cells(grid))} pretraining runs of {p['steps']} steps, each finetuned and probed, "
              f"{parallel} at a time; {len(baseline_cells(grid))} random-weight baselines evaluated the same way")
     t_sweep = time.time()
-    run_local(grid, out / "runs", log=lambda m: log("  " + m), parallel=parallel)
-    # the check of the extrapolation: a run in a folder (and results table) of its own, never fitted
-    run_local(beyond, out / "beyond", log=lambda m: log("  beyond the grid: " + m), parallel=1)
+    _sweep_and_beyond(grid, beyond, out, parallel, log)
     t_sweep = time.time() - t_sweep
     # The fit uses the linear probe: it reacts to representation quality sooner than few-shot
     # finetuning of these tiny models (README, the demo's tables). Both are in results.csv.
@@ -234,6 +231,41 @@ def _make_data(cfg: DemoConfig, s: DemoSize, out: Path, stage, log) -> None:
                  log=quiet)
 
 
+def _sweep_and_beyond(grid, beyond, out: Path, parallel: int, log) -> None:
+    """The sweep, and the run beyond the grid beside it: the check of the extrapolation, a run in a
+    folder (and results table) of its own, never fitted.
+
+    The run beyond the grid has the threads one sweep worker has, so that it computes as a cell of
+    the sweep does, the same on a machine of one core or of many (with every core's threads its
+    arithmetic rounds differently, and its verdict can flip where it lies near an interval's edge);
+    with several workers it runs in this process while they run, on the core their last round
+    leaves free.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from egoscale.sweep.sweep import run_local
+
+    threads = max(1, usable_cores() // parallel)
+
+    def run_beyond():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)  # OpenMP's thread count is this thread's own
+        try:
+            run_local(beyond, out / "beyond", log=lambda m: log("  beyond the grid: " + m), parallel=1)
+        finally:
+            torch.set_num_threads(before)
+
+    if parallel == 1:
+        run_local(grid, out / "runs", log=lambda m: log("  " + m), parallel=1)
+        return run_beyond()
+    with ThreadPoolExecutor(1) as pool:
+        beside = pool.submit(run_beyond)
+        run_local(grid, out / "runs", log=lambda m: log("  " + m), parallel=parallel)
+        beside.result()
+
+
 def _planned_grids(cfg: DemoConfig, s: DemoSize, out: Path, parallel: int, elapsed: float, log):
     """The grid and the run beyond it, at the number of steps the time budget allows on this machine."""
     from egoscale.demo_budget import plan
@@ -244,7 +276,7 @@ def _planned_grids(cfg: DemoConfig, s: DemoSize, out: Path, parallel: int, elaps
     p = plan(out, s, grid, [(c.model, c.img_size) for c in cells(grid)], parallel,
              max(1, usable_cores() // parallel), budget, elapsed, log,
              baselines=[(c.model, c.img_size) for c in baseline_cells(grid)], mae_settings=DEMO_MAE,
-             after=[(c.model, c.img_size) for c in cells(beyond)])
+             beside=[(c.model, c.img_size) for c in cells(beyond)])
     sized = replace(s, steps=p["steps"])
     return load_grid(demo_grid(out, sized)), load_grid(beyond_grid(out, sized)), p
 

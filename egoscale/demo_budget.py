@@ -145,11 +145,11 @@ def evaluation_work(grid, n_train: int, n_val: int) -> dict[str, EvalWork]:
 
 def predict_sweep_seconds(cells: list[tuple[str, int]], steps: int, timing: dict[str, dict],
                           work: dict[str, EvalWork], parallel: int, baselines: list[tuple[str, int]] = (),
-                          after: list[tuple[str, int]] = ()) -> float:
-    """The sweep's wall time: each cell's pretraining and evaluations (`work`), and each baseline's
-    evaluations (no pretraining), `parallel` at a time (longest first, so the last round is the
-    shortest cells), slowed by sharing the machine; then the `after` cells one at a time (the run
-    beyond the grid)."""
+                          beside: list[tuple[str, int]] = ()) -> float:
+    """The sweep's wall time: each cell's pretraining and evaluations (`work`), each baseline's
+    evaluations (no pretraining), and the `beside` cells (the run beyond the grid, priced as a cell
+    of the grid), `parallel` at a time (longest first, so the last round is the
+    shortest cells), slowed by sharing the machine."""
 
     def evaluations(m: str, t: dict) -> float:
         w = work[m]
@@ -159,17 +159,18 @@ def predict_sweep_seconds(cells: list[tuple[str, int]], steps: int, timing: dict
         t = timing[f"{m}@{z}"]
         return steps * (t["pretrain_step"] + t.get("load_batch", 0.0)) + evaluations(m, t)
 
-    per = [cell(m, z) for m, z in cells] + [evaluations(m, timing[f"{m}@{z}"]) for m, z in baselines]
+    per = ([cell(m, z) for m, z in [*cells, *beside]]
+           + [evaluations(m, timing[f"{m}@{z}"]) for m, z in baselines])
     workers = [0.0] * max(1, parallel)
     for p in sorted(per, reverse=True):  # longest first, each to the worker that frees up first
         workers[workers.index(min(workers))] += p
-    return max(workers) * (PARALLEL_SLOWDOWN if parallel > 1 else 1.0) + sum(cell(m, z) for m, z in after)
+    return max(workers) * (PARALLEL_SLOWDOWN if parallel > 1 else 1.0)
 
 
 def plan(out: Path, s: DemoSize, grid, cells: list[tuple[str, int]], parallel: int, threads: int,
          budget_min: float | None, elapsed_s: float, log, timing: dict | None = None,
          baselines: list[tuple[str, int]] = (), mae_settings: dict | None = None,
-         after: list[tuple[str, int]] = ()) -> dict:
+         beside: list[tuple[str, int]] = ()) -> dict:
     """The demo's pretraining steps for this machine and budget (reused from OUT/plan.json).
 
     `grid` is the sweep's (its evaluations' settings price them); `timing` (from `time_machine`,
@@ -187,7 +188,7 @@ def plan(out: Path, s: DemoSize, grid, cells: list[tuple[str, int]], parallel: i
         return p
     t0 = time.time()
     frames = Path(out) / "frames"
-    timing = timing or time_machine([*cells, *after], s.batch, threads, mae_settings,
+    timing = timing or time_machine([*cells, *beside], s.batch, threads, mae_settings,
                                     frames if (frames / "manifest.json").is_file() else None)
     elapsed_s += time.time() - t0
     budget = budget_min * 60
@@ -198,7 +199,7 @@ def plan(out: Path, s: DemoSize, grid, cells: list[tuple[str, int]], parallel: i
     work = evaluation_work(grid, s.categories * s.train_per_class, s.categories * s.val_per_class)
 
     def predict(n: int) -> float:
-        return predict_sweep_seconds(cells, n, timing, work, parallel, baselines, after)
+        return predict_sweep_seconds(cells, n, timing, work, parallel, baselines, beside)
 
     fits = [n for n in range(design, floor - 1, -10) if predict(n) <= left]
     steps = fits[0] if fits else floor

@@ -69,9 +69,10 @@ def test_the_sweep_prediction_runs_cells_longest_first_on_each_free_worker():
     assert predict_sweep_seconds(cells, 10, timing, NO_EVALS, 1) == 56
     # a random-weight baseline is evaluated (2 s here) but never pretrained
     assert predict_sweep_seconds(cells, 10, timing, NO_EVALS, 1, baselines=[("b", 8)]) == 58
-    # the run beyond the grid runs alone, after the others
-    assert predict_sweep_seconds(cells, 10, timing, NO_EVALS, 2, after=[("a", 8)]) == pytest.approx(
-        32 * PARALLEL_SLOWDOWN + 12)
+    # the run beyond the grid runs beside the others, as one more run: 32 on one worker, 12 + 12 + 12
+    assert predict_sweep_seconds(cells, 10, timing, NO_EVALS, 2, beside=[("a", 8)]) == pytest.approx(
+        36 * PARALLEL_SLOWDOWN)
+    assert predict_sweep_seconds(cells, 10, timing, NO_EVALS, 1, beside=[("a", 8)]) == 68
 
 
 def test_the_evaluations_are_priced_from_the_grid_the_sweep_runs(tmp_path):
