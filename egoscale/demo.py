@@ -241,7 +241,7 @@ def _sweep_and_beyond(grid, beyond, out: Path, parallel: int, log) -> None:
     with several workers it runs in this process while they run, on the core their last round
     leaves free.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    import threading
 
     import torch
 
@@ -260,10 +260,21 @@ def _sweep_and_beyond(grid, beyond, out: Path, parallel: int, log) -> None:
     if parallel == 1:
         run_local(grid, out / "runs", log=lambda m: log("  " + m), parallel=1)
         return run_beyond()
-    with ThreadPoolExecutor(1) as pool:
-        beside = pool.submit(run_beyond)
-        run_local(grid, out / "runs", log=lambda m: log("  " + m), parallel=parallel)
-        beside.result()
+    failed: list[BaseException] = []
+
+    def beside():
+        try:
+            run_beyond()
+        except BaseException as e:  # raised again in the main thread
+            failed.append(e)
+
+    # a daemon, so that Ctrl-C stops the demo at once (the run resumes when the demo is run again)
+    thread = threading.Thread(target=beside, name="beyond-the-grid", daemon=True)
+    thread.start()
+    run_local(grid, out / "runs", log=lambda m: log("  " + m), parallel=parallel)
+    thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _planned_grids(cfg: DemoConfig, s: DemoSize, out: Path, parallel: int, elapsed: float, log):
